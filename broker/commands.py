@@ -1,0 +1,40 @@
+"""``kubmesh broker``: the embedded MQTT broker alone."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from broker.server import BrokerSettings, run_broker
+from kubmesh.cli import add_service_options, service_flags
+from kubmesh.logs import setup_logging
+from kubmesh.runtime import run_until_signalled
+from kubmesh.settings import load_settings
+
+
+def add_broker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mqtt-host", metavar="ADDR", help="address the broker listens on (default 0.0.0.0)")
+    parser.add_argument("--mqtt-port", type=int, metavar="N", help="MQTT port (default 1883)")
+    parser.add_argument("--mqtt-tls-port", type=int, metavar="N", help="MQTT over TLS port (default 8883)")
+    parser.add_argument("--tls-certfile", metavar="FILE", help="certificate (PEM) for the TLS listener")
+    parser.add_argument("--tls-keyfile", metavar="FILE", help="private key (PEM) for the TLS listener")
+
+
+BROKER_FLAGS = ("mqtt_host", "mqtt_port", "mqtt_tls_port", "tls_certfile", "tls_keyfile")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("broker", help="run the embedded MQTT broker alone")
+    add_service_options(parser)
+    add_broker_options(parser)
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = load_settings(BrokerSettings, config_file=args.config, flags=service_flags(args, *BROKER_FLAGS))
+    setup_logging(settings.log_level, settings.log_json)
+
+    async def service(stop: asyncio.Event) -> None:
+        await run_broker(settings, stop)
+
+    return run_until_signalled(service)

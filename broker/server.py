@@ -1,0 +1,115 @@
+"""The embedded MQTT broker: amqtt with kubmesh's authentication and topic ACL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import ClassVar
+
+from amqtt.broker import Broker
+from amqtt.contexts import Action
+from amqtt.session import Session
+
+from broker.plugins import IdentityAuthPlugin, TopicAclPlugin
+from kubmesh.settings import ServiceSettings
+
+log = logging.getLogger("kubmesh.broker")
+
+
+class BrokerSettings(ServiceSettings):
+    """The embedded broker's listeners; identities come from ``data_dir``."""
+
+    ENV: ClassVar[dict[str, str]] = {
+        "MQTT_HOST": "mqtt_host",
+        "MQTT_PORT": "mqtt_port",
+        "MQTT_TLS_PORT": "mqtt_tls_port",
+        "MQTT_TLS_CERTFILE": "tls_certfile",
+        "MQTT_TLS_KEYFILE": "tls_keyfile",
+    }
+    YAML: ClassVar[dict[str, str]] = {
+        **ServiceSettings.YAML,
+        "mqtt.host": "mqtt_host",
+        "mqtt.port": "mqtt_port",
+        "mqtt.tls_port": "mqtt_tls_port",
+        "mqtt.certfile": "tls_certfile",
+        "mqtt.keyfile": "tls_keyfile",
+    }
+
+    mqtt_host: str = "0.0.0.0"
+    mqtt_port: int = 1883
+    mqtt_tls_port: int = 8883
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+
+
+class KubBroker(Broker):
+    """amqtt's broker, with retained messages on subscribe checked like live ones.
+
+    amqtt 0.12 checks the RECEIVE permission for live deliveries but sends
+    retained messages to any subscription that matches; a viewer of one owner
+    subscribing to ``kub/#`` would read every farm's retained state.
+    """
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        topic_filter, qos = subscription
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        tasks = []
+        for topic, retained in list(self._retained_messages.items()):
+            if not self._matches(topic, topic_filter):
+                continue
+            if not await self._topic_filtering(session, topic=topic, action=Action.RECEIVE):
+                continue
+            tasks.append(
+                asyncio.ensure_future(
+                    handler.mqtt_publish(retained.topic, retained.data, min(qos, retained.qos or qos), retain=True)
+                )
+            )
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+def broker_config(settings: BrokerSettings) -> dict[str, object]:
+    store = {
+        "data_dir": str(settings.data_dir.resolve()),
+        "base_topic": settings.base_topic,
+        "ha_prefix": settings.ha_prefix,
+    }
+    listeners: dict[str, dict[str, object]] = {
+        "default": {"type": "tcp", "bind": f"{settings.mqtt_host}:{settings.mqtt_port}"},
+    }
+    if settings.tls_certfile and settings.tls_keyfile:
+        listeners["tls"] = {
+            "type": "tcp",
+            "bind": f"{settings.mqtt_host}:{settings.mqtt_tls_port}",
+            "ssl": True,
+            "certfile": str(settings.tls_certfile),
+            "keyfile": str(settings.tls_keyfile),
+        }
+    return {
+        "listeners": listeners,
+        "plugins": {
+            f"{IdentityAuthPlugin.__module__}.{IdentityAuthPlugin.__name__}": store,
+            f"{TopicAclPlugin.__module__}.{TopicAclPlugin.__name__}": store,
+        },
+    }
+
+
+async def start_broker(settings: BrokerSettings) -> KubBroker:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    broker = KubBroker(broker_config(settings))
+    await broker.start()
+    log.info("MQTT broker listening on %s:%s", settings.mqtt_host, settings.mqtt_port)
+    return broker
+
+
+async def run_broker(settings: BrokerSettings, stop: asyncio.Event) -> None:
+    broker = await start_broker(settings)
+    try:
+        await stop.wait()
+    finally:
+        await broker.shutdown()

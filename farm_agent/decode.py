@@ -1,0 +1,76 @@
+"""Raw register words to published values: scaling, sign, sentinels and alarm bits."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from broker.payloads import AlarmItem, SensorStatus
+from farm_agent.profile import AlarmGroupSpec, Profile, ValueSpec
+
+Registers = Mapping[int, int]
+
+
+def decode_value(profile: Profile, spec: ValueSpec, raw: int) -> tuple[int | float | None, SensorStatus]:
+    """One register word to ``(value, status)``; a sentinel gives ``(None, its status)``."""
+    if spec.sentinels:
+        status = profile.sentinel_status(raw)
+        if status is not None:
+            return None, status
+    number = raw - 0x10000 if spec.type == "s16" and raw >= 0x8000 else raw
+    if spec.scale == 1.0:
+        return number, "ok"
+    return round(number * spec.scale, spec.decimals), "ok"
+
+
+def encode_value(spec: ValueSpec, value: float) -> int:
+    """The inverse of :func:`decode_value` for a number: what the device would hold."""
+    number = round(value / spec.scale)
+    return number & 0xFFFF if spec.type == "s16" else number
+
+
+def decode_values(
+    profile: Profile, registers: Registers
+) -> tuple[dict[str, int | float | None], dict[str, SensorStatus]]:
+    values: dict[str, int | float | None] = {}
+    status: dict[str, SensorStatus] = {}
+    for spec in profile.values:
+        raw = registers.get(spec.address)
+        if raw is None:
+            continue
+        values[spec.name], status[spec.name] = decode_value(profile, spec, raw)
+    return values, status
+
+
+def group_bits(group: AlarmGroupSpec, registers: Registers) -> int | None:
+    """The 64-bit word of an alarm group, lowest address holding the lowest 16 bits."""
+    words = [registers.get(address) for address in group.registers]
+    if any(word is None for word in words):
+        return None
+    return sum(word << (16 * index) for index, word in enumerate(words))  # type: ignore[operator]
+
+
+def decode_group(group: AlarmGroupSpec, registers: Registers) -> list[AlarmItem]:
+    bits = group_bits(group, registers)
+    if bits is None:
+        return []
+    return [AlarmItem(bit=bit, label=group.label(bit)) for bit in range(64) if bits >> bit & 1]
+
+
+def decode_alarms(profile: Profile, registers: Registers) -> dict[str, list[AlarmItem]]:
+    """Alarm groups sorted into the four lists of the ``alarms`` payload."""
+    lists: dict[str, list[AlarmItem]] = {"active": [], "latched": [], "warnings": [], "latched_warnings": []}
+    for group in profile.alarm_groups:
+        key = {
+            ("alarm", False): "active",
+            ("alarm", True): "latched",
+            ("warning", False): "warnings",
+            ("warning", True): "latched_warnings",
+        }[(group.kind, group.latched)]
+        lists[key].extend(decode_group(group, registers))
+    return lists
+
+
+def decode_firmware(raw: int, scale: float) -> str:
+    """401 with scale 0.01 reads as "4.01"."""
+    decimals = len(f"{scale:.6f}".rstrip("0").split(".")[1]) if scale < 1 else 0
+    return f"{raw * scale:.{decimals}f}"

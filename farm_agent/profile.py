@@ -1,0 +1,235 @@
+"""Device profiles: the register map of a controller as typed data, loaded from YAML.
+
+The shipped profile is ``profiles/kub1063.yaml``. A profile that does not load
+stops the agent at start with the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from broker.payloads import SensorStatus
+from broker.topics import check_value_name
+
+MAX_REGISTER = 0xFFFF
+DEFAULT_PROFILE = "kub1063"
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used: the message names the file, the key and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Label(_Strict):
+    en: str
+    ru: str | None = None
+
+    def get(self, language: str) -> str:
+        return (self.ru if language == "ru" else None) or self.en
+
+
+class LinkDefaults(_Strict):
+    baudrate: int = 9600
+    bytesize: int = 8
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: int = 1
+    unit: int = Field(1, ge=0, le=247)
+    timeout_s: float = Field(2.0, gt=0)
+
+
+class SentinelRange(_Strict):
+    first: int = Field(ge=0, le=MAX_REGISTER)
+    last: int = Field(ge=0, le=MAX_REGISTER)
+    status: SensorStatus
+
+
+class FirmwareSpec(_Strict):
+    address: int = Field(ge=0, le=MAX_REGISTER)
+    function: Literal["input", "holding"] = "input"
+    scale: float = 1.0
+
+
+class ValueSpec(_Strict):
+    """One value read from the device, published under ``values[name]``."""
+
+    name: str
+    address: int = Field(ge=0, le=MAX_REGISTER)
+    function: Literal["input", "holding"] = "input"
+    type: Literal["u16", "s16", "bits16", "enum"] = "u16"
+    scale: float = 1.0
+    unit: str | None = None
+    device_class: str | None = None
+    state_class: str | None = "measurement"
+    sentinels: bool = True
+    deadband: float = Field(0.0, ge=0)
+    options: dict[int, str] = Field(default_factory=dict)
+    bits: dict[int, str] = Field(default_factory=dict)
+    label: Label | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        return check_value_name(name)
+
+    @property
+    def decimals(self) -> int:
+        """Decimal places that the scale gives (0.1 → 1), used to round exactly."""
+        text = f"{self.scale:.6f}".rstrip("0")
+        return len(text.split(".")[1]) if "." in text else 0
+
+
+class AlarmGroupSpec(_Strict):
+    """A 64-bit alarm or warning bitfield over four consecutive registers."""
+
+    name: str
+    address: int = Field(ge=0, le=MAX_REGISTER - 3)
+    function: Literal["input", "holding"] = "input"
+    kind: Literal["alarm", "warning"]
+    latched: bool
+    labels: dict[int, str] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _bits(cls, labels: dict[int, str]) -> dict[int, str]:
+        for bit in labels:
+            if not 0 <= bit <= 63:
+                raise ValueError(f"bit {bit} is outside 0-63")
+        return labels
+
+    def label(self, bit: int) -> str:
+        return self.labels.get(bit) or f"{self.kind} bit {bit}"
+
+    @property
+    def registers(self) -> range:
+        return range(self.address, self.address + 4)
+
+
+class WritableSpec(_Strict):
+    """A holding register that commands may write: an ``action`` or a ``setting`` read back."""
+
+    name: str
+    address: int = Field(ge=0, le=MAX_REGISTER)
+    kind: Literal["action", "setting"]
+    type: Literal["u16", "s16"] = "u16"
+    value: int | None = None  # the fixed value an action writes
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    scale: float = 1.0
+    unit: str | None = None
+    label: Label | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        return check_value_name(name)
+
+    @model_validator(mode="after")
+    def _complete(self) -> WritableSpec:
+        if self.kind == "action" and self.value is None:
+            raise ValueError(f"action {self.name!r} needs the 'value' it writes")
+        if self.kind == "setting" and (self.min is None or self.max is None):
+            raise ValueError(f"setting {self.name!r} needs 'min' and 'max'")
+        return self
+
+
+class Profile(_Strict):
+    model: str
+    manufacturer: str | None = None
+    link: LinkDefaults = LinkDefaults()
+    sentinels: dict[int, SensorStatus] = Field(default_factory=dict)
+    sentinel_ranges: list[SentinelRange] = Field(default_factory=list)
+    firmware: FirmwareSpec | None = None
+    values: list[ValueSpec]
+    alarm_groups: list[AlarmGroupSpec] = Field(default_factory=list)
+    writable: list[WritableSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Profile:
+        names = [v.name for v in self.values] + [g.name for g in self.alarm_groups]
+        names += [w.name for w in self.writable]
+        duplicates = {n for n in names if names.count(n) > 1}
+        if duplicates:
+            raise ValueError(f"names used twice: {', '.join(sorted(duplicates))}")
+        return self
+
+    @cached_property
+    def values_by_name(self) -> dict[str, ValueSpec]:
+        return {v.name: v for v in self.values}
+
+    @cached_property
+    def writable_by_name(self) -> dict[str, WritableSpec]:
+        return {w.name: w for w in self.writable}
+
+    def sentinel_status(self, raw: int) -> SensorStatus | None:
+        status = self.sentinels.get(raw)
+        if status is not None:
+            return status
+        for span in self.sentinel_ranges:
+            if span.first <= raw <= span.last:
+                return span.status
+        return None
+
+    def input_registers(self) -> list[int]:
+        """Every input register the live state needs (firmware excluded: it is read once)."""
+        addresses = {v.address for v in self.values if v.function == "input"}
+        for group in self.alarm_groups:
+            if group.function == "input":
+                addresses.update(group.registers)
+        return sorted(addresses)
+
+
+def load_profile(source: str | Path | None = None) -> Profile:
+    """Load the shipped profile by name (``kub1063``) or a user's profile file by path."""
+    source = source or DEFAULT_PROFILE
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ProfileError(f"{path}: cannot read the profile ({exc.strerror})") from None
+        where = str(path)
+    else:
+        try:
+            text = resources.files("farm_agent.profiles").joinpath(f"{source}.yaml").read_text("utf-8")
+        except FileNotFoundError:
+            raise ProfileError(f"no shipped profile named {str(source)!r}") from None
+        where = f"shipped profile {source}"
+    return parse_profile(text, where)
+
+
+def parse_profile(text: str, where: str = "profile") -> Profile:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{where}: not valid YAML ({exc})") from None
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        key = _key_path(data, error.get("loc", ()))
+        raise ProfileError(f"{where}: {key}: {error['msg']}") from None
+
+
+def _key_path(data: object, loc: tuple[int | str, ...]) -> str:
+    """``values[3].scale`` becomes ``values[3] (temp_inside).scale`` to point at the entry."""
+    parts: list[str] = []
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            name = node[part].get("name") if isinstance(node, list) and isinstance(node[part], dict) else None
+            parts[-1] += f"[{part}]" + (f" ({name})" if name else "")
+            node = node[part] if isinstance(node, list) else None
+        else:
+            parts.append(str(part))
+            node = node.get(part) if isinstance(node, dict) else None
+    return ".".join(parts) or "profile"

@@ -1,0 +1,5 @@
+import sys
+
+from kubmesh.cli import main
+
+sys.exit(main())

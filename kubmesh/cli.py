@@ -1,0 +1,62 @@
+"""The ``kubmesh`` command: parses arguments and hands over to the package that does the work."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from kubmesh.settings import ConfigError
+
+# Each module has ``register(subparsers)``, which adds its commands with a ``func(args) -> int``.
+COMMAND_MODULES = (
+    "kubmesh.demo",
+    "broker.commands",
+    "discovery.commands",
+    "farm_agent.commands",
+    "farm_agent.simulator",
+    "mobile_web.commands",
+    "kubmesh.identity_commands",
+)
+
+
+def add_service_options(parser: argparse.ArgumentParser) -> None:
+    """The options every service takes (CONTRACT.md): flags win over environment and file."""
+    parser.add_argument("--config", metavar="FILE", help="YAML configuration file")
+    parser.add_argument("--data-dir", metavar="DIR", help="where SQLite files and buffers live (default ./kubmesh-data)")
+    parser.add_argument("--mqtt-url", metavar="URL", help="broker URL, mqtt://user:pass@host:1883 or mqtts://…")
+    parser.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--log-json", action="store_true", default=None, help="one JSON object per log line")
+
+
+def service_flags(args: argparse.Namespace, *names: str) -> dict[str, object]:
+    """The flags given on the command line, as settings fields (None = not given)."""
+    fields = ("data_dir", "mqtt_url", "log_level", "log_json", *names)
+    return {name: getattr(args, name, None) for name in fields}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubmesh", description="KUB-1063 farms over an MQTT mesh")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"kubmesh {args.command}: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""``kubmesh farm add|list|remove|rotate`` and ``kubmesh user add|list|remove``.
+
+They edit the identity store of a data dir; a running broker picks the change
+up at the next connect. Secrets are printed once and never stored in clear.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from broker.identities import PERSON_ROLES, Credentials, IdentityError, IdentityStore, Role, StoreError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    farm = subparsers.add_parser("farm", help="manage farms and their MQTT credentials")
+    farm_commands = farm.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = farm_commands.add_parser("add", help="create a farm identity and print its credentials once")
+    add.add_argument("farm_id")
+    add.add_argument("--owner", required=True)
+    add.add_argument("--json", action="store_true", help='print {"farm_id", "username", "password"}')
+    add.set_defaults(func=_farm_add)
+    rotate = farm_commands.add_parser("rotate", help="give a farm a new token; the old one stops working")
+    rotate.add_argument("farm_id")
+    rotate.add_argument("--json", action="store_true")
+    rotate.set_defaults(func=_farm_rotate)
+    remove = farm_commands.add_parser("remove", help="remove a farm identity")
+    remove.add_argument("farm_id")
+    remove.set_defaults(func=_remove, expected_role=Role.FARM)
+    listing = farm_commands.add_parser("list", help="list farm identities")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_list, roles={Role.FARM})
+
+    user = subparsers.add_parser("user", help="manage people and tools (Home Assistant, scripts)")
+    user_commands = user.add_subparsers(dest="action", required=True, metavar="ACTION")
+    uadd = user_commands.add_parser("add", help="create a user for the web and MQTT; prints the password once")
+    uadd.add_argument("username")
+    uadd.add_argument("--role", required=True, choices=[r.value for r in sorted(PERSON_ROLES)])
+    uadd.add_argument("--owner", help="limit the user to this owner's farms")
+    uadd.add_argument("--password", help="set this password instead of generating one")
+    uadd.add_argument("--json", action="store_true", help='print {"username", "password"}')
+    uadd.set_defaults(func=_user_add)
+    uremove = user_commands.add_parser("remove", help="remove a user")
+    uremove.add_argument("username")
+    uremove.set_defaults(func=_remove, expected_role=None)
+    ulist = user_commands.add_parser("list", help="list users")
+    ulist.add_argument("--json", action="store_true")
+    ulist.set_defaults(func=_list, roles=set(PERSON_ROLES))
+
+    for parser in (add, rotate, remove, listing, uadd, uremove, ulist):
+        parser.add_argument("--data-dir", help="the discovery node's data dir (default ./kubmesh-data)")
+
+
+def _store(args: argparse.Namespace) -> IdentityStore:
+    return IdentityStore(Path(args.data_dir or os.environ.get("DATA_DIR") or "./kubmesh-data"))
+
+
+def _fail(message: str) -> int:
+    print(f"kubmesh: {message}", file=sys.stderr)
+    return 1
+
+
+def _print_credentials(credentials: Credentials, as_json: bool, farm: bool) -> None:
+    if as_json:
+        out = credentials.as_dict()
+        print(json.dumps({"farm_id": credentials.username, **out} if farm else out))
+    else:
+        print(f"username: {credentials.username}\npassword: {credentials.password}")
+        print("The password is shown once; it is stored only as a hash.", file=sys.stderr)
+
+
+def _farm_add(args: argparse.Namespace) -> int:
+    try:
+        credentials = _store(args).add(args.farm_id, Role.FARM, owner=args.owner)
+    except (IdentityError, StoreError) as exc:
+        return _fail(str(exc))
+    _print_credentials(credentials, args.json, farm=True)
+    return 0
+
+
+def _farm_rotate(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        identity = store.get(args.farm_id)
+        if identity is None or identity.role is not Role.FARM:
+            return _fail(f"no farm {args.farm_id!r}")
+        credentials = store.rotate(args.farm_id)
+    except (IdentityError, StoreError) as exc:
+        return _fail(str(exc))
+    _print_credentials(credentials, args.json, farm=True)
+    return 0
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    try:
+        credentials = _store(args).add(args.username, Role(args.role), owner=args.owner, password=args.password)
+    except (IdentityError, StoreError) as exc:
+        return _fail(str(exc))
+    _print_credentials(credentials, args.json, farm=False)
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    store = _store(args)
+    name = getattr(args, "farm_id", None) or args.username
+    try:
+        identity = store.get(name)
+        expected = args.expected_role
+        if identity is None or (expected and identity.role is not expected) or (
+            expected is None and not identity.role.is_person
+        ):
+            return _fail(f"no {'farm' if expected else 'user'} {name!r}")
+        store.remove(name)
+    except (IdentityError, StoreError) as exc:
+        return _fail(str(exc))
+    print(f"removed {name}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    try:
+        rows = [i for i in _store(args).all() if i.role in args.roles]
+    except StoreError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps([i.model_dump(mode="json", exclude={"secret_hash"}) for i in rows]))
+    else:
+        for identity in rows:
+            print(f"{identity.username:<24} {identity.role.value:<10} owner={identity.owner or '-'}")
+    return 0

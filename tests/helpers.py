@@ -1,0 +1,143 @@
+"""Helpers for tests that start real processes: free ports, waiting on conditions, service processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import paho.mqtt.client as paho
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as exc:  # the condition may not be checkable yet
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}: {last_error or ''}")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+class ServiceProcess:
+    """A ``kubmesh`` subcommand in its own process, with its output kept in a log file."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kubmesh", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=REPO,
+        )
+
+    def wait_port(self, port: int, timeout: float = 20.0) -> ServiceProcess:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"kubmesh {' '.join(self.args)} exited early:\n{self.output()}")
+            return port_open(port)
+
+        try:
+            wait_until(ready, timeout, what=f"port {port} of kubmesh {self.args[0]}")
+        except AssertionError:
+            raise AssertionError(f"port {port} not open; output:\n{self.output()}") from None
+        return self
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+class MqttWatcher:
+    """A real paho client that records every message it sees, for asserting on the bus."""
+
+    def __init__(self, port: int, username: str | None, password: str | None, topics: str | list[str] = "#",
+                 host: str = "127.0.0.1") -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.connect_rc: Any = None
+        self.subscribed = threading.Event()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+        if username:
+            self.client.username_pw_set(username, password)
+        topic_list = [topics] if isinstance(topics, str) else topics
+
+        def on_connect(client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+            self.connect_rc = rc
+            if not rc.is_failure:
+                client.subscribe([(t, 1) for t in topic_list])
+
+        def on_subscribe(client: paho.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
+            self.granted = rcs
+            self.subscribed.set()
+
+        def on_message(client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+            with self.lock:
+                self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+
+        self.client.on_connect = on_connect
+        self.client.on_subscribe = on_subscribe
+        self.client.on_message = on_message
+        self.client.connect(host, port, keepalive=30)
+        self.client.loop_start()
+
+    def payloads(self, topic: str) -> list[Any]:
+        with self.lock:
+            found = [p for t, p, _ in self.messages if t == topic]
+        return [json.loads(p) if p[:1] in (b"{", b"[") else p.decode() for p in found]
+
+    def last(self, topic: str) -> Any:
+        found = self.payloads(topic)
+        return found[-1] if found else None
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
