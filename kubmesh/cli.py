@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["mobile-web"]:
+        # gevent serves the web front end; its monkey patching must precede every socket/thread import
+        from gevent import monkey
+
+        monkey.patch_all()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
