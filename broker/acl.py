@@ -15,7 +15,7 @@ People with an owner see only the farms of that owner.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from broker.identities import Identity, Role
@@ -37,7 +37,7 @@ class Access(StrEnum):
 
 @dataclass(frozen=True)
 class AclRules:
-    topics: Topics = Topics()
+    topics: Topics = field(default_factory=Topics)
     ha_prefix: str = HA_DEFAULT_PREFIX
 
     def allowed(

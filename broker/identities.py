@@ -14,7 +14,6 @@ import contextlib
 import fcntl
 import hashlib
 import hmac
-import json
 import os
 import secrets
 from collections.abc import Iterator

@@ -16,7 +16,7 @@ from amqtt.session import Session
 
 from broker.acl import Access, AclRules
 from broker.identities import IdentityStore, StoreError
-from broker.topics import HA_DEFAULT_PREFIX, DEFAULT_BASE, Topics
+from broker.topics import DEFAULT_BASE, HA_DEFAULT_PREFIX, Topics
 
 log = logging.getLogger("kubmesh.broker")
 

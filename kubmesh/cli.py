@@ -23,7 +23,9 @@ COMMAND_MODULES = (
 def add_service_options(parser: argparse.ArgumentParser) -> None:
     """The options every service takes (CONTRACT.md): flags win over environment and file."""
     parser.add_argument("--config", metavar="FILE", help="YAML configuration file")
-    parser.add_argument("--data-dir", metavar="DIR", help="where SQLite files and buffers live (default ./kubmesh-data)")
+    parser.add_argument(
+        "--data-dir", metavar="DIR", help="where SQLite files and buffers live (default ./kubmesh-data)"
+    )
     parser.add_argument("--mqtt-url", metavar="URL", help="broker URL, mqtt://user:pass@host:1883 or mqtts://…")
     parser.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument("--log-json", action="store_true", default=None, help="one JSON object per log line")

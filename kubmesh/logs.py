@@ -30,6 +30,6 @@ def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # amqtt and pymodbus are chatty at INFO; their warnings still show
-    for noisy in ("amqtt", "transitions", "pymodbus"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # amqtt is chatty at INFO; pymodbus repeats link faults the agent already reports once
+    for noisy, floor in (("amqtt", logging.WARNING), ("transitions", logging.WARNING), ("pymodbus", logging.ERROR)):
+        logging.getLogger(noisy).setLevel(max(floor, root.level))

@@ -1,0 +1,294 @@
+"""The farm agent: polls the controller, publishes what it reads, and keeps the farm's presence.
+
+Two loops share one :class:`FarmState`: the poll loop owns the Modbus link and
+never stops on a link fault; the MQTT session loop (re)connects with the
+farm's last will, republishes the farm's retained topics on every connect, and
+publishes readings, alarms, events and heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import version
+
+import aiomqtt
+
+from broker.client import LastWill, async_client
+from broker.payloads import (
+    AlarmItem,
+    Alarms,
+    Clock,
+    DeviceInfo,
+    Event,
+    Heartbeat,
+    Meta,
+    ProfileSummary,
+    Reading,
+    Status,
+    encode,
+    utc_now,
+)
+from broker.topics import Topics
+from farm_agent.events import alarm_events, sensor_events
+from farm_agent.link import ModbusFailure
+from farm_agent.poller import Poller
+from farm_agent.profile import Profile
+from farm_agent.settings import AgentSettings
+from farm_agent.store import AgentStore
+
+log = logging.getLogger("kubmesh.agent")
+
+AGENT_VERSION = version("kubmesh")
+RECONNECT_MAX_S = 30.0
+
+
+@dataclass
+class FarmState:
+    """What the agent knows now; the HTTP API and heartbeats read it."""
+
+    reading: Reading | None = None
+    alarms: Alarms | None = None
+    firmware: str | None = None
+    modbus_ok: bool = False
+    modbus_error: str | None = None
+    mqtt_connected: bool = False
+    polls_ok: int = 0
+    polls_failed: int = 0
+    last_poll_ts: float | None = None
+    bytes_published: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started
+
+
+class FarmAgent:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        profile: Profile,
+        poller: Poller,
+        store: AgentStore,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.settings = settings
+        self.profile = profile
+        self.poller = poller
+        self.store = store
+        self.clock = clock
+        self.topics = Topics(settings.base_topic)
+        self.farm_id = settings.farm_id
+        self.state = FarmState()
+        self._client: aiomqtt.Client | None = None
+        self._publish_lock = asyncio.Lock()
+
+    # ---- running ----------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        poll = asyncio.create_task(self._poll_loop(stop), name="poll")
+        session = asyncio.create_task(self._mqtt_loop(stop), name="mqtt")
+        try:
+            await stop.wait()
+        finally:
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
+            await session
+            self.poller.close()
+
+    async def _poll_loop(self, stop: asyncio.Event) -> None:
+        interval = self.settings.poll_interval
+        next_at = time.monotonic()
+        while not stop.is_set():
+            await self.poll_once()
+            next_at += interval
+            now = time.monotonic()
+            if next_at < now:  # a slow poll (timeouts) moves the schedule instead of bursting to catch up
+                next_at = now + interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), next_at - now)
+
+    async def poll_once(self) -> None:
+        """One poll: read, decode, publish. A link fault is reported and the next poll tries again."""
+        try:
+            if self.state.firmware is None:
+                self.state.firmware = await self.poller.read_firmware()
+                await self._publish_meta()
+            result = await self.poller.poll()
+        except ModbusFailure as exc:
+            self.state.polls_failed += 1
+            await self._modbus_failed(exc)
+            return
+        self.state.polls_ok += 1
+        self.state.last_poll_ts = time.time()
+        if not self.state.modbus_ok:
+            await self._modbus_restored()
+        ts = self.clock()
+        previous = self.state.reading
+        reading = Reading(ts=ts, seq=self.store.next_seq(), values=result.values, status=result.status)
+        alarms = Alarms(ts=ts, **result.alarms)
+        events = sensor_events(previous.status if previous else None, reading.status, ts)
+        alarms_changed = self.state.alarms is None or _alarm_lists(self.state.alarms) != _alarm_lists(alarms)
+        if alarms_changed:
+            events += alarm_events(_alarm_lists(self.state.alarms) if self.state.alarms else None,
+                                   _alarm_lists(alarms), ts)
+        self.state.reading = reading
+        await self._publish(self.topics.state(self.farm_id), encode(reading), retain=True)
+        if alarms_changed:
+            self.state.alarms = alarms
+            await self._publish(self.topics.alarms(self.farm_id), encode(alarms), retain=True)
+        for event in events:
+            await self._publish_event(event)
+
+    async def _modbus_failed(self, exc: ModbusFailure) -> None:
+        message = str(exc)
+        if self.state.modbus_ok or self.state.modbus_error is None:
+            log.warning("farm %s: Modbus link fault: %s", self.farm_id, message)
+            self.state.modbus_ok = False
+            self.state.modbus_error = message
+            self.state.firmware = None  # read again once the device answers: it may have been replaced
+            await self._publish_event(
+                Event(ts=self.clock(), kind="modbus_error", message=message, detail={"error": type(exc).__name__})
+            )
+            await self._publish_heartbeat()
+
+    async def _modbus_restored(self) -> None:
+        if self.state.modbus_error is not None:
+            log.info("farm %s: Modbus link restored", self.farm_id)
+            await self._publish_event(Event(ts=self.clock(), kind="modbus_restored", message="Modbus link restored"))
+        self.state.modbus_ok = True
+        self.state.modbus_error = None
+        await self._publish_heartbeat()
+
+    # ---- MQTT session -------------------------------------------------------------------------------
+
+    async def _mqtt_loop(self, stop: asyncio.Event) -> None:
+        url = self.settings.mqtt()
+        will = LastWill(
+            self.topics.status(self.farm_id),
+            encode(Status(state="offline", ts=self.clock(), reason="connection lost")),
+        )
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                async with async_client(
+                    url, f"kubmesh-agent-{self.farm_id}", will=will, keepalive=self.settings.keepalive
+                ) as client:
+                    delay = 1.0
+                    await self._on_connected(client)
+                    await self._heartbeat_until(stop)
+                    await self._say_goodbye(client)
+                    return
+            except aiomqtt.MqttError as exc:
+                self._client = None
+                self.state.mqtt_connected = False
+                log.warning("farm %s: broker %s unreachable: %s; retrying in %.0f s",
+                            self.farm_id, url.redacted(), exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+
+    async def _on_connected(self, client: aiomqtt.Client) -> None:
+        """Publish (again) everything a broker that lost its retained messages needs to show the farm."""
+        log.info("farm %s: connected to the broker", self.farm_id)
+        self._client = client
+        self.state.mqtt_connected = True
+        await self._publish(self.topics.status(self.farm_id),
+                            encode(Status(state="online", ts=self.clock())), retain=True)
+        await self._publish_meta()
+        if self.state.reading:
+            await self._publish(self.topics.state(self.farm_id), encode(self.state.reading), retain=True)
+        if self.state.alarms:
+            await self._publish(self.topics.alarms(self.farm_id), encode(self.state.alarms), retain=True)
+        await self._publish_event(Event(ts=self.clock(), kind="agent_online",
+                                        message=f"agent {AGENT_VERSION} connected"))
+
+    async def _heartbeat_until(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._publish_heartbeat()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.heartbeat_interval)
+
+    async def _say_goodbye(self, client: aiomqtt.Client) -> None:
+        """A clean stop: tell everyone, then disconnect (a clean disconnect sends no last will)."""
+        await self._publish_event(Event(ts=self.clock(), kind="agent_stopping", message="agent stopping"))
+        await self._publish(self.topics.status(self.farm_id),
+                            encode(Status(state="offline", ts=self.clock(), reason="agent stopped")), retain=True)
+        self._client = None
+        self.state.mqtt_connected = False
+
+    async def _publish(self, topic: str, payload: bytes, retain: bool = False) -> bool:
+        client = self._client
+        if client is None:
+            return False
+        try:
+            async with self._publish_lock:
+                await client.publish(topic, payload, qos=1, retain=retain)
+        except aiomqtt.MqttError as exc:
+            log.warning("farm %s: publish to %s failed: %s", self.farm_id, topic, exc)
+            return False
+        self.state.bytes_published += len(payload) + len(topic)
+        return True
+
+    async def _publish_event(self, event: Event) -> None:
+        await self._publish(self.topics.events(self.farm_id), encode(event))
+
+    async def _publish_heartbeat(self) -> None:
+        await self._publish(self.topics.heartbeat(self.farm_id), encode(self.heartbeat()), retain=True)
+
+    async def _publish_meta(self) -> None:
+        await self._publish(self.topics.meta(self.farm_id), encode(self.meta()), retain=True)
+
+    # ---- payloads -------------------------------------------------------------------------------------
+
+    def heartbeat(self) -> Heartbeat:
+        state = self.state
+        hours = max(state.uptime_s / 3600, 1 / 60)
+        return Heartbeat(
+            ts=self.clock(),
+            uptime_s=round(state.uptime_s, 1),
+            polls_ok=state.polls_ok,
+            polls_failed=state.polls_failed,
+            modbus="ok" if state.modbus_ok else "error",
+            backlog=0,
+            bytes_per_hour=int(state.bytes_published / hours),
+        )
+
+    def meta(self) -> Meta:
+        settings = self.settings
+        return Meta(
+            farm_id=self.farm_id,
+            name=settings.farm_name or self.farm_id,
+            owner_id=settings.owner_id,
+            location=settings.location,
+            capabilities=settings.capabilities,
+            device=DeviceInfo(
+                model=self.profile.model,
+                firmware=self.state.firmware,
+                unit=self.poller.link.url.unit,
+                link=self.poller.link.url.kind,
+            ),
+            agent_version=AGENT_VERSION,
+            poll_interval_s=settings.poll_interval,
+            profile=ProfileSummary(
+                name=self.profile.model,
+                values=[v.name for v in self.profile.values],
+                writable=[w.name for w in self.profile.writable],
+                units={v.name: v.unit for v in self.profile.values if v.unit},
+            ),
+            ts=self.clock(),
+        )
+
+
+def _alarm_lists(alarms: Alarms) -> dict[str, list[AlarmItem]]:
+    return {
+        "active": alarms.active,
+        "latched": alarms.latched,
+        "warnings": alarms.warnings,
+        "latched_warnings": alarms.latched_warnings,
+    }

@@ -1,0 +1,77 @@
+"""The farm agent's settings: the owner's ``farm_config.yaml`` and ``FARM_ID``-style variables keep working."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field, field_validator, model_validator
+
+from broker.topics import check_farm_id
+from farm_agent.link import ModbusUrl, ModbusUrlError
+from kubmesh.settings import ServiceSettings
+
+
+class AgentSettings(ServiceSettings):
+    ENV: ClassVar[dict[str, str]] = {
+        "FARM_ID": "farm_id",
+        "FARM_NAME": "farm_name",
+        "OWNER_ID": "owner_id",
+        "FARM_LOCATION": "location",
+        "MODBUS_URL": "modbus_url",
+        "POLL_INTERVAL": "poll_interval",
+        "HEARTBEAT_INTERVAL": "heartbeat_interval",
+        "DEVICE_PROFILE": "profile",
+        "DISCOVERY_SERVICE_URL": "discovery_url",
+        "TAILNET": "tailnet",
+        "TAILSCALE_API_KEY": "tailscale_api_key",
+    }
+    YAML: ClassVar[dict[str, str]] = {
+        **ServiceSettings.YAML,
+        "farm.id": "farm_id",
+        "farm.name": "farm_name",
+        "farm.owner_id": "owner_id",
+        "farm.location": "location",
+        "farm.capabilities": "capabilities",
+        "farm.api_port": "api_port",
+        "modbus.url": "modbus_url",
+        "modbus.poll_interval": "poll_interval",
+        "tailscale.tailnet": "tailnet",
+        "tailscale.api_key": "tailscale_api_key",
+        "discovery.service_url": "discovery_url",
+        "discovery.heartbeat_interval": "heartbeat_interval",
+    }
+
+    farm_id: str
+    farm_name: str | None = None
+    owner_id: str | None = None
+    location: str | None = None
+    capabilities: list[str] = Field(default_factory=lambda: ["kub1063", "monitoring", "control"])
+    api_host: str = "0.0.0.0"
+    api_port: int = Field(8080, ge=0, le=65535)
+    modbus_url: str = "tcp://127.0.0.1:502?unit=1"
+    poll_interval: float = Field(5.0, ge=0.2, le=3600)
+    heartbeat_interval: float = Field(30.0, ge=1, le=3600)
+    profile: str | None = None
+    discovery_url: str | None = None
+    tailnet: str | None = None
+    tailscale_api_key: str | None = None
+
+    @field_validator("farm_id")
+    @classmethod
+    def _farm_id(cls, value: str) -> str:
+        return check_farm_id(value)
+
+    @field_validator("modbus_url")
+    @classmethod
+    def _modbus_url(cls, value: str) -> str:
+        try:
+            ModbusUrl.parse(value)
+        except ModbusUrlError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _name(self) -> AgentSettings:
+        if not self.farm_name:
+            self.farm_name = self.farm_id
+        return self

@@ -1,0 +1,251 @@
+"""``kubmesh demo``: the whole system on one machine, with simulated controllers.
+
+It runs the same services a deployment runs, each in its own process (so one
+can be killed to watch the farm go offline): the discovery node with the
+embedded broker, two KUB-1063 simulators, one agent per farm, and the mobile
+web. Credentials are made fresh on every start and written to
+``DIR/credentials.json``; only hashes stay in the identity store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from broker.client import MqttUrl
+from broker.identities import Credentials, IdentityStore, Role
+
+FARMS = (("farm-001", "Птичник №1"), ("farm-002", "Теплица №2"))
+DEMO_OWNER = "demo-owner"
+STOP_TIMEOUT_S = 8.0
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("demo", help="run everything on this machine with two simulated farms")
+    parser.add_argument("--data-dir", default="./kubmesh-data", help="where data, logs and credentials.json go")
+    parser.add_argument("--bind", default="127.0.0.1", help="address the broker, API and web listen on")
+    parser.add_argument("--mqtt-port", type=int, default=1883)
+    parser.add_argument("--api-port", type=int, default=8082)
+    parser.add_argument("--web-port", type=int, default=5000)
+    parser.add_argument("--agent-port", type=int, default=8080, help="first farm agent's HTTP port (+1 for the next)")
+    parser.add_argument("--modbus-port", type=int, default=5020, help="first simulator's Modbus TCP port (+1 …)")
+    parser.add_argument("--control-port", type=int, default=5030, help="first simulator's control port (+1 …)")
+    parser.add_argument("--poll-interval", type=float, default=float(os.environ.get("POLL_INTERVAL", 5)))
+    parser.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    ports = _ports(args)
+    busy = [f"{name} {port}" for name, port in ports.items() if _port_busy(args.bind, port)]
+    if busy:
+        print(f"kubmesh demo: port(s) in use: {', '.join(busy)}; choose others with the --*-port options",
+              file=sys.stderr)
+        return 1
+
+    credentials = _make_credentials(IdentityStore(data_dir))
+    api_token = secrets.token_hex(24)
+    broker_url = MqttUrl(host="127.0.0.1", port=args.mqtt_port)
+    children: list[Child] = []
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    def start(name: str, args_: list[str], env: dict[str, str] | None = None, wait_port: int | None = None) -> None:
+        log_path = logs / f"{name}.log"
+        with open(log_path, "ab") as log_file:  # the child keeps its own descriptor
+            process = subprocess.Popen(
+                [sys.executable, "-m", "kubmesh", *args_],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                start_new_session=True,  # Ctrl-C reaches the demo only; it stops the children in order
+            )
+        children.append(Child(name, process, log_path))
+        if wait_port is not None:
+            _wait_for_port(children[-1], wait_port, lambda: stopping)
+
+    try:
+        start(
+            "discovery",
+            ["discovery", "--data-dir", str(data_dir), "--mqtt-host", args.bind, "--mqtt-port", str(args.mqtt_port),
+             "--host", args.bind, "--port", str(args.api_port)],
+            env={"API_TOKEN": api_token},
+            wait_port=args.mqtt_port,
+        )
+        _wait_for_port(children[-1], args.api_port, lambda: stopping)
+        for index, (farm_id, _) in enumerate(FARMS):
+            start(
+                f"simulator-{farm_id}",
+                ["simulate", "--host", "127.0.0.1", "--port", str(args.modbus_port + index),
+                 "--control-port", str(args.control_port + index), "--seed", str(index + 1),
+                 "--day", str(12 + index * 9)],
+                wait_port=args.modbus_port + index,
+            )
+        for index, (farm_id, farm_name) in enumerate(FARMS):
+            start(
+                f"agent-{farm_id}",
+                ["farm-agent", "--data-dir", str(data_dir), "--farm-id", farm_id, "--farm-name", farm_name,
+                 "--owner-id", DEMO_OWNER, "--modbus-url", f"tcp://127.0.0.1:{args.modbus_port + index}?unit=1",
+                 "--poll-interval", str(args.poll_interval), "--host", "127.0.0.1",
+                 "--port", str(args.agent_port + index)],
+                env={"MQTT_URL": str(broker_url.with_credentials(**credentials[farm_id].as_dict()))},
+                wait_port=args.agent_port + index,
+            )
+        start(
+            "mobile-web",
+            ["mobile-web", "--data-dir", str(data_dir), "--host", args.bind, "--port", str(args.web_port)],
+            env={
+                "MQTT_URL": str(broker_url.with_credentials(**credentials["mobile_web"].as_dict())),
+                "DISCOVERY_SERVICE_URL": f"http://127.0.0.1:{args.api_port}",
+                "POLL_INTERVAL": str(args.poll_interval),
+            },
+            wait_port=args.web_port,
+        )
+    except _Interrupted:
+        return _stop_all(children)
+    except _ChildFailed as exc:
+        print(f"kubmesh demo: {exc}", file=sys.stderr)
+        _stop_all(children)
+        return 1
+
+    _write_credentials(data_dir / "credentials.json", credentials, api_token)
+    _print_summary(args, data_dir, credentials, api_token)
+
+    reported: set[str] = set()
+    while not stopping:
+        for child in children:
+            code = child.process.poll()
+            if code is not None and child.name not in reported:
+                reported.add(child.name)
+                print(f"kubmesh demo: {child.name} exited with code {code} (log: {child.log_path})", file=sys.stderr)
+        time.sleep(0.2)
+    return _stop_all(children)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _ChildFailed(Exception):
+    pass
+
+
+def _ports(args: argparse.Namespace) -> dict[str, int]:
+    ports = {"MQTT": args.mqtt_port, "REST API": args.api_port, "web": args.web_port}
+    for index, (farm_id, _) in enumerate(FARMS):
+        ports[f"agent {farm_id}"] = args.agent_port + index
+        ports[f"simulator {farm_id}"] = args.modbus_port + index
+        ports[f"simulator control {farm_id}"] = args.control_port + index
+    return ports
+
+
+def _port_busy(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex(("127.0.0.1" if host == "0.0.0.0" else host, port)) == 0
+
+
+def _wait_for_port(child: Child, port: int, interrupted: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if interrupted():  # type: ignore[operator]
+            raise _Interrupted
+        if child.process.poll() is not None:
+            tail = child.log_path.read_text(errors="replace")[-2000:]
+            raise _ChildFailed(f"{child.name} exited with code {child.process.returncode}:\n{tail}")
+        if _port_busy("127.0.0.1", port):
+            return
+        time.sleep(0.1)
+    raise _ChildFailed(f"{child.name} did not open port {port} within {timeout:.0f} s (log: {child.log_path})")
+
+
+def _make_credentials(store: IdentityStore) -> dict[str, Credentials]:
+    """Fresh secrets for every identity the demo uses (existing ones are rotated)."""
+    credentials = {
+        "admin": store.ensure("admin", Role.ADMIN),
+        "viewer": store.ensure("viewer", Role.VIEWER),
+        "farmer": store.ensure("farmer", Role.OPERATOR),
+        "mobile_web": store.ensure("mobile_web", Role.MOBILE_WEB),
+    }
+    for farm_id, _ in FARMS:
+        credentials[farm_id] = store.ensure(farm_id, Role.FARM, owner=DEMO_OWNER)
+    return credentials
+
+
+def _write_credentials(path: Path, credentials: dict[str, Credentials], api_token: str) -> None:
+    document = {
+        "mqtt": {"admin": credentials["admin"].as_dict(), "viewer": credentials["viewer"].as_dict()},
+        "web": credentials["farmer"].as_dict(),
+        "api": {"token": api_token},
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(document, out, indent=2)
+        out.write("\n")
+
+
+def _print_summary(args: argparse.Namespace, data_dir: Path, credentials: dict[str, Credentials], token: str) -> None:
+    host = "127.0.0.1" if args.bind == "0.0.0.0" else args.bind
+    admin, web = credentials["admin"], credentials["farmer"]
+    print(
+        f"""
+kubmesh demo is running (Ctrl-C stops it).
+
+  Mobile web     http://{host}:{args.web_port}/        login {web.username} / {web.password}
+  REST API       http://{host}:{args.api_port}/api/farms  Authorization: Bearer {token}
+  MQTT broker    mqtt://{host}:{args.mqtt_port}          admin {admin.username} / {admin.password}
+  Farm agents    {", ".join(f"http://127.0.0.1:{args.agent_port + i}/health" for i in range(len(FARMS)))}
+
+  Watch the bus: mosquitto_sub -h {host} -p {args.mqtt_port} -u {admin.username} -P {admin.password} -v -t 'kub/#'
+  Credentials:   {data_dir / "credentials.json"}
+  Logs:          {data_dir / "logs"}
+""",
+        flush=True,
+    )
+
+
+def _stop_all(children: list[Child]) -> int:
+    """Agents first (they publish their offline status while the broker is still up), the broker last."""
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for group in (
+        [c for c in children if c.name.startswith("agent")],
+        [c for c in children if not c.name.startswith("agent") and c.name != "discovery"],
+        [c for c in children if c.name == "discovery"],
+    ):
+        for child in group:
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        for child in group:
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait(2)
+    print("kubmesh demo stopped.", file=sys.stderr)
+    return 0
