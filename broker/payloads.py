@@ -112,6 +112,7 @@ class Reading(WireModel):
     seq: int = Field(ge=0)
     values: dict[str, Number | None]
     status: dict[str, SensorStatus] = Field(default_factory=dict)
+    bits: dict[str, dict[str, bool]] | None = None  # labelled bits of bitfield values
 
     @field_validator("values")
     @classmethod

@@ -37,6 +37,7 @@ from farm_agent.events import alarm_events, sensor_events
 from farm_agent.link import ModbusFailure
 from farm_agent.poller import Poller
 from farm_agent.profile import Profile
+from farm_agent.report import named_bits, worth_publishing
 from farm_agent.settings import AgentSettings
 from farm_agent.store import AgentStore
 
@@ -59,6 +60,8 @@ class FarmState:
     polls_ok: int = 0
     polls_failed: int = 0
     last_poll_ts: float | None = None
+    last_published: float = 0.0  # monotonic time of the last published reading
+    polls_unchanged: int = 0
     bytes_published: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -130,15 +133,22 @@ class FarmAgent:
             await self._modbus_restored()
         ts = self.clock()
         previous = self.state.reading
-        reading = Reading(ts=ts, seq=self.store.next_seq(), values=result.values, status=result.status)
         alarms = Alarms(ts=ts, **result.alarms)
-        events = sensor_events(previous.status if previous else None, reading.status, ts)
+        events = sensor_events(previous.status if previous else None, result.status, ts)
         alarms_changed = self.state.alarms is None or _alarm_lists(self.state.alarms) != _alarm_lists(alarms)
         if alarms_changed:
             events += alarm_events(_alarm_lists(self.state.alarms) if self.state.alarms else None,
                                    _alarm_lists(alarms), ts)
-        self.state.reading = reading
-        await self._publish(self.topics.state(self.farm_id), encode(reading), retain=True)
+        due = time.monotonic() - self.state.last_published >= self.settings.max_interval
+        if due or worth_publishing(self.profile, previous.values if previous else None,
+                                   previous.status if previous else None, result.values, result.status):
+            reading = Reading(ts=ts, seq=self.store.next_seq(), values=result.values, status=result.status,
+                              bits=named_bits(self.profile, result.values) or None)
+            self.state.reading = reading
+            self.state.last_published = time.monotonic()
+            await self._publish(self.topics.state(self.farm_id), encode(reading), retain=True)
+        else:
+            self.state.polls_unchanged += 1
         if alarms_changed:
             self.state.alarms = alarms
             await self._publish(self.topics.alarms(self.farm_id), encode(alarms), retain=True)

@@ -13,7 +13,9 @@ from kubmesh.logs import setup_logging
 from kubmesh.runtime import run_until_signalled
 from kubmesh.settings import ConfigError, load_settings
 
-AGENT_FLAGS = ("farm_id", "farm_name", "owner_id", "modbus_url", "poll_interval", "profile", "api_host", "api_port")
+AGENT_FLAGS = (
+    "farm_id", "farm_name", "owner_id", "modbus_url", "poll_interval", "max_interval", "profile", "api_host", "api_port"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,6 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--owner-id", help="the farm's owner (OWNER_ID)")
     parser.add_argument("--modbus-url", help="tcp://host:502?unit=1 or rtu:///dev/ttyUSB0?baudrate=9600&unit=1")
     parser.add_argument("--poll-interval", type=float, help="seconds between polls (POLL_INTERVAL, default 5)")
+    parser.add_argument(
+        "--max-interval", type=float,
+        help="publish state at least this often even if nothing moved beyond its deadband (default 60; 0: every poll)",
+    )
     parser.add_argument("--profile", help="device profile: a shipped name (kub1063) or a YAML file")
     parser.add_argument("--host", dest="api_host", help="address of the local HTTP API (default 0.0.0.0)")
     parser.add_argument("--port", dest="api_port", type=int, help="port of the local HTTP API (default 8080)")

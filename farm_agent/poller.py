@@ -1,14 +1,28 @@
-"""One poll of the controller: the planned block reads, decoded through the device profile."""
+"""One poll of the controller: the planned block reads, decoded through the device profile.
+
+The plan starts as the fewest blocks the protocol allows. Whether the device
+answers a block that spans undocumented addresses is not known, so a block
+refused with exception 02 (illegal data address) is split at its widest gap
+and each part tried again, until every wanted register is covered or known
+to be refused on its own. The plan that works is kept in the data dir, so
+later polls and restarts pay nothing for the discovery.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from broker.payloads import AlarmItem, SensorStatus
 from farm_agent.blocks import Block, plan_blocks
 from farm_agent.decode import decode_alarms, decode_firmware, decode_values
-from farm_agent.link import ModbusLink
+from farm_agent.link import ILLEGAL_DATA_ADDRESS, ModbusDeviceError, ModbusLink
 from farm_agent.profile import Profile
+
+log = logging.getLogger("kubmesh.agent.poller")
 
 
 @dataclass(frozen=True)
@@ -20,10 +34,14 @@ class PollResult:
 
 
 class Poller:
-    def __init__(self, profile: Profile, link: ModbusLink) -> None:
+    def __init__(self, profile: Profile, link: ModbusLink, plan_file: Path | None = None) -> None:
         self.profile = profile
         self.link = link
-        self.plan: list[Block] = plan_blocks(profile.input_registers())
+        self.wanted = profile.input_registers()
+        self.plan_file = plan_file
+        self._fingerprint = _fingerprint(self.wanted, str(link.url))
+        self.plan: list[Block] = self._load_plan() or plan_blocks(self.wanted)
+        self.refused: set[int] = set()  # wanted registers the device refuses even alone
 
     async def read_firmware(self) -> str | None:
         spec = self.profile.firmware
@@ -34,11 +52,84 @@ class Poller:
 
     async def poll(self) -> PollResult:
         registers: dict[int, int] = {}
+        plan: list[Block] = []
+        changed = False
         for block in self.plan:
-            words = await self.link.read("input", block.start, block.count)
+            try:
+                words = await self.link.read("input", block.start, block.count)
+            except ModbusDeviceError as exc:
+                if exc.code != ILLEGAL_DATA_ADDRESS:
+                    raise
+                changed = True
+                plan.extend(await self._split_and_read(block, registers))
+                continue
             registers.update(zip(range(block.start, block.end), words, strict=True))
+            plan.append(block)
+        if changed:
+            self.plan = plan
+            self._save_plan()
+            log.info("read plan settled: %s (%d requests per poll)", ", ".join(map(str, plan)), len(plan))
         values, status = decode_values(self.profile, registers)
+        for spec in self.profile.values:
+            if spec.address in self.refused:
+                values[spec.name], status[spec.name] = None, "error"
         return PollResult(values, status, decode_alarms(self.profile, registers), registers)
+
+    async def _split_and_read(self, block: Block, registers: dict[int, int]) -> list[Block]:
+        """Read the wanted registers of a refused block in smaller blocks; return the blocks that worked."""
+        wanted = [a for a in self.wanted if block.start <= a < block.end]
+        if len(wanted) <= 1 or block.count == 1:
+            self.refused.update(wanted)
+            log.warning("device refuses register(s) %s", ", ".join(f"0x{a:04X}" for a in wanted))
+            return []
+        working: list[Block] = []
+        for part in _split_at_widest_gap(wanted):
+            sub = Block(part[0], part[-1] - part[0] + 1)
+            try:
+                words = await self.link.read("input", sub.start, sub.count)
+            except ModbusDeviceError as exc:
+                if exc.code != ILLEGAL_DATA_ADDRESS:
+                    raise
+                working.extend(await self._split_and_read(sub, registers))
+                continue
+            registers.update(zip(range(sub.start, sub.end), words, strict=True))
+            working.append(sub)
+        return working
+
+    def _load_plan(self) -> list[Block] | None:
+        if self.plan_file is None or not self.plan_file.exists():
+            return None
+        try:
+            data = json.loads(self.plan_file.read_text())
+            if data.get("fingerprint") != self._fingerprint:
+                return None
+            blocks = [Block(int(start), int(count)) for start, count in data["blocks"]]
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring unreadable read plan %s", self.plan_file)
+            return None
+        covered = {a for b in blocks for a in range(b.start, b.end)}
+        return blocks if covered >= set(self.wanted) and all(b.count <= 125 for b in blocks) else None
+
+    def _save_plan(self) -> None:
+        if self.plan_file is None:
+            return
+        document = {"fingerprint": self._fingerprint, "blocks": [[b.start, b.count] for b in self.plan]}
+        tmp = self.plan_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(document))
+        tmp.replace(self.plan_file)
 
     def close(self) -> None:
         self.link.close()
+
+
+def _split_at_widest_gap(addresses: list[int]) -> list[list[int]]:
+    gaps = [(addresses[i + 1] - addresses[i], i) for i in range(len(addresses) - 1)]
+    widest, index = max(gaps)
+    if widest <= 1:  # contiguous: halve it
+        index = len(addresses) // 2 - 1
+    return [addresses[: index + 1], addresses[index + 1 :]]
+
+
+def _fingerprint(wanted: list[int], device: str) -> str:
+    """A plan is valid for one set of registers on one device."""
+    return hashlib.sha256(json.dumps([wanted, device]).encode()).hexdigest()[:16]

@@ -20,6 +20,7 @@ class AgentSettings(ServiceSettings):
         "MODBUS_URL": "modbus_url",
         "POLL_INTERVAL": "poll_interval",
         "HEARTBEAT_INTERVAL": "heartbeat_interval",
+        "MAX_INTERVAL": "max_interval",
         "DEVICE_PROFILE": "profile",
         "DISCOVERY_SERVICE_URL": "discovery_url",
         "TAILNET": "tailnet",
@@ -35,6 +36,7 @@ class AgentSettings(ServiceSettings):
         "farm.api_port": "api_port",
         "modbus.url": "modbus_url",
         "modbus.poll_interval": "poll_interval",
+        "modbus.max_interval": "max_interval",
         "tailscale.tailnet": "tailnet",
         "tailscale.api_key": "tailscale_api_key",
         "discovery.service_url": "discovery_url",
@@ -51,6 +53,7 @@ class AgentSettings(ServiceSettings):
     modbus_url: str = "tcp://127.0.0.1:502?unit=1"
     poll_interval: float = Field(5.0, ge=0.2, le=3600)
     heartbeat_interval: float = Field(30.0, ge=1, le=3600)
+    max_interval: float = Field(60.0, ge=0, le=86400)  # publish state at least this often; 0 = every poll
     profile: str | None = None
     discovery_url: str | None = None
     tailnet: str | None = None
