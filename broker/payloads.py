@@ -194,13 +194,13 @@ def decode_set_command(payload: bytes | bytearray | str) -> SetCommand:
     try:
         data = json.loads(payload)
     except (ValueError, RecursionError):
-        raise PayloadError("malformed payload: not JSON") from None
+        raise PayloadError("not JSON") from None
     if isinstance(data, bool):
         data = int(data)
     if isinstance(data, int | float):
         data = {"value": data}
     if not isinstance(data, dict):
-        raise PayloadError("malformed payload: expected a number or an object with 'value'")
+        raise PayloadError("expected a number or an object with 'value'")
     try:
         return SetCommand.model_validate(data)
     except ValidationError as exc:

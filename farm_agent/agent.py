@@ -33,6 +33,7 @@ from broker.payloads import (
     utc_now,
 )
 from broker.topics import Topics
+from farm_agent.control import CommandHandler
 from farm_agent.events import alarm_events, sensor_events
 from farm_agent.link import ModbusFailure
 from farm_agent.poller import Poller
@@ -77,18 +78,21 @@ class FarmAgent:
         profile: Profile,
         poller: Poller,
         store: AgentStore,
+        control: CommandHandler,
         clock: Clock = utc_now,
     ) -> None:
         self.settings = settings
         self.profile = profile
         self.poller = poller
         self.store = store
+        self.control = control
         self.clock = clock
         self.topics = Topics(settings.base_topic)
         self.farm_id = settings.farm_id
         self.state = FarmState()
         self._client: aiomqtt.Client | None = None
         self._publish_lock = asyncio.Lock()
+        self._poll_now = asyncio.Event()  # set after a command, so its effect shows without waiting a poll
 
     # ---- running ----------------------------------------------------------------------------------
 
@@ -113,8 +117,10 @@ class FarmAgent:
             now = time.monotonic()
             if next_at < now:  # a slow poll (timeouts) moves the schedule instead of bursting to catch up
                 next_at = now + interval
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), next_at - now)
+            await _wait_any((stop, self._poll_now), next_at - now)
+            if self._poll_now.is_set():
+                self._poll_now.clear()
+                next_at = time.monotonic()
 
     async def poll_once(self) -> None:
         """One poll: read, decode, publish. A link fault is reported and the next poll tries again."""
@@ -191,7 +197,16 @@ class FarmAgent:
                 ) as client:
                     delay = 1.0
                     await self._on_connected(client)
-                    await self._heartbeat_until(stop)
+                    await client.subscribe(self.topics.set_filter(self.farm_id), qos=1)
+                    session = asyncio.ensure_future(asyncio.gather(self._heartbeats(), self._commands(client)))
+                    stopping = asyncio.ensure_future(stop.wait())
+                    await asyncio.wait({session, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    stopping.cancel()
+                    if session.done():
+                        session.result()  # the connection broke: raises MqttError, and we reconnect
+                    session.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await session
                     await self._say_goodbye(client)
                     return
             except aiomqtt.MqttError as exc:
@@ -218,11 +233,28 @@ class FarmAgent:
         await self._publish_event(Event(ts=self.clock(), kind="agent_online",
                                         message=f"agent {AGENT_VERSION} connected"))
 
-    async def _heartbeat_until(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
+    async def _heartbeats(self) -> None:
+        while True:
             await self._publish_heartbeat()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.heartbeat_interval)
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+    async def _commands(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = message.topic.value
+            try:
+                name = self.topics.parse(topic).name
+            except ValueError:
+                name = topic.rsplit("/", 1)[-1]
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            result = await self.control.handle(name, payload, retained=bool(message.retain))
+            await self._publish(self.topics.ack(self.farm_id), encode(result.ack))
+            if result.applied:
+                ack = result.ack
+                await self._publish_event(Event(
+                    ts=ack.ts, kind="command_applied", message=f"{ack.name} = {ack.value}",
+                    detail={"id": ack.id, "name": ack.name, "value": ack.value},
+                ))
+                self._poll_now.set()
 
     async def _say_goodbye(self, client: aiomqtt.Client) -> None:
         """A clean stop: tell everyone, then disconnect (a clean disconnect sends no last will)."""
@@ -293,6 +325,16 @@ class FarmAgent:
             ),
             ts=self.clock(),
         )
+
+
+async def _wait_any(events: tuple[asyncio.Event, ...], seconds: float) -> None:
+    """Return when any of ``events`` is set or after ``seconds``."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def _alarm_lists(alarms: Alarms) -> dict[str, list[AlarmItem]]:

@@ -7,7 +7,9 @@ import logging
 
 from aiohttp import web
 
+from broker.payloads import utc_now
 from farm_agent.agent import FarmAgent
+from farm_agent.control import CommandHandler
 from farm_agent.http_api import create_api
 from farm_agent.link import ModbusLink, ModbusUrl
 from farm_agent.poller import Poller
@@ -23,7 +25,9 @@ async def run_agent(settings: AgentSettings, stop: asyncio.Event) -> None:
     link = ModbusLink(ModbusUrl.parse(settings.modbus_url, profile.link))
     store = AgentStore(settings.data_dir / f"agent-{settings.farm_id}.db")
     poller = Poller(profile, link, plan_file=settings.data_dir / f"agent-{settings.farm_id}.plan.json")
-    agent = FarmAgent(settings, profile, poller, store)
+    control = CommandHandler(profile, link, settings.data_dir / f"agent-{settings.farm_id}.commands.db",
+                             clock=utc_now, max_age_s=settings.command_max_age)
+    agent = FarmAgent(settings, profile, poller, store, control)
     runner = web.AppRunner(create_api(agent), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.api_host, settings.api_port).start()
@@ -35,4 +39,5 @@ async def run_agent(settings: AgentSettings, stop: asyncio.Event) -> None:
         await agent.run(stop)
     finally:
         await runner.cleanup()
+        control.close()
         store.close()
