@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -32,7 +34,8 @@ from broker.payloads import (
     encode,
     utc_now,
 )
-from broker.topics import Topics
+from broker.topics import Topics, ha_status_topic
+from farm_agent import homeassistant
 from farm_agent.control import CommandHandler
 from farm_agent.events import alarm_events, sensor_events
 from farm_agent.link import ModbusFailure
@@ -198,7 +201,9 @@ class FarmAgent:
                     delay = 1.0
                     await self._on_connected(client)
                     await client.subscribe(self.topics.set_filter(self.farm_id), qos=1)
-                    session = asyncio.ensure_future(asyncio.gather(self._heartbeats(), self._commands(client)))
+                    if self.settings.ha_discovery:
+                        await client.subscribe(ha_status_topic(self.settings.ha_prefix), qos=1)
+                    session = asyncio.ensure_future(asyncio.gather(self._heartbeats(), self._messages(client)))
                     stopping = asyncio.ensure_future(stop.wait())
                     await asyncio.wait({session, stopping}, return_when=asyncio.FIRST_COMPLETED)
                     stopping.cancel()
@@ -238,9 +243,17 @@ class FarmAgent:
             await self._publish_heartbeat()
             await asyncio.sleep(self.settings.heartbeat_interval)
 
-    async def _commands(self, client: aiomqtt.Client) -> None:
+    async def _messages(self, client: aiomqtt.Client) -> None:
+        ha_status = ha_status_topic(self.settings.ha_prefix)
+        announcing: set[asyncio.Task[None]] = set()
         async for message in client.messages:
             topic = message.topic.value
+            if topic == ha_status:
+                if message.payload == b"online":
+                    task = asyncio.create_task(self._announce_to_home_assistant_again())
+                    announcing.add(task)
+                    task.add_done_callback(announcing.discard)
+                continue
             try:
                 name = self.topics.parse(topic).name
             except ValueError:
@@ -285,6 +298,30 @@ class FarmAgent:
 
     async def _publish_meta(self) -> None:
         await self._publish(self.topics.meta(self.farm_id), encode(self.meta()), retain=True)
+        await self._publish_home_assistant_config()
+
+    async def _publish_home_assistant_config(self) -> None:
+        if not self.settings.ha_discovery:
+            return
+        config = homeassistant.device_config(
+            self.profile, self.topics, self.farm_id, farm_name=self.settings.farm_name or self.farm_id,
+            firmware=self.state.firmware, location=self.settings.location, agent_version=AGENT_VERSION,
+            language=self.settings.ha_language,
+        )
+        await self._publish(homeassistant.config_topic(self.settings.ha_prefix, self.farm_id),
+                            json.dumps(config, ensure_ascii=False).encode(), retain=True)
+
+    async def _announce_to_home_assistant_again(self) -> None:
+        """HA restarted: configs again after a short random delay (a fleet must not burst), then states."""
+        await asyncio.sleep(random.uniform(0, 3))
+        await self._publish_home_assistant_config()
+        await self._publish(self.topics.status(self.farm_id),
+                            encode(Status(state="online", ts=self.clock())), retain=True)
+        if self.state.reading:
+            await self._publish(self.topics.state(self.farm_id), encode(self.state.reading), retain=True)
+        if self.state.alarms:
+            await self._publish(self.topics.alarms(self.farm_id), encode(self.state.alarms), retain=True)
+        await self._publish_heartbeat()
 
     # ---- payloads -------------------------------------------------------------------------------------
 

@@ -22,6 +22,9 @@ class AgentSettings(ServiceSettings):
         "HEARTBEAT_INTERVAL": "heartbeat_interval",
         "MAX_INTERVAL": "max_interval",
         "DEVICE_PROFILE": "profile",
+        "HA_DISCOVERY": "ha_discovery",
+        "HA_DISCOVERY_PREFIX": "ha_prefix",
+        "HA_LANGUAGE": "ha_language",
         "DISCOVERY_SERVICE_URL": "discovery_url",
         "TAILNET": "tailnet",
         "TAILSCALE_API_KEY": "tailscale_api_key",
@@ -41,6 +44,9 @@ class AgentSettings(ServiceSettings):
         "tailscale.api_key": "tailscale_api_key",
         "discovery.service_url": "discovery_url",
         "discovery.heartbeat_interval": "heartbeat_interval",
+        "homeassistant.discovery": "ha_discovery",
+        "homeassistant.prefix": "ha_prefix",
+        "homeassistant.language": "ha_language",
     }
 
     farm_id: str
@@ -56,6 +62,8 @@ class AgentSettings(ServiceSettings):
     command_max_age: float = Field(60.0, gt=0)  # refuse commands issued longer ago than this (seconds)
     max_interval: float = Field(60.0, ge=0, le=86400)  # publish state at least this often; 0 = every poll
     profile: str | None = None
+    ha_discovery: bool = True
+    ha_language: str = Field("en", pattern="^(en|ru)$")
     discovery_url: str | None = None
     tailnet: str | None = None
     tailscale_api_key: str | None = None
