@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import signal
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from broker.identities import Credentials, IdentityStore, Role
-from tests.helpers import ServiceProcess, free_port
+from tests.helpers import ServiceProcess, free_port, port_open, wait_until
 
 
 @dataclass
@@ -46,3 +49,39 @@ def broker(data_dir: Path, tmp_path: Path) -> Iterator[RunningBroker]:
     ).wait_port(port)
     yield RunningBroker(port, data_dir, store, process, admin)
     process.stop()
+
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+@dataclass
+class RunningMosquitto:
+    """A real Mosquitto (Debian package) with a password file, for the external-broker path."""
+
+    port: int
+    password_file: Path
+    process: subprocess.Popen[bytes]
+
+    def add_user(self, username: str, password: str) -> None:
+        subprocess.run(["mosquitto_passwd", "-b", str(self.password_file), username, password], check=True)
+        self.process.send_signal(signal.SIGHUP)  # mosquitto re-reads its password file
+
+    def url(self, username: str, password: str) -> str:
+        return f"mqtt://{username}:{password}@127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[RunningMosquitto]:
+    port = free_port()
+    password_file = tmp_path / "mosquitto.passwd"
+    password_file.touch(mode=0o600)
+    config = tmp_path / "mosquitto.conf"
+    config.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {password_file}\npersistence false\n"
+    )
+    with open(tmp_path / "mosquitto.log", "wb") as log:
+        process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    wait_until(lambda: port_open(port), 10, what="mosquitto to listen")
+    yield RunningMosquitto(port, password_file, process)
+    process.terminate()
+    process.wait(5)
