@@ -77,7 +77,9 @@ def mosquitto(tmp_path: Path) -> Iterator[RunningMosquitto]:
     password_file.touch(mode=0o600)
     config = tmp_path / "mosquitto.conf"
     config.write_text(
+        # "user root" keeps mosquitto as the invoking user (it would drop to "mosquitto" and lose the file)
         f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {password_file}\npersistence false\n"
+        "user root\n"
     )
     with open(tmp_path / "mosquitto.log", "wb") as log:
         process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
