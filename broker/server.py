@@ -15,6 +15,7 @@ from broker.plugins import IdentityAuthPlugin, TopicAclPlugin
 from kubmesh.settings import ServiceSettings
 
 log = logging.getLogger("kubmesh.broker")
+SHUTDOWN_TIMEOUT_S = 3.0
 
 
 class BrokerSettings(ServiceSettings):
@@ -44,11 +45,13 @@ class BrokerSettings(ServiceSettings):
 
 
 class KubBroker(Broker):
-    """amqtt's broker, with retained messages on subscribe checked like live ones.
+    """amqtt's broker, with retained messages delivered only as MQTT says.
 
-    amqtt 0.12 checks the RECEIVE permission for live deliveries but sends
-    retained messages to any subscription that matches; a viewer of one owner
-    subscribing to ``kub/#`` would read every farm's retained state.
+    amqtt 0.12.1 checks the RECEIVE permission for live deliveries but sends
+    retained messages to any subscription that matches, so a viewer of one
+    owner subscribing to ``kub/#`` would read every farm's retained state; and
+    on connect it walks every client's subscription filters, sending a new
+    client retained messages for filters it never subscribed to.
     """
 
     async def _publish_retained_messages_for_subscription(
@@ -57,6 +60,9 @@ class KubBroker(Broker):
         topic_filter, qos = subscription
         handler = self._get_handler(session)
         if handler is None:
+            return
+        subscribers = self._subscriptions.get(topic_filter, [])
+        if all(subscriber.client_id != session.client_id for subscriber, _ in subscribers):
             return
         tasks = []
         for topic, retained in list(self._retained_messages.items()):
@@ -107,9 +113,17 @@ async def start_broker(settings: BrokerSettings) -> KubBroker:
     return broker
 
 
+async def stop_broker(broker: Broker, seconds: float = SHUTDOWN_TIMEOUT_S) -> None:
+    """amqtt's shutdown waits for in-flight QoS 1 deliveries, which a lost PUBACK keeps open forever."""
+    try:
+        await asyncio.wait_for(broker.shutdown(), seconds)
+    except TimeoutError:
+        log.warning("broker did not shut down cleanly within %.0f s; closing anyway", seconds)
+
+
 async def run_broker(settings: BrokerSettings, stop: asyncio.Event) -> None:
     broker = await start_broker(settings)
     try:
         await stop.wait()
     finally:
-        await broker.shutdown()
+        await stop_broker(broker)

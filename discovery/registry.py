@@ -1,0 +1,117 @@
+"""The farm registry and presence, in SQLite: what the discovery node knows of every farm."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from broker.payloads import Alarms, Heartbeat, Meta, Reading, Status, format_ts
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS farms (
+    farm_id TEXT PRIMARY KEY,
+    name TEXT,
+    owner_id TEXT,
+    location TEXT,
+    online INTEGER NOT NULL DEFAULT 0,
+    status_ts TEXT,
+    status_reason TEXT,
+    last_seen TEXT,
+    meta TEXT,
+    heartbeat TEXT,
+    state TEXT,
+    alarms TEXT
+)
+"""
+
+
+class Registry:
+    """One connection, used from the event loop; a lock keeps the odd thread (tests, tools) safe."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(SCHEMA)
+        self._lock = threading.Lock()
+
+    def _touch(self, farm_id: str, seen: datetime, **columns: Any) -> None:
+        names = ["farm_id", "last_seen", *columns]
+        values = [farm_id, format_ts(seen), *columns.values()]
+        updates = ", ".join(f"{name} = excluded.{name}" for name in names[1:])
+        with self._lock:
+            self._db.execute(
+                f"INSERT INTO farms ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
+                f"ON CONFLICT(farm_id) DO UPDATE SET {updates}",
+                values,
+            )
+
+    def record_status(self, farm_id: str, status: Status, seen: datetime) -> None:
+        self._touch(farm_id, seen, online=int(status.state == "online"), status_ts=format_ts(status.ts),
+                    status_reason=status.reason)
+
+    def record_meta(self, farm_id: str, meta: Meta, seen: datetime) -> None:
+        self._touch(farm_id, seen, name=meta.name, owner_id=meta.owner_id, location=meta.location,
+                    meta=meta.model_dump_json(exclude_none=True))
+
+    def record_heartbeat(self, farm_id: str, heartbeat: Heartbeat, seen: datetime) -> None:
+        self._touch(farm_id, seen, heartbeat=heartbeat.model_dump_json(exclude_none=True))
+
+    def record_state(self, farm_id: str, reading: Reading, seen: datetime) -> None:
+        self._touch(farm_id, seen, state=reading.model_dump_json(exclude_none=True))
+
+    def record_alarms(self, farm_id: str, alarms: Alarms, seen: datetime) -> None:
+        self._touch(farm_id, seen, alarms=alarms.model_dump_json(exclude_none=True))
+
+    def farms(self, owner: str | None = None) -> list[dict[str, Any]]:
+        query = "SELECT * FROM farms" + (" WHERE owner_id = ?" if owner is not None else "") + " ORDER BY farm_id"
+        with self._lock:
+            rows = self._db.execute(query, (owner,) if owner is not None else ()).fetchall()
+        return [_summary(row) for row in rows]
+
+    def farm(self, farm_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM farms WHERE farm_id = ?", (farm_id,)).fetchone()
+        if row is None:
+            return None
+        return {**_summary(row), "state": _json(row["state"]), "alarms": _json(row["alarms"])}
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM farms").fetchone()[0])
+
+    def healthy(self) -> bool:
+        try:
+            with self._lock:
+                self._db.execute("SELECT 1").fetchone()
+        except sqlite3.Error:
+            return False
+        return True
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _json(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+def _summary(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "farm_id": row["farm_id"],
+        "name": row["name"] or row["farm_id"],
+        "owner_id": row["owner_id"],
+        "location": row["location"],
+        "online": bool(row["online"]),
+        "status_ts": row["status_ts"],
+        "status_reason": row["status_reason"],
+        "last_seen": row["last_seen"],
+        "heartbeat": _json(row["heartbeat"]),
+        "meta": _json(row["meta"]),
+    }

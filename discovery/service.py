@@ -1,0 +1,59 @@
+"""``kubmesh discovery`` composed: the embedded broker (unless MQTT_URL is set), the bus and its
+plug-ins, the registry and the REST API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from broker.client import MqttUrl
+from broker.identities import IdentityStore, Role
+from broker.payloads import utc_now
+from broker.server import start_broker, stop_broker
+from broker.topics import Topics
+from discovery.api import create_api
+from discovery.bus import DiscoveryBus
+from discovery.presence import PresencePlugin
+from discovery.registry import Registry
+from discovery.settings import DiscoverySettings
+
+log = logging.getLogger("kubmesh.discovery")
+
+
+def _bus_url(settings: DiscoverySettings) -> MqttUrl:
+    if not settings.embedded_broker:
+        return settings.mqtt()
+    # its own broker: a fresh service token every start, kept only in this process
+    credentials = IdentityStore(settings.data_dir).ensure("discovery", Role.DISCOVERY)
+    return MqttUrl(host="127.0.0.1", port=settings.mqtt_port).with_credentials(
+        credentials.username, credentials.password
+    )
+
+
+async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> None:
+    topics = Topics(settings.base_topic)
+    broker = await start_broker(settings) if settings.embedded_broker else None
+    registry = Registry(settings.database)
+    bus = DiscoveryBus(_bus_url(settings), topics, [PresencePlugin(registry, topics, utc_now)], settings.keepalive)
+
+    def health() -> dict[str, Any]:
+        return {"broker": "connected" if bus.connected else "disconnected",
+                "embedded_broker": broker is not None}
+
+    if not settings.api_token:
+        log.warning("no API token configured (API_TOKEN): every /api request will be refused")
+    runner = web.AppRunner(create_api(registry, settings.api_token, health), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.api_host, settings.api_port).start()
+    log.info("discovery REST API on http://%s:%s, MQTT %s", settings.api_host, settings.api_port,
+             f"embedded on port {settings.mqtt_port}" if broker else settings.mqtt().redacted())
+    try:
+        await bus.run(stop)
+    finally:
+        await runner.cleanup()
+        registry.close()
+        if broker is not None:
+            await stop_broker(broker)
