@@ -142,11 +142,6 @@ def test_discovery_status_is_retained_and_says_offline_after_sigterm(tmp_path: P
     try:
         wait_until(lambda: watcher.last("kub/discovery/status") == "online", 10, what="online")
         node.process.proc.send_signal(signal.SIGTERM)
-        import subprocess, time
-        time.sleep(5)
-        if node.process.proc.poll() is None:
-            print(subprocess.run(["py-spy", "dump", "--pid", str(node.process.proc.pid)], capture_output=True, text=True).stdout)
-            print(node.process.output())
         assert node.process.proc.wait(10) == 0
         assert watcher.last("kub/discovery/status") == "offline"
     finally:
