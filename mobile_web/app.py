@@ -1,0 +1,81 @@
+"""The mobile web application factory."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask, Response, redirect, request, url_for
+from flask_babel import get_locale
+
+from broker.identities import IdentityStore
+from broker.topics import Topics
+from farm_agent.profile import load_profile
+from mobile_web import auth, farms, stream
+from mobile_web.bridge import FarmBridge
+from mobile_web.extensions import babel, csrf, limiter
+from mobile_web.i18n import compile_catalogs
+from mobile_web.settings import WebSettings
+
+LANGUAGES = ("ru", "en")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; manifest-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'"
+)
+
+
+def create_app(
+    settings: WebSettings, bridge: FarmBridge | None = None, test_config: dict[str, Any] | None = None
+) -> Flask:
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.session_secret(),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.secure_cookies,
+        PERMANENT_SESSION_LIFETIME=timedelta(days=30),
+        LOGIN_LIMIT=settings.login_limit,
+        POLL_INTERVAL=settings.poll_interval,
+        BABEL_TRANSLATION_DIRECTORIES=str(compile_catalogs(settings.data_dir / "translations").resolve()),
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
+        MAX_CONTENT_LENGTH=64 * 1024,
+    )
+    if test_config:
+        app.config.update(test_config)
+    app.extensions["kubmesh.identities"] = IdentityStore(settings.data_dir)
+    app.extensions["kubmesh.bridge"] = bridge or FarmBridge(Topics(settings.base_topic))
+    app.extensions["kubmesh.profile"] = load_profile()
+
+    babel.init_app(app, locale_selector=_locale)
+    csrf.init_app(app)
+    limiter.init_app(app)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(farms.bp)
+    app.register_blueprint(stream.bp)
+    app.add_url_rule("/lang/<code>", "language", _set_language)
+    app.after_request(_security_headers)
+    app.context_processor(lambda: {"current_user": auth.current_user(), "lang": str(get_locale() or "en")})
+    return app
+
+
+def _locale() -> str | None:
+    chosen = request.cookies.get("lang")
+    if chosen in LANGUAGES:
+        return chosen
+    return request.accept_languages.best_match(LANGUAGES, default="en")
+
+
+def _set_language(code: str) -> Response:
+    target = request.referrer if request.referrer and request.referrer.startswith(request.host_url) else None
+    response = redirect(target or url_for("farms.index"))
+    if code in LANGUAGES:
+        response.set_cookie("lang", code, max_age=365 * 86400, samesite="Lax", httponly=True)
+    return response
+
+
+def _security_headers(response: Response) -> Response:
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response

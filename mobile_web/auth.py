@@ -1,0 +1,102 @@
+"""Login and logout for people (viewer, operator, admin), checked against the identity store."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, TypeVar, cast
+
+from flask import Blueprint, Response, current_app, g, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
+
+from broker.identities import Identity, IdentityStore, Role, StoreError
+from mobile_web.extensions import limiter
+
+log = logging.getLogger("kubmesh.web.auth")
+bp = Blueprint("auth", __name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    role: Role
+    owner: str | None
+
+    @property
+    def may_command(self) -> bool:
+        return self.role in (Role.OPERATOR, Role.ADMIN)
+
+    def sees(self, owner_id: str | None) -> bool:
+        return self.owner is None or self.owner == owner_id
+
+
+def store() -> IdentityStore:
+    return cast(IdentityStore, current_app.extensions["kubmesh.identities"])
+
+
+def current_user() -> User | None:
+    """The session's user, looked up again each request so that a removed user is out at once."""
+    if "user" not in g:
+        g.user = None
+        username = session.get("username")
+        if username:
+            try:
+                identity: Identity | None = store().get(username)
+            except StoreError:
+                identity = None
+            if identity is not None and identity.role.is_person:
+                g.user = User(identity.username, identity.role, identity.owner)
+            else:
+                session.clear()
+    return cast(User | None, g.user)
+
+
+def login_required(view: F) -> F:
+    @wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if current_user() is None:
+            return redirect(url_for("auth.login", next=request.path))
+        return view(*args, **kwargs)
+
+    return cast(F, wrapped)
+
+
+def _failed_login(response: Response) -> bool:
+    return response.status_code == 401
+
+
+def _username_key() -> str:
+    return "user:" + (request.form.get("username") or "").strip().lower()[:64]
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(lambda: current_app.config["LOGIN_LIMIT"], methods=["POST"], deduct_when=_failed_login)
+@limiter.limit(lambda: current_app.config["LOGIN_LIMIT"], methods=["POST"], deduct_when=_failed_login,
+               key_func=_username_key)
+def login() -> Any:
+    if request.method == "GET":
+        return render_template("login.html")
+    username = (request.form.get("username") or "").strip()
+    password = request.form.get("password") or ""
+    try:
+        identity = store().authenticate(username, password)
+    except StoreError as exc:
+        log.error("cannot check logins: %s", exc)
+        identity = None
+    if identity is None or not identity.role.is_person:
+        log.warning("failed login for %r from %s", username[:64], request.remote_addr)
+        return render_template("login.html", error=_("Wrong username or password."), username=username), 401
+    session.clear()
+    session["username"] = identity.username
+    session.permanent = True
+    target = request.args.get("next") or ""
+    return redirect(target if target.startswith("/") and not target.startswith("//") else url_for("farms.index"))
+
+
+@bp.post("/logout")
+def logout() -> Any:
+    session.clear()
+    return redirect(url_for("auth.login"))

@@ -1,0 +1,225 @@
+"""One MQTT subscription per process, fanned out to every open browser stream.
+
+The bridge keeps the newest status, meta, heartbeat, state and alarms of each
+farm (what a page needs to render) and turns every message into a numbered
+event for the Server-Sent-Events streams. Each stream has a small bounded
+queue: a slow or dead browser loses its own oldest events, never holds up the
+others. The last events are kept so a browser that reconnects with
+``Last-Event-ID`` gets what it missed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+
+from broker.client import MqttUrl, threaded_client
+from broker.payloads import Ack, Alarms, Event, Heartbeat, Meta, PayloadError, Reading, Status, decode
+from broker.topics import FarmTopic, InvalidTopic, Topics
+
+log = logging.getLogger("kubmesh.web.bridge")
+
+MODELS: dict[FarmTopic, type[Status | Meta | Heartbeat | Reading | Alarms | Event | Ack]] = {
+    FarmTopic.STATUS: Status,
+    FarmTopic.META: Meta,
+    FarmTopic.HEARTBEAT: Heartbeat,
+    FarmTopic.STATE: Reading,
+    FarmTopic.ALARMS: Alarms,
+    FarmTopic.EVENTS: Event,
+    FarmTopic.ACK: Ack,
+}
+RECENT_EVENTS = 20
+
+
+@dataclass
+class FarmView:
+    farm_id: str
+    status: Status | None = None
+    status_received: float | None = None  # wall-clock time the status arrived (a last will's ts is old)
+    meta: Meta | None = None
+    heartbeat: Heartbeat | None = None
+    state: Reading | None = None
+    state_received: float | None = None
+    alarms: Alarms | None = None
+    events: deque[Event] = field(default_factory=lambda: deque(maxlen=RECENT_EVENTS))
+
+    @property
+    def online(self) -> bool:
+        return self.status is not None and self.status.state == "online"
+
+    @property
+    def owner_id(self) -> str | None:
+        return self.meta.owner_id if self.meta else None
+
+    @property
+    def alarm_count(self) -> int:
+        return len(self.alarms.active) if self.alarms else 0
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    id: int
+    type: str
+    farm_id: str | None
+    data: str  # JSON
+
+    def encode(self) -> str:
+        return f"id: {self.id}\nevent: {self.type}\ndata: {self.data}\n\n"
+
+
+class Subscriber:
+    def __init__(self, farm_id: str | None, size: int) -> None:
+        self.farm_id = farm_id
+        self.queue: queue.Queue[StreamEvent] = queue.Queue(maxsize=size)
+        self.dropped = 0
+
+    def wants(self, event: StreamEvent) -> bool:
+        return self.farm_id is None or event.farm_id in (None, self.farm_id)
+
+    def offer(self, event: StreamEvent) -> None:
+        while True:
+            try:
+                self.queue.put_nowait(event)
+                return
+            except queue.Full:
+                try:
+                    self.queue.get_nowait()
+                    self.dropped += 1
+                except queue.Empty:
+                    pass
+
+
+class Hub:
+    """Numbered events to many subscribers, with a replay buffer for reconnecting browsers."""
+
+    def __init__(self, history: int = 200, queue_size: int = 64) -> None:
+        self._lock = threading.Lock()
+        self._next_id = 1
+        self._history: deque[StreamEvent] = deque(maxlen=history)
+        self._subscribers: set[Subscriber] = set()
+        self.queue_size = queue_size
+
+    def publish(self, event_type: str, farm_id: str | None, data: dict[str, Any]) -> None:
+        with self._lock:
+            event = StreamEvent(self._next_id, event_type, farm_id, json.dumps(data, ensure_ascii=False))
+            self._next_id += 1
+            self._history.append(event)
+            subscribers = [s for s in self._subscribers if s.wants(event)]
+        for subscriber in subscribers:
+            subscriber.offer(event)
+
+    def subscribe(self, farm_id: str | None = None, last_event_id: int | None = None) -> Subscriber:
+        subscriber = Subscriber(farm_id, self.queue_size)
+        with self._lock:
+            if last_event_id is not None:
+                for event in self._history:
+                    if event.id > last_event_id and subscriber.wants(event):
+                        subscriber.offer(event)
+            self._subscribers.add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            self._subscribers.discard(subscriber)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+
+class FarmBridge:
+    """Farm views fed by MQTT (or by tests through :meth:`handle`), events out through the hub."""
+
+    def __init__(self, topics: Topics, hub: Hub | None = None) -> None:
+        self.topics = topics
+        self.hub = hub or Hub()
+        self.farms: dict[str, FarmView] = {}
+        self.discovery_online: bool | None = None
+        self.connected = False
+        self._lock = threading.Lock()
+        self._client: paho.Client | None = None
+
+    def start(self, url: MqttUrl, client_id: str = "kubmesh-mobile-web", keepalive: int = 30) -> None:
+        client = threaded_client(url, client_id, keepalive=keepalive)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+        client.loop_start()
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+
+    def publish_command(self, farm_id: str, name: str, payload: bytes) -> bool:
+        if self._client is None or not self.connected:
+            return False
+        return self._client.publish(self.topics.set(farm_id, name), payload, qos=1).rc == paho.MQTT_ERR_SUCCESS
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
+        if reason.is_failure:
+            log.warning("broker refused the connection: %s", reason)
+            return
+        self.connected = True
+        filters = [self.topics.all_farms(kind) for kind in MODELS] + [self.topics.discovery_status()]
+        client.subscribe([(f, 1) for f in filters])
+        log.info("connected to the broker")
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
+        self.connected = False
+        log.warning("disconnected from the broker: %s", reason)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        self.handle(message.topic, message.payload)
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        if topic == self.topics.discovery_status():
+            self.discovery_online = payload == b"online"
+            self.hub.publish("discovery", None, {"online": self.discovery_online})
+            return
+        try:
+            parsed = self.topics.parse(topic)
+            model = MODELS[parsed.kind]
+        except (InvalidTopic, KeyError):
+            return
+        if not payload:
+            return
+        try:
+            message = decode(model, payload)
+        except PayloadError as exc:
+            log.warning("farm %s: dropped a %s message: %s", parsed.farm_id, parsed.kind.value, exc)
+            return
+        now = time.time()
+        with self._lock:
+            view = self.farms.setdefault(parsed.farm_id, FarmView(parsed.farm_id))
+            if isinstance(message, Status):
+                view.status, view.status_received = message, now
+            elif isinstance(message, Meta):
+                view.meta = message
+            elif isinstance(message, Heartbeat):
+                view.heartbeat = message
+            elif isinstance(message, Reading):
+                view.state, view.state_received = message, now
+            elif isinstance(message, Alarms):
+                view.alarms = message
+            elif isinstance(message, Event):
+                view.events.appendleft(message)
+        data = {"farm": parsed.farm_id, **message.model_dump(mode="json")}
+        self.hub.publish(parsed.kind.value, parsed.farm_id, data)
+
+    def views(self) -> list[FarmView]:
+        with self._lock:
+            return list(self.farms.values())
+
+    def view(self, farm_id: str) -> FarmView | None:
+        with self._lock:
+            return self.farms.get(farm_id)

@@ -1,0 +1,152 @@
+"""The farm list and the farm page, rendered from the bridge's views and the device profile."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
+from flask_babel import get_locale, lazy_gettext
+from flask_babel import gettext as _
+
+from broker.payloads import SetCommand, encode, utc_now
+from broker.topics import InvalidTopic, check_farm_id
+from farm_agent.profile import Profile, ValueSpec
+from mobile_web.auth import current_user, login_required
+from mobile_web.bridge import FarmBridge, FarmView
+
+bp = Blueprint("farms", __name__)
+# the shipped profile's enum option names, so the catalog translates them (other profiles show theirs as is)
+ENUM_OPTION_NAMES = (lazy_gettext("base"), lazy_gettext("tunnel"))
+
+
+def bridge() -> FarmBridge:
+    return cast(FarmBridge, current_app.extensions["kubmesh.bridge"])
+
+
+def profile() -> Profile:
+    return cast(Profile, current_app.extensions["kubmesh.profile"])
+
+
+@dataclass(frozen=True)
+class Row:
+    """One value on the farm page."""
+
+    name: str
+    label: str
+    unit: str
+    value: Any
+    status: str
+    decimals: int
+    options: dict[str, str]  # enum raw value → label, for the page's live updates
+
+
+def language() -> str:
+    return str(get_locale() or "en")
+
+
+def value_rows(view: FarmView) -> list[Row]:
+    rows: list[Row] = []
+    state = view.state
+    for spec in profile().values:
+        if spec.type == "bits16":
+            continue
+        value = state.values.get(spec.name) if state else None
+        status = state.status.get(spec.name, "ok") if state else "pending"
+        options = {str(raw): _(label) for raw, label in spec.options.items()}
+        display = _display(spec, value)
+        rows.append(Row(spec.name, _label(spec), spec.unit or "", display, status, spec.decimals, options))
+    return rows
+
+
+def _label(spec: ValueSpec) -> str:
+    return spec.label.get(language()) if spec.label else spec.name
+
+
+def _display(spec: ValueSpec, value: Any) -> Any:
+    if value is None:
+        return None
+    if spec.type == "enum":
+        label = spec.options.get(int(value))
+        return _(label) if label else value
+    return f"{value:.{spec.decimals}f}" if isinstance(value, float) else value
+
+
+def is_stale(view: FarmView) -> bool:
+    """Values older than two poll intervals, or from a farm that is offline, are not to be trusted."""
+    if not view.online or view.state_received is None:
+        return True
+    interval = view.meta.poll_interval_s if view.meta else current_app.config["POLL_INTERVAL"]
+    max_interval = max(2 * interval, 2 * current_app.config["POLL_INTERVAL"])
+    # report-by-exception may leave state unchanged for a while; the heartbeat proves the link is alive
+    latest = max(view.state_received, view.status_received or 0)
+    if view.heartbeat is not None and view.heartbeat.modbus == "ok":
+        return time.time() - latest > max(max_interval, 120)
+    return time.time() - latest > max_interval
+
+
+def visible_views() -> list[FarmView]:
+    user = current_user()
+    assert user is not None
+    views = [v for v in bridge().views() if user.sees(v.owner_id)]
+    return sorted(views, key=lambda v: (-v.alarm_count, not v.online, v.meta.name if v.meta else v.farm_id))
+
+
+@bp.get("/")
+@login_required
+def index() -> str:
+    views = visible_views()
+    temp = profile().values_by_name.get("temp_inside")
+    return render_template("farms.html", views=views, is_stale=is_stale, temp_spec=temp, display=_display)
+
+
+def visible_view(farm_id: str) -> FarmView:
+    try:
+        check_farm_id(farm_id)
+    except InvalidTopic:
+        abort(404)
+    view = bridge().view(farm_id)
+    user = current_user()
+    if view is None or user is None or not user.sees(view.owner_id):
+        abort(404)
+    return view
+
+
+def _json_error(status: int, message: str) -> tuple[Response, int]:
+    return jsonify(error=message), status
+
+
+@bp.post("/farms/<farm_id>/commands")
+@login_required
+def command(farm_id: str) -> tuple[Response, int]:
+    """Send ``set/{name}`` for an operator; the agent validates it again and answers on ``ack``."""
+    view = visible_view(farm_id)
+    user = current_user()
+    if user is None or not user.may_command:
+        return _json_error(403, _("Your role may not send commands."))
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        return _json_error(400, _("Expected {\"name\", \"value\"}."))
+    if body["name"] not in profile().writable_by_name:
+        return _json_error(400, _("This value cannot be set."))
+    value = body.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return _json_error(400, _("The value must be a number."))
+    command = SetCommand(value=value, ts=utc_now())
+    if not bridge().publish_command(view.farm_id, body["name"], encode(command)):
+        return _json_error(503, _("Not connected to the broker."))
+    current_app.logger.info("%s sent %s=%s to %s (%s)", user.username, body["name"], value, farm_id, command.id)
+    return jsonify(id=command.id), 202
+
+
+@bp.get("/farms/<farm_id>")
+@login_required
+def farm(farm_id: str) -> str:
+    view = visible_view(farm_id)
+    user = current_user()
+    assert user is not None
+    return render_template(
+        "farm.html", view=view, rows=value_rows(view), stale=is_stale(view), user=user,
+        writable=profile().writable if user.may_command else [], language=language(),
+    )

@@ -1,0 +1,45 @@
+"""The mobile web's settings."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import ClassVar
+
+from pydantic import Field
+
+from kubmesh.settings import ServiceSettings
+
+
+class WebSettings(ServiceSettings):
+    ENV: ClassVar[dict[str, str]] = {
+        "SECRET_KEY": "secret_key",
+        "DISCOVERY_SERVICE_URL": "discovery_url",
+        "POLL_INTERVAL": "poll_interval",
+    }
+    YAML: ClassVar[dict[str, str]] = {
+        **ServiceSettings.YAML,
+        "web.host": "host",
+        "web.port": "port",
+        "discovery.service_url": "discovery_url",
+    }
+
+    host: str = "0.0.0.0"
+    port: int = Field(5000, ge=0, le=65535)
+    secret_key: str | None = None
+    discovery_url: str | None = None
+    poll_interval: float = Field(5.0, gt=0)
+    secure_cookies: bool = False  # set when served over HTTPS
+    login_limit: str = "5 per minute"
+
+    def session_secret(self) -> str:
+        """SECRET_KEY, or one made once and kept in the data dir so sessions survive restarts."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "web_secret"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(32))
+        return path.read_text().strip()

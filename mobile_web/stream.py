@@ -1,0 +1,54 @@
+"""``/events``: the Server-Sent-Events stream the pages listen to."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, jsonify, request, stream_with_context
+
+from broker.topics import InvalidTopic, check_farm_id
+from mobile_web.auth import current_user
+from mobile_web.farms import bridge
+
+bp = Blueprint("stream", __name__)
+HEARTBEAT_S = 15.0
+
+
+@bp.get("/events")
+def events() -> Response:
+    user = current_user()
+    if user is None:
+        return Response('{"error": "login required"}', status=401, mimetype="application/json")
+    farm_id = request.args.get("farm") or None
+    if farm_id is not None:
+        try:
+            check_farm_id(farm_id)
+        except InvalidTopic:
+            response = jsonify(error="invalid farm id")
+            response.status_code = 400
+            return response
+    last_id = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    subscriber = bridge().hub.subscribe(farm_id, int(last_id) if last_id and last_id.isdigit() else None)
+
+    def stream() -> Iterator[str]:
+        try:
+            yield "retry: 3000\n\n"
+            while True:
+                try:
+                    event = subscriber.queue.get(timeout=HEARTBEAT_S)
+                except queue.Empty:
+                    yield ": ping\n\n"  # keeps proxies and phones from closing an idle stream
+                    continue
+                if event.farm_id is not None:
+                    view = bridge().view(event.farm_id)
+                    if view is not None and not user.sees(view.owner_id):
+                        continue
+                yield event.encode()
+        finally:
+            bridge().hub.unsubscribe(subscriber)
+
+    response = Response(stream_with_context(stream()), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    return response

@@ -1,0 +1,229 @@
+"""The mobile web: the Flask app through its test client, and a real process streaming real MQTT to HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import http.cookiejar
+import json
+import re
+import subprocess
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from broker.identities import IdentityStore, Role
+from broker.payloads import AlarmItem, Alarms, DeviceInfo, Meta, ProfileSummary, Reading, Status, encode, utc_now
+from broker.topics import Topics
+from mobile_web.app import create_app
+from mobile_web.bridge import FarmBridge
+from mobile_web.settings import WebSettings
+from tests.conftest import RunningBroker
+from tests.helpers import ServiceProcess, free_port, wait_until
+
+FARM = "farm-001"
+TOPICS = Topics()
+
+
+class RecordingBridge(FarmBridge):
+    """The real bridge, fed by hand, with its outgoing commands recorded instead of sent."""
+
+    def __init__(self) -> None:
+        super().__init__(TOPICS)
+        self.sent: list[tuple[str, str, dict[str, Any]]] = []
+
+    def publish_command(self, farm_id: str, name: str, payload: bytes) -> bool:
+        self.sent.append((farm_id, name, json.loads(payload)))
+        return True
+
+
+def feed_farm(bridge: FarmBridge, farm_id: str = FARM, owner: str = "owner-a", **values: Any) -> None:
+    now = utc_now()
+    bridge.handle(TOPICS.status(farm_id), encode(Status(state="online", ts=now)))
+    bridge.handle(TOPICS.meta(farm_id), encode(Meta(
+        farm_id=farm_id, name=f"Ферма {farm_id}", owner_id=owner, device=DeviceInfo(model="KUB-1063"),
+        agent_version="test", poll_interval_s=5, profile=ProfileSummary(name="KUB-1063", values=[]), ts=now,
+    )))
+    readings = {"temp_inside": 21.5, "humidity": 61.0, "co2": 900} | values
+    status = {name: ("ok" if value is not None else "break") for name, value in readings.items()}
+    bridge.handle(TOPICS.state(farm_id), encode(Reading(ts=now, seq=1, values=readings, status=status)))
+
+
+@pytest.fixture
+def web(data_dir: Path) -> Iterator[tuple[Flask, RecordingBridge, IdentityStore]]:
+    store = IdentityStore(data_dir)
+    store.add("olga", Role.OPERATOR, password="operator-pass")
+    store.add("vera", Role.VIEWER, password="viewer-pass")
+    store.add("other", Role.VIEWER, owner="owner-b", password="other-pass")
+    bridge = RecordingBridge()
+    app = create_app(WebSettings(data_dir=data_dir, login_limit="5 per minute"), bridge)
+    yield app, bridge, store
+
+
+def csrf_token(client: FlaskClient, path: str = "/login") -> str:
+    page = client.get(path).get_data(as_text=True)
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page) or re.search(
+        r'name="csrf-token" content="([^"]+)"', page)
+    assert match, page
+    return match.group(1)
+
+
+def log_in(client: FlaskClient, username: str, password: str) -> Any:
+    return client.post("/login", data={"username": username, "password": password, "csrf_token": csrf_token(client)})
+
+
+def test_pages_need_a_session(web: tuple[Flask, RecordingBridge, IdentityStore]) -> None:
+    client = web[0].test_client()
+    assert client.get("/").status_code == 302
+    assert client.get(f"/farms/{FARM}").headers["Location"].startswith("/login")
+    assert client.get("/events").status_code == 401
+    assert client.get("/login").status_code == 200
+
+
+def test_login_needs_csrf_and_right_password_and_is_throttled(
+    web: tuple[Flask, RecordingBridge, IdentityStore],
+) -> None:
+    client = web[0].test_client()
+    without_token = client.post("/login", data={"username": "vera", "password": "viewer-pass"})
+    assert without_token.status_code == 400
+    assert log_in(client, "vera", "wrong").status_code == 401
+    for _ in range(4):
+        log_in(client, "vera", "wrong")
+    throttled = log_in(client, "vera", "viewer-pass")
+    assert throttled.status_code == 429 and "Retry-After" in throttled.headers
+    # the limit is per account and per client address: another account from the same address waits too
+    assert log_in(web[0].test_client(), "olga", "operator-pass").status_code == 429
+
+
+def test_login_then_farm_list_and_page_show_values_and_sensor_status(
+    web: tuple[Flask, RecordingBridge, IdentityStore],
+) -> None:
+    app, bridge, _ = web
+    feed_farm(bridge, humidity=None, temp_inside=-20.0)
+    client = app.test_client()
+    assert log_in(client, "vera", "viewer-pass").status_code == 302
+    listing = client.get("/", headers={"Accept-Language": "en"}).get_data(as_text=True)
+    assert f"Ферма {FARM}" in listing and "online" in listing
+    page = client.get(f"/farms/{FARM}", headers={"Accept-Language": "en"}).get_data(as_text=True)
+    assert "-20.0" in page
+    humidity = re.search(r'data-name="humidity" data-status="break">.*?</div>', page, re.S)
+    assert humidity and "sensor break" in humidity.group(0) and "6553" not in humidity.group(0)
+    assert client.get("/farms/no-such-farm").status_code == 404
+
+
+def test_russian_from_accept_language_and_the_switch(web: tuple[Flask, RecordingBridge, IdentityStore]) -> None:
+    app, bridge, _ = web
+    feed_farm(bridge)
+    client = app.test_client()
+    log_in(client, "vera", "viewer-pass")
+    page = client.get(f"/farms/{FARM}", headers={"Accept-Language": "ru-RU,ru;q=0.9"}).get_data(as_text=True)
+    assert "Температура внутри" in page and "Аварии" in page and "на связи" in page
+    client.get("/lang/en")
+    english = client.get(f"/farms/{FARM}", headers={"Accept-Language": "ru"}).get_data(as_text=True)
+    assert "Inside temperature" in english
+
+
+def test_owner_scoped_viewer_sees_only_its_farms(web: tuple[Flask, RecordingBridge, IdentityStore]) -> None:
+    app, bridge, _ = web
+    feed_farm(bridge, FARM, owner="owner-a")
+    feed_farm(bridge, "farm-b1", owner="owner-b")
+    client = app.test_client()
+    log_in(client, "other", "other-pass")
+    listing = client.get("/").get_data(as_text=True)
+    assert "farm-b1" in listing and FARM not in listing
+    assert client.get(f"/farms/{FARM}").status_code == 404
+
+
+def test_alarms_are_listed_and_put_first(web: tuple[Flask, RecordingBridge, IdentityStore]) -> None:
+    app, bridge, _ = web
+    feed_farm(bridge, "farm-a")
+    feed_farm(bridge, "farm-z")
+    alarm = AlarmItem(bit=4, label="alarm bit 4")
+    bridge.handle(TOPICS.alarms("farm-z"), encode(Alarms(ts=utc_now(), active=[alarm], latched=[alarm])))
+    client = app.test_client()
+    log_in(client, "vera", "viewer-pass")
+    listing = client.get("/").get_data(as_text=True)
+    assert listing.index("farm-z") < listing.index("farm-a")
+    assert "alarm bit 4" in client.get("/farms/farm-z").get_data(as_text=True)
+
+
+def test_commands_only_for_operators_with_csrf(web: tuple[Flask, RecordingBridge, IdentityStore]) -> None:
+    app, bridge, _ = web
+    feed_farm(bridge)
+    viewer = app.test_client()
+    log_in(viewer, "vera", "viewer-pass")
+    page = viewer.get(f"/farms/{FARM}").get_data(as_text=True)
+    assert 'data-command="reset_alarms"' not in page
+    token = csrf_token(viewer, f"/farms/{FARM}")
+    forged = viewer.post(f"/farms/{FARM}/commands", json={"name": "reset_alarms", "value": 1},
+                         headers={"X-CSRFToken": token})
+    assert forged.status_code == 403
+
+    operator = app.test_client()
+    log_in(operator, "olga", "operator-pass")
+    assert 'data-command="reset_alarms"' in operator.get(f"/farms/{FARM}").get_data(as_text=True)
+    no_csrf = operator.post(f"/farms/{FARM}/commands", json={"name": "reset_alarms", "value": 1})
+    assert no_csrf.status_code == 400
+    token = csrf_token(operator, f"/farms/{FARM}")
+    for bad in ({"name": "day_counter", "value": 1}, {"name": "reset_alarms", "value": "1"}, [1]):
+        answer = operator.post(f"/farms/{FARM}/commands", json=bad, headers={"X-CSRFToken": token})
+        assert answer.status_code == 400 and answer.get_json()["error"]
+    assert bridge.sent == []
+    sent = operator.post(f"/farms/{FARM}/commands", json={"name": "reset_alarms", "value": 1},
+                         headers={"X-CSRFToken": token})
+    assert sent.status_code == 202
+    (farm_id, name, payload), = bridge.sent
+    assert (farm_id, name, payload["value"], payload["id"]) == (FARM, "reset_alarms", 1, sent.get_json()["id"])
+
+
+def test_security_headers(web: tuple[Flask, RecordingBridge, IdentityStore]) -> None:
+    response = web[0].test_client().get("/login")
+    assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_sse_stream_of_a_real_server_delivers_a_new_reading(
+    broker: RunningBroker, tmp_path: Path, data_dir: Path
+) -> None:
+    service = broker.add("mobile_web", Role.MOBILE_WEB)
+    broker.store.add("vera", Role.VIEWER, password="viewer-pass")
+    farm = broker.add(FARM, Role.FARM)
+    port = free_port()
+    process = ServiceProcess(
+        ["mobile-web", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
+        tmp_path / "web.log", env={"MQTT_URL": broker.url(service)},
+    ).wait_port(port)
+    try:
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        login_page = opener.open(f"http://127.0.0.1:{port}/login", timeout=5).read().decode()
+        token = re.search(r'name="csrf_token" value="([^"]+)"', login_page).group(1)  # type: ignore[union-attr]
+        form = urllib.parse.urlencode({"username": "vera", "password": "viewer-pass", "csrf_token": token}).encode()
+        opener.open(f"http://127.0.0.1:{port}/login", data=form, timeout=5)
+        cookie = "; ".join(f"{c.name}={c.value}" for c in jar)
+
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", f"/events?farm={FARM}", headers={"Cookie": cookie})
+        stream = connection.getresponse()
+        assert stream.status == 200 and stream.headers["Content-Type"].startswith("text/event-stream")
+        assert stream.readline() == b"retry: 3000\n"
+
+        reading = Reading(ts=utc_now(), seq=42, values={"temp_inside": 23.4}, status={"temp_inside": "ok"})
+        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-u", farm.username,
+                        "-P", farm.password, "-q", "1", "-t", TOPICS.state(FARM), "-m", encode(reading).decode()],
+                       check=True, timeout=10)
+        lines: list[bytes] = []
+        wait_until(lambda: lines.append(stream.readline()) or b"event: state\n" in lines, 10, what="SSE event")
+        data = json.loads(stream.readline().removeprefix(b"data: "))
+        assert data["farm"] == FARM and data["seq"] == 42 and data["values"]["temp_inside"] == 23.4
+        connection.close()
+        assert process.stop() == 0
+    finally:
+        process.stop()
