@@ -15,7 +15,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 
@@ -150,7 +159,8 @@ class Event(WireModel):
 class SetCommand(WireModel):
     """``{base}/farms/{farm}/set/{name}``: a plain value or ``{"value", "id"}``."""
 
-    value: Number
+    # strict: "1" or true are not numbers; NaN and infinity are not values a register can hold
+    value: StrictInt | StrictFloat = Field(allow_inf_nan=False)
     id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
     ts: Timestamp | None = None  # when the command was issued, for refusing stale ones
 
@@ -195,9 +205,7 @@ def decode_set_command(payload: bytes | bytearray | str) -> SetCommand:
         data = json.loads(payload)
     except (ValueError, RecursionError):
         raise PayloadError("not JSON") from None
-    if isinstance(data, bool):
-        data = int(data)
-    if isinstance(data, int | float):
+    if isinstance(data, int | float) and not isinstance(data, bool):
         data = {"value": data}
     if not isinstance(data, dict):
         raise PayloadError("expected a number or an object with 'value'")
