@@ -4,7 +4,9 @@ It runs the same services a deployment runs, each in its own process (so one
 can be killed to watch the farm go offline): the discovery node with the
 embedded broker, two KUB-1063 simulators, one agent per farm, and the mobile
 web. Credentials are made fresh on every start and written to
-``DIR/credentials.json``; only hashes stay in the identity store.
+``DIR/credentials.json``; only hashes stay in the identity store. The demo's
+agents publish ``state`` on every poll, so the bus and the pages move
+visibly; deployed agents report by exception (``--max-interval``).
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 f"agent-{farm_id}",
                 ["farm-agent", "--data-dir", str(data_dir), "--farm-id", farm_id, "--farm-name", farm_name,
                  "--owner-id", DEMO_OWNER, "--modbus-url", f"tcp://127.0.0.1:{args.modbus_port + index}?unit=1",
-                 "--poll-interval", str(args.poll_interval), "--host", "127.0.0.1",
+                 "--poll-interval", str(args.poll_interval), "--max-interval", "0", "--host", "127.0.0.1",
                  "--port", str(args.agent_port + index)],
                 env={"MQTT_URL": str(broker_url.with_credentials(**credentials[farm_id].as_dict()))},
                 wait_port=args.agent_port + index,
