@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -10,11 +11,13 @@ from typing import Any
 from aiohttp import web
 
 from broker.topics import InvalidTopic, check_farm_id
+from discovery.audit import CommandAudit
 from discovery.registry import Registry
 
 log = logging.getLogger("kubmesh.discovery.api")
 
 REGISTRY = web.AppKey("registry", Registry)
+AUDIT = web.AppKey("audit", CommandAudit)
 TOKEN = web.AppKey("token", str)
 HEALTH = web.AppKey("health", Callable[[], dict[str, Any]])
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -25,14 +28,18 @@ def error(status: int, message: str, detail: str | None = None, **headers: str) 
     return web.json_response(body, status=status, headers=headers or None)
 
 
-def create_api(registry: Registry, api_token: str | None, health: Callable[[], dict[str, Any]]) -> web.Application:
+def create_api(
+    registry: Registry, audit: CommandAudit, api_token: str | None, health: Callable[[], dict[str, Any]]
+) -> web.Application:
     app = web.Application(middlewares=[_json_errors, _bearer_auth], client_max_size=64 * 1024)
     app[REGISTRY] = registry
+    app[AUDIT] = audit
     app[TOKEN] = api_token or ""
     app[HEALTH] = health
     app.router.add_get("/health", _health)
     app.router.add_get("/api/farms", _farms)
     app.router.add_get("/api/farms/{farm}", _farm)
+    app.router.add_get("/api/farms/{farm}/commands", _commands)
     return app
 
 
@@ -73,13 +80,32 @@ async def _farms(request: web.Request) -> web.Response:
     return web.json_response({"farms": request.app[REGISTRY].farms(owner)})
 
 
-async def _farm(request: web.Request) -> web.Response:
+def _known_farm(request: web.Request) -> tuple[str, dict[str, Any]]:
+    """The farm of the path, or an HTTP error answered as JSON by the middleware."""
     farm_id = request.match_info["farm"]
     try:
         check_farm_id(farm_id)
     except InvalidTopic as exc:
-        return error(400, "invalid farm id", str(exc))
+        raise web.HTTPBadRequest(text=_json({"error": "invalid farm id", "detail": str(exc)}),
+                                 content_type="application/json") from None
     farm = request.app[REGISTRY].farm(farm_id)
     if farm is None:
-        return error(404, "farm not found", farm_id)
-    return web.json_response(farm)
+        raise web.HTTPNotFound(text=_json({"error": "farm not found", "detail": farm_id}),
+                               content_type="application/json")
+    return farm_id, farm
+
+
+def _json(body: dict[str, Any]) -> str:
+    return json.dumps(body)
+
+
+async def _farm(request: web.Request) -> web.Response:
+    return web.json_response(_known_farm(request)[1])
+
+
+async def _commands(request: web.Request) -> web.Response:
+    farm_id, _ = _known_farm(request)
+    limit = request.query.get("limit", "100")
+    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        return error(400, "invalid limit", "a whole number from 1 to 1000")
+    return web.json_response({"farm": farm_id, "commands": request.app[AUDIT].commands(farm_id, int(limit))})

@@ -15,6 +15,7 @@ from broker.payloads import utc_now
 from broker.server import start_broker, stop_broker
 from broker.topics import Topics
 from discovery.api import create_api
+from discovery.audit import CommandAudit
 from discovery.bus import DiscoveryBus
 from discovery.presence import PresencePlugin
 from discovery.registry import Registry
@@ -37,7 +38,9 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
     topics = Topics(settings.base_topic)
     broker = await start_broker(settings) if settings.embedded_broker else None
     registry = Registry(settings.database)
-    bus = DiscoveryBus(_bus_url(settings), topics, [PresencePlugin(registry, topics, utc_now)], settings.keepalive)
+    audit = CommandAudit(settings.database.with_name("commands.db"), topics, utc_now)
+    plugins = [PresencePlugin(registry, topics, utc_now), audit]
+    bus = DiscoveryBus(_bus_url(settings), topics, plugins, settings.keepalive)
 
     def health() -> dict[str, Any]:
         return {"broker": "connected" if bus.connected else "disconnected",
@@ -45,7 +48,7 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
 
     if not settings.api_token:
         log.warning("no API token configured (API_TOKEN): every /api request will be refused")
-    runner = web.AppRunner(create_api(registry, settings.api_token, health), access_log=None)
+    runner = web.AppRunner(create_api(registry, audit, settings.api_token, health), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.api_host, settings.api_port).start()
     log.info("discovery REST API on http://%s:%s, MQTT %s", settings.api_host, settings.api_port,
@@ -55,5 +58,6 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
     finally:
         await runner.cleanup()
         registry.close()
+        audit.close()
         if broker is not None:
             await stop_broker(broker)

@@ -15,7 +15,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from broker.identities import Credentials, IdentityStore, Role
-from broker.payloads import DeviceInfo, Meta, ProfileSummary, Reading, Status, encode, utc_now
+from broker.payloads import Ack, DeviceInfo, Meta, ProfileSummary, Reading, Status, encode, utc_now
 from tests.conftest import RunningBroker
 from tests.helpers import MqttWatcher, ServiceProcess, free_port, wait_until
 
@@ -164,3 +164,30 @@ def test_discovery_uses_an_external_broker_when_mqtt_url_is_set(
         client.loop_stop()
     finally:
         node.process.stop()
+
+
+def test_commands_and_their_acks_make_the_audit_trail(discovery: Discovery) -> None:
+    farm_credentials = discovery.store.add(FARM, Role.FARM)
+    operator = discovery.store.add("olga", Role.OPERATOR)
+    farm = farm_client(discovery.mqtt_port, farm_credentials)
+    commander = farm_client(discovery.mqtt_port, operator)
+    try:
+        publish(farm, "status", encode(Status(state="online", ts=utc_now())))
+        wait_until(lambda: discovery.get(f"/api/farms/{FARM}")[0] == 200, 10, what="farm known")
+        publish(commander, "set/reset_alarms", b'{"value": 1, "id": "c-1"}', retain=False)
+        publish(farm, "ack", encode(Ack(id="c-1", name="reset_alarms", value=1, ok=True, ts=utc_now())), retain=False)
+        publish(commander, "set/timezone_minutes", b'{"value": 9999, "id": "c-2"}', retain=False)
+        publish(farm, "ack", encode(Ack(id="c-2", name="timezone_minutes", value=9999, ok=False,
+                                        error="out of range", ts=utc_now())), retain=False)
+        trail = wait_until(
+            lambda: (c := discovery.get(f"/api/farms/{FARM}/commands")[1]["commands"]) and len(c) == 2
+            and all(x["acknowledged"] for x in c) and c, 10, what="two acknowledged commands")
+        by_id = {c["id"]: c for c in trail}
+        assert by_id["c-1"]["ok"] is True and by_id["c-1"]["sent"] and by_id["c-1"]["value"] == 1
+        assert by_id["c-2"]["ok"] is False and by_id["c-2"]["error"] == "out of range"
+        assert discovery.get("/api/farms/unknown/commands")[0] == 404
+        assert discovery.get(f"/api/farms/{FARM}/commands?limit=abc")[0] == 400
+        assert discovery.get(f"/api/farms/{FARM}/commands", token=None)[0] == 401
+    finally:
+        farm.loop_stop()
+        commander.loop_stop()
