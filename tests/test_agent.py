@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,12 +139,16 @@ def test_settled_plan_needs_few_modbus_transactions_per_poll(
         simulator.stop()
 
 
+@pytest.mark.parametrize(
+    "outage_s", [pytest.param(0.0, id="brief"), pytest.param(20.0, id="20s", marks=pytest.mark.slow)]
+)
 def test_agent_survives_controller_outage_and_resumes(
-    farm: tuple[Agent, MqttWatcher], simulator: Simulator, tmp_path: Path
+    farm: tuple[Agent, MqttWatcher], simulator: Simulator, tmp_path: Path, outage_s: float
 ) -> None:
     agent, watcher = farm
     wait_until(lambda: watcher.last(_topic("state")), 10, what="first state")
     simulator.kill()
+    time.sleep(outage_s)  # the controller stays away this long; the agent must neither exit nor stall
     wait_until(lambda: watcher.last(_topic("heartbeat"))["modbus"] == "error", 10, what="modbus error reported")
     assert any(e["kind"] == "modbus_error" for e in watcher.payloads(_topic("events")))
     assert agent.health()["modbus"] == "error"
