@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from broker.server import BrokerSettings, run_broker
-from kubmesh.cli import add_service_options, service_flags
-from kubmesh.logs import setup_logging
-from kubmesh.runtime import run_until_signalled
-from kubmesh.settings import load_settings
+from kubmesh.cli import add_service_options, run_service
 
 
 def add_broker_options(parser: argparse.ArgumentParser) -> None:
@@ -31,10 +27,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = load_settings(BrokerSettings, config_file=args.config, flags=service_flags(args, *BROKER_FLAGS))
-    setup_logging(settings.log_level, settings.log_json)
-
-    async def service(stop: asyncio.Event) -> None:
-        await run_broker(settings, stop)
-
-    return run_until_signalled(service)
+    return run_service(args, BrokerSettings, BROKER_FLAGS, run_broker)

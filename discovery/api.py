@@ -19,7 +19,8 @@ log = logging.getLogger("kubmesh.discovery.api")
 REGISTRY = web.AppKey("registry", Registry)
 AUDIT = web.AppKey("audit", CommandAudit)
 TOKEN = web.AppKey("token", str)
-HEALTH = web.AppKey("health", Callable[[], dict[str, Any]])
+HealthReport = Callable[[], dict[str, Any]]
+HEALTH: web.AppKey[HealthReport] = web.AppKey("health")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
 from broker.payloads import Ack, Clock, PayloadError, decode, decode_set_command, format_ts
 from broker.topics import FarmTopic, InvalidTopic, Topics
+from discovery.sqlite import connect, upsert
 
 log = logging.getLogger("kubmesh.discovery.audit")
 
@@ -32,8 +32,7 @@ class CommandAudit:
     def __init__(self, path: Path, topics: Topics, clock: Clock) -> None:
         self.topics = topics
         self.clock = clock
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = connect(path)
         self._db.execute(SCHEMA)
         self._lock = threading.Lock()
 
@@ -58,15 +57,10 @@ class CommandAudit:
             log.info("farm %s: unreadable %s message: %s", parsed.farm_id, parsed.kind.value, exc)
 
     def _record(self, farm_id: str, command_id: str, name: str, value: Any, **columns: Any) -> None:
-        names = ["farm_id", "id", "name", "value", *columns]
-        values = [farm_id, command_id, name, None if value is None else str(value), *columns.values()]
-        updates = ", ".join(f"{n} = excluded.{n}" for n in names[2:])
+        text = None if value is None else str(value)
         with self._lock:
-            self._db.execute(
-                f"INSERT INTO commands ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
-                f"ON CONFLICT(farm_id, id) DO UPDATE SET {updates}",
-                values,
-            )
+            keys = {"farm_id": farm_id, "id": command_id}
+            upsert(self._db, "commands", keys, {"name": name, "value": text, **columns})
 
     def commands(self, farm_id: str, limit: int = 100) -> list[dict[str, Any]]:
         with self._lock:

@@ -17,6 +17,7 @@ import aiomqtt
 
 from broker.client import LastWill, MqttUrl, async_client
 from broker.topics import Topics, filter_within
+from kubmesh.runtime import run_until_stopped
 
 log = logging.getLogger("kubmesh.discovery")
 RECONNECT_MAX_S = 30.0
@@ -59,15 +60,9 @@ class DiscoveryBus:
             await client.subscribe([(f, 1) for f in filters])
         self.connected = True
         log.info("connected to the broker %s", self.url.redacted())
-        receiving = asyncio.ensure_future(self._dispatch(client))
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if receiving.done():
-            receiving.result()  # the connection broke: MqttError, and run() reconnects
-        receiving.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await receiving
+        # returns on stop; a broken connection raises MqttError here, and run() reconnects
+        if not await run_until_stopped(stop, self._dispatch(client)):
+            raise aiomqtt.MqttError("the broker ended the session")
         await client.publish(self.topics.discovery_status(), b"offline", qos=1, retain=True)
         self.connected = False
 

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from broker.commands import BROKER_FLAGS, add_broker_options
 from discovery.service import run_discovery
 from discovery.settings import DiscoverySettings
-from kubmesh.cli import add_service_options, service_flags
-from kubmesh.logs import setup_logging
-from kubmesh.runtime import run_until_signalled
-from kubmesh.settings import load_settings
+from kubmesh.cli import add_service_options, run_service
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,11 +21,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    flags = service_flags(args, *BROKER_FLAGS, "api_host", "api_port", "api_token")
-    settings = load_settings(DiscoverySettings, config_file=args.config, flags=flags)
-    setup_logging(settings.log_level, settings.log_json)
-
-    async def service(stop: asyncio.Event) -> None:
-        await run_discovery(settings, stop)
-
-    return run_until_signalled(service)
+    return run_service(args, DiscoverySettings, (*BROKER_FLAGS, "api_host", "api_port", "api_token"), run_discovery)

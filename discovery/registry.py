@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.payloads import Alarms, Heartbeat, Meta, Reading, Status, format_ts
+from discovery.sqlite import connect, upsert
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS farms (
@@ -33,24 +34,14 @@ class Registry:
     """One connection, used from the event loop; a lock keeps the odd thread (tests, tools) safe."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db = connect(path)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(SCHEMA)
         self._lock = threading.Lock()
 
     def _touch(self, farm_id: str, seen: datetime, **columns: Any) -> None:
-        names = ["farm_id", "last_seen", *columns]
-        values = [farm_id, format_ts(seen), *columns.values()]
-        updates = ", ".join(f"{name} = excluded.{name}" for name in names[1:])
         with self._lock:
-            self._db.execute(
-                f"INSERT INTO farms ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
-                f"ON CONFLICT(farm_id) DO UPDATE SET {updates}",
-                values,
-            )
+            upsert(self._db, "farms", {"farm_id": farm_id}, {"last_seen": format_ts(seen), **columns})
 
     def record_status(self, farm_id: str, status: Status, seen: datetime) -> None:
         self._touch(farm_id, seen, online=int(status.state == "online"), status_ts=format_ts(status.ts),

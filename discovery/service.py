@@ -16,7 +16,7 @@ from broker.server import start_broker, stop_broker
 from broker.topics import Topics
 from discovery.api import create_api
 from discovery.audit import CommandAudit
-from discovery.bus import DiscoveryBus
+from discovery.bus import DiscoveryBus, Plugin
 from discovery.presence import PresencePlugin
 from discovery.registry import Registry
 from discovery.settings import DiscoverySettings
@@ -39,7 +39,7 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
     broker = await start_broker(settings) if settings.embedded_broker else None
     registry = Registry(settings.database)
     audit = CommandAudit(settings.database.with_name("commands.db"), topics, utc_now)
-    plugins = [PresencePlugin(registry, topics, utc_now), audit]
+    plugins: list[Plugin] = [PresencePlugin(registry, topics, utc_now), audit]
     bus = DiscoveryBus(_bus_url(settings), topics, plugins, settings.keepalive)
 
     def health() -> dict[str, Any]:

@@ -44,6 +44,7 @@ from farm_agent.profile import Profile
 from farm_agent.report import named_bits, worth_publishing
 from farm_agent.settings import AgentSettings
 from farm_agent.store import AgentStore
+from kubmesh.runtime import run_until_stopped
 
 log = logging.getLogger("kubmesh.agent")
 
@@ -203,17 +204,11 @@ class FarmAgent:
                     await client.subscribe(self.topics.set_filter(self.farm_id), qos=1)
                     if self.settings.ha_discovery:
                         await client.subscribe(ha_status_topic(self.settings.ha_prefix), qos=1)
-                    session = asyncio.ensure_future(asyncio.gather(self._heartbeats(), self._messages(client)))
-                    stopping = asyncio.ensure_future(stop.wait())
-                    await asyncio.wait({session, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                    stopping.cancel()
-                    if session.done():
-                        session.result()  # the connection broke: raises MqttError, and we reconnect
-                    session.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await session
-                    await self._say_goodbye(client)
-                    return
+                    # returns on stop; a broken connection raises MqttError here, and we reconnect
+                    if await run_until_stopped(stop, self._heartbeats(), self._messages(client)):
+                        await self._say_goodbye(client)
+                        return
+                    raise aiomqtt.MqttError("the broker ended the session")
             except aiomqtt.MqttError as exc:
                 self._client = None
                 self.state.mqtt_connected = False

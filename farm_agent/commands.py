@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from farm_agent.profile import ProfileError
 from farm_agent.service import run_agent
 from farm_agent.settings import AgentSettings
-from kubmesh.cli import add_service_options, service_flags
-from kubmesh.logs import setup_logging
-from kubmesh.runtime import run_until_signalled
-from kubmesh.settings import ConfigError, load_settings
+from kubmesh.cli import add_service_options, run_service
+from kubmesh.settings import ConfigError
 
 AGENT_FLAGS = (
     "farm_id", "farm_name", "owner_id", "modbus_url", "poll_interval", "max_interval", "profile", "api_host", "api_port"
@@ -37,13 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = load_settings(AgentSettings, config_file=args.config, flags=service_flags(args, *AGENT_FLAGS))
-    setup_logging(settings.log_level, settings.log_json)
-
-    async def service(stop: asyncio.Event) -> None:
-        await run_agent(settings, stop)
-
     try:
-        return run_until_signalled(service)
+        return run_service(args, AgentSettings, AGENT_FLAGS, run_agent)
     except ProfileError as exc:
         raise ConfigError(str(exc)) from None

@@ -43,10 +43,13 @@ def decode_values(
 
 def group_bits(group: AlarmGroupSpec, registers: Registers) -> int | None:
     """The 64-bit word of an alarm group, lowest address holding the lowest 16 bits."""
-    words = [registers.get(address) for address in group.registers]
-    if any(word is None for word in words):
-        return None
-    return sum(word << (16 * index) for index, word in enumerate(words))  # type: ignore[operator]
+    bits = 0
+    for index, address in enumerate(group.registers):
+        word = registers.get(address)
+        if word is None:
+            return None
+        bits |= word << (16 * index)
+    return bits
 
 
 def decode_group(group: AlarmGroupSpec, registers: Registers) -> list[AlarmItem]:

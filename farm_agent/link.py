@@ -83,14 +83,12 @@ class ModbusUrl:
         parts = urlsplit(url)
         query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
         try:
-            common = {
-                "unit": int(query.pop("unit", defaults.unit)),
-                "timeout_s": float(query.pop("timeout", defaults.timeout_s)),
-            }
+            unit = int(query.pop("unit", defaults.unit))
+            timeout_s = float(query.pop("timeout", defaults.timeout_s))
             if parts.scheme == "tcp":
                 if not parts.hostname:
                     raise ModbusUrlError(f"Modbus URL {url!r} has no host")
-                result = cls("tcp", parts.hostname, parts.port or 502, **common)
+                result = cls("tcp", parts.hostname, parts.port or 502, unit=unit, timeout_s=timeout_s)
             elif parts.scheme == "rtu":
                 device = parts.path or parts.netloc
                 if not device:
@@ -102,7 +100,8 @@ class ModbusUrl:
                     bytesize=int(query.pop("bytesize", defaults.bytesize)),
                     parity=str(query.pop("parity", defaults.parity)).upper(),
                     stopbits=int(query.pop("stopbits", defaults.stopbits)),
-                    **common,
+                    unit=unit,
+                    timeout_s=timeout_s,
                 )
             else:
                 raise ModbusUrlError(f"Modbus URL must start with tcp:// or rtu://, got {url!r}")

@@ -308,7 +308,7 @@ SIM_KEY = web.AppKey("simulator", Kub1063Simulator)
 def create_control_api(simulator: Kub1063Simulator) -> web.Application:
     app = web.Application(middlewares=[_errors_as_json])
     app[SIM_KEY] = simulator
-    app.router.add_get("/stats", lambda request: web.json_response(simulator.stats))
+    app.router.add_get("/stats", _stats)
     app.router.add_post("/sentinel", _sentinel)
     app.router.add_post("/alarm", _alarm)
     app.router.add_post("/raw", _raw)
@@ -319,9 +319,13 @@ def create_control_api(simulator: Kub1063Simulator) -> web.Application:
 @web.middleware
 async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
-        return await handler(request)  # type: ignore[no-any-return]
+        return await handler(request)
     except (KeyError, ValueError, TypeError) as exc:
         return web.json_response({"error": str(exc).strip("'\"")}, status=400)
+
+
+async def _stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SIM_KEY].stats)
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

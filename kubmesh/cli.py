@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-from kubmesh.settings import ConfigError
+from kubmesh.logs import setup_logging
+from kubmesh.runtime import run_until_signalled
+from kubmesh.settings import ConfigError, ServiceSettings, load_settings
+
+S = TypeVar("S", bound=ServiceSettings)
 
 # Each module has ``register(subparsers)``, which adds its commands with a ``func(args) -> int``.
 COMMAND_MODULES = (
@@ -35,6 +42,18 @@ def service_flags(args: argparse.Namespace, *names: str) -> dict[str, object]:
     """The flags given on the command line, as settings fields (None = not given)."""
     fields = ("data_dir", "mqtt_url", "log_level", "log_json", *names)
     return {name: getattr(args, name, None) for name in fields}
+
+
+def run_service(
+    args: argparse.Namespace,
+    model: type[S],
+    flag_names: tuple[str, ...],
+    service: Callable[[S, asyncio.Event], Awaitable[None]],
+) -> int:
+    """Load ``model`` from the file, environment and flags, set up logging, and run until signalled."""
+    settings = load_settings(model, config_file=args.config, flags=service_flags(args, *flag_names))
+    setup_logging(settings.log_level, settings.log_json)
+    return run_until_signalled(lambda stop: service(settings, stop))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 
 def run_until_signalled(service: Callable[[asyncio.Event], Awaitable[None]]) -> int:
@@ -19,3 +20,22 @@ def run_until_signalled(service: Callable[[asyncio.Event], Awaitable[None]]) -> 
 
     asyncio.run(main())
     return 0
+
+
+async def run_until_stopped(stop: asyncio.Event, *loops: Coroutine[Any, Any, None]) -> bool:
+    """Run ``loops`` until ``stop`` is set (True) or one of them ends (False, or its exception is raised).
+
+    The others are cancelled either way: a session's loops live and die together.
+    """
+    stopping = asyncio.ensure_future(stop.wait())
+    tasks = [asyncio.ensure_future(loop) for loop in loops]
+    try:
+        done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (stopping, *tasks):
+            task.cancel()
+        await asyncio.gather(stopping, *tasks, return_exceptions=True)
+    for task in tasks:
+        if task in done and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    return stopping in done

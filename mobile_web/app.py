@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask, Response, redirect, request, url_for
 from flask_babel import get_locale
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from broker.identities import IdentityStore
 from broker.topics import Topics
@@ -65,7 +66,7 @@ def _locale() -> str | None:
     return request.accept_languages.best_match(LANGUAGES, default="en")
 
 
-def _set_language(code: str) -> Response:
+def _set_language(code: str) -> WerkzeugResponse:
     target = request.referrer if request.referrer and request.referrer.startswith(request.host_url) else None
     response = redirect(target or url_for("farms.index"))
     if code in LANGUAGES:

@@ -179,7 +179,7 @@ class FarmBridge:
         log.warning("disconnected from the broker: %s", reason)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self.handle(message.topic, message.payload)
+        self.handle(message.topic, bytes(message.payload))
 
     def handle(self, topic: str, payload: bytes) -> None:
         if topic == self.topics.discovery_status():

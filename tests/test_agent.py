@@ -11,7 +11,7 @@ import pytest
 from broker.identities import Role
 from tests.conftest import RunningBroker, RunningMosquitto
 from tests.farm_system import Agent, Simulator
-from tests.helpers import MqttWatcher, wait_until
+from tests.helpers import MqttWatcher, ServiceProcess, wait_until
 
 FARM = "farm-007"
 
@@ -181,4 +181,33 @@ def test_agent_works_the_same_with_mosquitto(
         wait_until(lambda: watcher.last(_topic("status"))["state"] == "offline", 7.5, what="last will")
     finally:
         watcher.close()
+        agent.stop()
+
+
+def test_agent_reconnects_after_broker_restart_with_one_heartbeat_loop(
+    broker: RunningBroker, simulator: Simulator, tmp_path: Path
+) -> None:
+    credentials = broker.add(FARM, Role.FARM)
+    agent = Agent(tmp_path, broker.data_dir, FARM, broker.url(credentials), simulator.modbus_url,
+                  extra_env={"HEARTBEAT_INTERVAL": "1"}).start()
+    try:
+        wait_until(lambda: agent.health()["broker"] == "connected", 10, what="connected")
+        broker.process.kill()
+        wait_until(lambda: agent.health()["broker"] == "disconnected", 10, what="the agent noticing")
+        broker.process = ServiceProcess(
+            ["broker", "--data-dir", str(broker.data_dir), "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker.port)],
+            tmp_path / "broker-again.log",
+        ).wait_port(broker.port)
+        watcher = MqttWatcher(broker.port, broker.admin.username, broker.admin.password, _topic("#"))
+        try:
+            # a fresh broker has no retained messages: the agent publishes them again on reconnect
+            wait_until(lambda: (watcher.last(_topic("status")) or {}).get("state") == "online", 40, what="online")
+            wait_until(lambda: watcher.last(_topic("meta")), 5, what="meta again")
+            first = len(watcher.payloads(_topic("heartbeat")))
+            time.sleep(4.5)
+            beats = len(watcher.payloads(_topic("heartbeat"))) - first
+            assert 3 <= beats <= 6, f"{beats} heartbeats in 4.5 s at one a second"  # two loops would give ~9
+        finally:
+            watcher.close()
+    finally:
         agent.stop()
