@@ -200,18 +200,21 @@ class FarmAgent:
                     url, f"kubmesh-agent-{self.farm_id}", will=will, keepalive=self.settings.keepalive
                 ) as client:
                     delay = 1.0
-                    await self._on_connected(client)
-                    await client.subscribe(self.topics.set_filter(self.farm_id), qos=1)
-                    if self.settings.ha_discovery:
-                        await client.subscribe(ha_status_topic(self.settings.ha_prefix), qos=1)
-                    # returns on stop; a broken connection raises MqttError here, and we reconnect
-                    if await run_until_stopped(stop, self._heartbeats(), self._messages(client)):
-                        await self._say_goodbye(client)
-                        return
-                    raise aiomqtt.MqttError("the broker ended the session")
+                    try:
+                        await self._on_connected(client)
+                        await client.subscribe(self.topics.set_filter(self.farm_id), qos=1)
+                        if self.settings.ha_discovery:
+                            await client.subscribe(ha_status_topic(self.settings.ha_prefix), qos=1)
+                        # returns on stop; a broken connection raises MqttError here, and we reconnect
+                        if await run_until_stopped(stop, self._heartbeats(), self._messages(client)):
+                            await self._say_goodbye(client)
+                            return
+                        raise aiomqtt.MqttError("the broker ended the session")
+                    finally:
+                        # at once, not after the client's own clean-up, which may wait out its timeout
+                        self._client = None
+                        self.state.mqtt_connected = False
             except aiomqtt.MqttError as exc:
-                self._client = None
-                self.state.mqtt_connected = False
                 log.warning("farm %s: broker %s unreachable: %s; retrying in %.0f s",
                             self.farm_id, url.redacted(), exc, delay)
                 with contextlib.suppress(TimeoutError):
@@ -269,8 +272,6 @@ class FarmAgent:
         await self._publish_event(Event(ts=self.clock(), kind="agent_stopping", message="agent stopping"))
         await self._publish(self.topics.status(self.farm_id),
                             encode(Status(state="offline", ts=self.clock(), reason="agent stopped")), retain=True)
-        self._client = None
-        self.state.mqtt_connected = False
 
     async def _publish(self, topic: str, payload: bytes, retain: bool = False) -> bool:
         client = self._client

@@ -193,7 +193,7 @@ def test_agent_reconnects_after_broker_restart_with_one_heartbeat_loop(
     try:
         wait_until(lambda: agent.health()["broker"] == "connected", 10, what="connected")
         broker.process.kill()
-        wait_until(lambda: agent.health()["broker"] == "disconnected", 10, what="the agent noticing")
+        wait_until(lambda: agent.health()["broker"] == "disconnected", 20, what="the agent noticing")
         broker.process = ServiceProcess(
             ["broker", "--data-dir", str(broker.data_dir), "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker.port)],
             tmp_path / "broker-again.log",
