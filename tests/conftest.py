@@ -47,8 +47,9 @@ def broker(data_dir: Path, tmp_path: Path) -> Iterator[RunningBroker]:
         ["broker", "--data-dir", str(data_dir), "--mqtt-host", "127.0.0.1", "--mqtt-port", str(port)],
         tmp_path / "broker.log",
     ).wait_port(port)
-    yield RunningBroker(port, data_dir, store, process, admin)
-    process.stop()
+    running = RunningBroker(port, data_dir, store, process, admin)
+    yield running
+    running.process.stop()  # a test may have restarted it
 
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -87,3 +88,15 @@ def mosquitto(tmp_path: Path) -> Iterator[RunningMosquitto]:
     yield RunningMosquitto(port, password_file, process)
     process.terminate()
     process.wait(5)
+
+
+@pytest.fixture
+def serial_pair(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """Two ends of a null-modem serial line: socat ptys linked at ``ttyA`` and ``ttyB``."""
+    a, b = tmp_path / "ttyA", tmp_path / "ttyB"
+    socat = subprocess.Popen(["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+                             stderr=subprocess.DEVNULL)
+    wait_until(lambda: a.exists() and b.exists(), 5, what="the socat serial pair")
+    yield a, b
+    socat.terminate()
+    socat.wait(5)

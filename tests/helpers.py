@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,19 +21,40 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
+# Test servers listen below the kernel's ephemeral range (32768-60999 on Linux), where no outgoing
+# connection takes a port, and each pytest-xdist worker draws from its own slice, so two workers
+# never hand out the same port.
+PORT_RANGE = range(20000, 32000)
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+_WORKERS = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+_SLICE = len(PORT_RANGE) // _WORKERS
+_FIRST = PORT_RANGE.start + _SLICE * (int(_WORKER.removeprefix("gw") or 0) % _WORKERS)
+_next_port = _FIRST + random.randrange(_SLICE)
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_consecutive_ports(count: int) -> int:
-    """The first of ``count`` consecutive free ports (for services that number their ports)."""
-    for _ in range(100):
-        first = free_port()
-        if first + count <= 65535 and not any(port_open(first + i) for i in range(1, count)):
+    """The first of ``count`` consecutive free ports of this worker's slice (never handed out twice)."""
+    global _next_port
+    for _ in range(_SLICE):
+        first = _next_port
+        _next_port = first + count if first + 2 * count < _FIRST + _SLICE else _FIRST
+        if all(_bindable(first + i) for i in range(count)):
             return first
     raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def free_port() -> int:
+    return free_consecutive_ports(1)
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from broker.identities import Role
 from tests.conftest import RunningBroker
 from tests.farm_system import Agent
 from tests.helpers import MqttWatcher, ServiceProcess, wait_until
-
-
-@pytest.fixture
-def serial_pair(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    a, b = tmp_path / "ttyA", tmp_path / "ttyB"
-    socat = subprocess.Popen(["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-                             stderr=subprocess.DEVNULL)
-    wait_until(lambda: a.exists() and b.exists(), 5, what="the serial pair")
-    yield a, b
-    socat.terminate()
-    socat.wait(5)
 
 
 def test_agent_polls_the_controller_over_rtu(broker: RunningBroker, tmp_path: Path,
