@@ -187,6 +187,21 @@ class IdentityStore:
             )
         return Credentials(username, secret)
 
+    def add_many(self, entries: list[tuple[str, Role, str | None, str | None]]) -> list[Credentials]:
+        """Create many identities (username, role, owner, password or None) in one rewrite of the file."""
+        created = []
+        with self._editing() as data:
+            for username, role, owner, password in entries:
+                check_username(username)
+                if username in data.identities:
+                    raise IdentityError(f"{username!r} exists already")
+                secret = password or new_token()
+                data.identities[username] = Identity(
+                    username=username, role=role, owner=owner, secret_hash=_hash_for(role, secret)
+                )
+                created.append(Credentials(username, secret))
+        return created
+
     def rotate(self, username: str, password: str | None = None) -> Credentials:
         secret = password or new_token()
         with self._editing() as data:
