@@ -174,14 +174,14 @@ class MqttConnection(asyncio.Protocol):
 
 
 async def open_connection(
-    port: int, connect: bytes, on_packet: Callable[[MqttConnection, int, int, bytes], None], timeout: float = 30.0
+    port: int, connect: bytes, on_packet: Callable[[MqttConnection, int, int, bytes], None], wait_s: float = 30.0
 ) -> MqttConnection:
     """Connect and wait for CONNACK; raises ConnectionError unless the broker accepted."""
     loop = asyncio.get_running_loop()
     _, protocol = await asyncio.wait_for(
-        loop.create_connection(lambda: MqttConnection(connect, on_packet), "127.0.0.1", port), timeout
+        loop.create_connection(lambda: MqttConnection(connect, on_packet), "127.0.0.1", port), wait_s
     )
-    code = await asyncio.wait_for(protocol.connack, timeout)
+    code = await asyncio.wait_for(protocol.connack, wait_s)
     if code != 0:
         if protocol.transport:
             protocol.transport.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from broker.server import BrokerSettings, run_broker
+from broker.tuning import use_fast_event_loop
 from kubmesh.cli import add_service_options, run_service
 
 
@@ -27,4 +28,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    use_fast_event_loop()
     return run_service(args, BrokerSettings, BROKER_FLAGS, run_broker)

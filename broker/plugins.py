@@ -1,13 +1,16 @@
 """amqtt plug-ins that make the embedded broker authenticate and confine every client.
 
 Both read the identity store of the broker's data dir, so identities added,
-rotated or removed by ``kubmesh farm``/``kubmesh user`` apply at the next
-connect or message, without a restart.
+rotated or removed by ``kubmesh farm``/``kubmesh user`` apply without a restart:
+credentials at the next connect, topic rights at the next connect or within
+``AclCache.RECHECK_S`` for a client already connected.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass
 
 from amqtt.contexts import Action, BaseContext
@@ -59,8 +62,66 @@ class IdentityAuthPlugin(BaseAuthPlugin):
         return True
 
 
+class AclCache:
+    """ACL decisions per (username, topic, action), kept while the identity store is unchanged.
+
+    A farm publishes the same few topics for ever, and every delivery asks whether the
+    subscriber may receive it: deciding each once makes the check a dictionary lookup. The
+    identities file is looked at (one ``stat``) at most every ``RECHECK_S`` and at every
+    connect; when it has changed, every decision is dropped, so a removed identity or a
+    changed role or owner applies to clients already connected too.
+    """
+
+    RECHECK_S = 1.0
+    MAX_ENTRIES = 200_000
+
+    def __init__(self, store: IdentityStore, rules: AclRules) -> None:
+        self.store = store
+        self.rules = rules
+        self._decisions: dict[tuple[str, str, Access], bool] = {}
+        self._stamp: tuple[int, int] | None = None
+        self._next_check = 0.0
+
+    def __len__(self) -> int:
+        return len(self._decisions)
+
+    def recheck_store(self) -> None:
+        """Drop every decision if the identities file changed since they were made."""
+        self._next_check = time.monotonic() + self.RECHECK_S
+        try:
+            stat = os.stat(self.store.path)
+            stamp: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp != self._stamp:
+            self._decisions.clear()
+            self._stamp = stamp
+
+    def allowed(self, username: str | None, access: Access, topic: str) -> bool:
+        if time.monotonic() >= self._next_check:
+            self.recheck_store()
+        if not username:
+            return False
+        key = (username, topic, access)
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = self._decide(username, access, topic)
+            if len(self._decisions) >= self.MAX_ENTRIES:
+                self._decisions.clear()
+            self._decisions[key] = decision
+        return decision
+
+    def _decide(self, username: str, access: Access, topic: str) -> bool:
+        try:
+            identity = self.store.get(username)
+            return identity is not None and self.rules.allowed(identity, access, topic, self.store.farm_owner)
+        except StoreError as exc:
+            log.error("refusing %s of %r by %s: %s", access.value, topic, username, exc)
+            return False
+
+
 class TopicAclPlugin(BaseTopicPlugin):
-    """Applies :class:`broker.acl.AclRules` to every publish, subscribe and delivery."""
+    """Applies :class:`broker.acl.AclRules` to every publish, subscribe and delivery, through an :class:`AclCache`."""
 
     Config = StoreConfig
 
@@ -68,20 +129,25 @@ class TopicAclPlugin(BaseTopicPlugin):
         super().__init__(context)
         self.store = IdentityStore(self.config.data_dir)
         self.rules = AclRules(Topics(self.config.base_topic), self.config.ha_prefix)
+        self.cache = AclCache(self.store, self.rules)
         self.refusals = 0
+
+    async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
+        self.cache.recheck_store()
 
     async def topic_filtering(
         self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
     ) -> bool:
         if session is None or topic is None or action is None:
             return False
-        identity = self.store.get(session.username) if session.username else None
-        allowed = identity is not None and self.rules.allowed(
-            identity, _ACCESS[action], topic, self.store.farm_owner
-        )
-        if not allowed:
-            self.refusals += 1
-            level = logging.DEBUG if action is Action.RECEIVE else logging.WARNING
-            log.log(level, "ACL refused %s of %r by client %r (%s)", action.value, topic,
-                    session.client_id, session.username)
-        return allowed
+        return self.check(session, topic, action)
+
+    def check(self, session: Session, topic: str, action: Action) -> bool:
+        """The decision, without a task: what the broker calls on every message."""
+        if self.cache.allowed(session.username, _ACCESS[action], topic):
+            return True
+        self.refusals += 1
+        level = logging.DEBUG if action is Action.RECEIVE else logging.WARNING
+        log.log(level, "ACL refused %s of %r by client %r (%s)", action.value, topic,
+                session.client_id, session.username)
+        return False

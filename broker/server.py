@@ -12,6 +12,7 @@ from amqtt.contexts import Action
 from amqtt.session import Session
 
 from broker.plugins import IdentityAuthPlugin, TopicAclPlugin
+from broker.tuning import TunedBroker
 from kubmesh.settings import ServiceSettings
 
 log = logging.getLogger("kubmesh.broker")
@@ -44,7 +45,7 @@ class BrokerSettings(ServiceSettings):
     tls_keyfile: Path | None = None
 
 
-class KubBroker(Broker):
+class KubBroker(TunedBroker):
     """amqtt's broker, with retained messages delivered only as MQTT says.
 
     amqtt 0.12.1 checks the RECEIVE permission for live deliveries but sends
