@@ -13,6 +13,7 @@ neither one's scheduling delays the other; the benchmark scripts drive them thro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import shutil
@@ -209,10 +210,13 @@ class Fleet:
         self.connections: list[MqttConnection | None] = [None] * len(farms)
         self.topics = [TOPICS.state(farm.username).encode() for farm in farms]
         self.stats = FleetStats()
+        self.all_acked = asyncio.Event()
 
     def _on_packet(self, conn: MqttConnection, kind: int, flags: int, body: bytes) -> None:
         if kind == PUBACK:
             self.stats.acked += 1
+            if self.stats.acked >= self.stats.sent:
+                self.all_acked.set()
 
     async def connect_all(self, concurrency: int = CONNECT_CONCURRENCY, retry_until: float = 0.0) -> float:
         """Connect every farm, ``concurrency`` CONNECTs in flight; with ``retry_until`` (a monotonic
@@ -355,6 +359,85 @@ def run_fleet(port: int, farms: list[Credentials], pipe: Connection) -> None:
     asyncio.run(main())
 
 
+def run_cycles(port: int, farms: list[Credentials], cycles: int, pipe: Connection) -> None:
+    """Child process: ``cycles`` times, connect every farm and publish one retained reading each
+    (reporting once all are acknowledged), then leave (reporting once every socket is closed)."""
+    raise_open_files_limit()
+    _use_uvloop()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        fleet = Fleet(port, farms)
+        for cycle in range(cycles):
+            await fleet.connect_all()
+            fleet.all_acked.clear()
+            for index in range(len(farms)):
+                fleet.publish_one(index, cycle)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fleet.all_acked.wait(), 60)
+            pipe.send(("connected", fleet.stats.connected, fleet.stats.connect_s))
+            await loop.run_in_executor(None, pipe.recv)
+            await fleet.leave_all()
+            pipe.send(("left",))
+            await loop.run_in_executor(None, pipe.recv)
+
+    asyncio.run(main())
+
+
+def run_storm(port: int, farms: list[Credentials], pipe: Connection) -> None:
+    """Child process: connect every farm; when the broker goes away, every farm reconnects at once
+    (retrying every 50 ms, as an agent does) and publishes a reading. Reports, in monotonic ns, when
+    the last farm was connected again and when the last one had its reading acknowledged."""
+    raise_open_files_limit()
+    _use_uvloop()
+
+    async def main() -> None:
+        fleet = Fleet(port, farms)
+        await fleet.connect_all()
+        pipe.send(("connected", fleet.stats.connected, fleet.stats.connect_s))
+        first = list(fleet.connections)
+        connected_at: list[int] = []
+        published_at: list[int] = []
+        failures: list[str] = []
+
+        async def come_back(index: int, old: MqttConnection | None) -> None:
+            if old is not None:
+                await old.closed
+            farm = farms[index]
+            acked = asyncio.get_running_loop().create_future()
+
+            def on_packet(conn: MqttConnection, kind: int, flags: int, body: bytes) -> None:
+                if kind == PUBACK and not acked.done():
+                    acked.set_result(time.monotonic_ns())
+
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    conn = await open_connection(port, connect_packet(farm.username, farm.username, farm.password),
+                                                 on_packet)
+                    break
+                except (OSError, ConnectionError, TimeoutError) as exc:
+                    if time.monotonic() > deadline:
+                        failures.append(f"{farm.username}: {exc!r}")
+                        return
+                    await asyncio.sleep(0.05)
+            connected_at.append(time.monotonic_ns())
+            conn.send(publish_packet(fleet.topics[index], conn.next_packet_id(), reading(0, time.monotonic_ns())))
+            try:
+                published_at.append(await asyncio.wait_for(acked, 30))
+            except TimeoutError:
+                failures.append(f"{farm.username}: no PUBACK")
+            fleet.connections[index] = conn
+
+        await asyncio.gather(*(come_back(i, c) for i, c in enumerate(first)))
+        pipe.send(("storm", len(connected_at), max(connected_at, default=0), len(published_at),
+                   max(published_at, default=0), failures[:3]))
+        await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
+        await fleet.leave_all()
+
+    asyncio.run(main())
+
+
 def percentile(sorted_values: list[int], q: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -391,9 +474,8 @@ class BrokerUnderTest:
                 self.process.kill()
                 self.process.wait(5)
 
-    def restart(self) -> None:
-        """Stop the broker and start it again on the same port with the same identities."""
-        self.stop()
+    def start_again(self) -> None:
+        """Start the stopped broker again, on the same port with the same identities; returns once it listens."""
         self.process = _spawn(self.start_command, self.folder / f"{self.name}.log")
         wait_port(self.port, self.process)
 
