@@ -79,7 +79,7 @@ class AclCache:
         self.store = store
         self.rules = rules
         self._decisions: dict[tuple[str, str, Access], bool] = {}
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._next_check = 0.0
 
     def __len__(self) -> int:
@@ -90,7 +90,8 @@ class AclCache:
         self._next_check = time.monotonic() + self.RECHECK_S
         try:
             stat = os.stat(self.store.path)
-            stamp: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+            # the file is replaced on every change: a new inode, even when size and mtime tick match
+            stamp: tuple[int, int, int] | None = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         except FileNotFoundError:
             stamp = None
         if stamp != self._stamp:
