@@ -191,6 +191,22 @@ class TunedBroker(Broker):
         await self.heap.stop()
         await super().shutdown()
 
+    async def _broadcast_loop(self) -> None:
+        """amqtt's loop wraps every message in a task and waits on it beside the shutdown future;
+        this one awaits amqtt's own step directly and is cancelled at shutdown."""
+        running = self._tasks_queue
+        while True:
+            while running and running[0].done():
+                task = running.popleft()
+                if not task.cancelled() and task.exception() is not None:
+                    log.warning("delivery failed: %r", task.exception())
+            await self._run_broadcast(running)
+
+    async def _shutdown_broadcast_loop(self) -> None:
+        if self._broadcast_task is not None:
+            self._broadcast_task.cancel()
+        await super()._shutdown_broadcast_loop()
+
     async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
         if self._acl is None:
             return await super()._topic_filtering(session, topic, action)
