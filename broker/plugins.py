@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from amqtt.contexts import Action, BaseContext
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
@@ -33,6 +34,17 @@ class StoreConfig:
     ha_prefix: str = HA_DEFAULT_PREFIX
 
 
+_STORES: dict[Path, IdentityStore] = {}
+
+
+def shared_store(data_dir: str) -> IdentityStore:
+    """One parsed copy of a data dir's identities for both plug-ins (a few KB per farm)."""
+    path = Path(data_dir).resolve()
+    if path not in _STORES:
+        _STORES[path] = IdentityStore(path)
+    return _STORES[path]
+
+
 class IdentityAuthPlugin(BaseAuthPlugin):
     """Accepts a CONNECT only with a username and secret that match the identity store."""
 
@@ -40,7 +52,7 @@ class IdentityAuthPlugin(BaseAuthPlugin):
 
     def __init__(self, context: BaseContext) -> None:
         super().__init__(context)
-        self.store = IdentityStore(self.config.data_dir)
+        self.store = shared_store(self.config.data_dir)
 
     async def authenticate(self, *, session: Session) -> bool:
         password = session.password
@@ -128,7 +140,7 @@ class TopicAclPlugin(BaseTopicPlugin):
 
     def __init__(self, context: BaseContext) -> None:
         super().__init__(context)
-        self.store = IdentityStore(self.config.data_dir)
+        self.store = shared_store(self.config.data_dir)
         self.rules = AclRules(Topics(self.config.base_topic), self.config.ha_prefix)
         self.cache = AclCache(self.store, self.rules)
         self.refusals = 0
