@@ -12,6 +12,7 @@ from amqtt.contexts import Action
 from amqtt.session import Session
 
 from broker.plugins import IdentityAuthPlugin, TopicAclPlugin
+from broker.stats import MessageCounterPlugin
 from kubmesh.settings import ServiceSettings
 
 log = logging.getLogger("kubmesh.broker")
@@ -101,6 +102,7 @@ def broker_config(settings: BrokerSettings) -> dict[str, object]:
         "plugins": {
             f"{IdentityAuthPlugin.__module__}.{IdentityAuthPlugin.__name__}": store,
             f"{TopicAclPlugin.__module__}.{TopicAclPlugin.__name__}": store,
+            f"{MessageCounterPlugin.__module__}.{MessageCounterPlugin.__name__}": {},
         },
     }
 

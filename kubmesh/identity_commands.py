@@ -12,7 +12,15 @@ import os
 import sys
 from pathlib import Path
 
-from broker.identities import PERSON_ROLES, Credentials, IdentityError, IdentityStore, Role, StoreError
+from broker.identities import (
+    PERSON_ROLES,
+    Credentials,
+    IdentityError,
+    IdentityStore,
+    Role,
+    StoreError,
+    check_username,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("farm_id")
     add.add_argument("--owner", required=True)
     add.add_argument("--json", action="store_true", help='print {"farm_id", "username", "password"}')
+    add.add_argument("--tailscale-authkey", action="store_true",
+                     help="also create a pre-authorised auth key tagged tag:farm for enrolling the farm's device")
+    add.add_argument("--config", metavar="FILE", help="the discovery node's config.yaml (tailnet and API key)")
     add.set_defaults(func=_farm_add)
     rotate = farm_commands.add_parser("rotate", help="give a farm a new token; the old one stops working")
     rotate.add_argument("farm_id")
@@ -73,11 +84,37 @@ def _print_credentials(credentials: Credentials, as_json: bool, farm: bool) -> N
 
 
 def _farm_add(args: argparse.Namespace) -> int:
+    store = _store(args)
     try:
-        credentials = _store(args).add(args.farm_id, Role.FARM, owner=args.owner)
+        check_username(args.farm_id)
+        if store.get(args.farm_id) is not None:
+            return _fail(f"{args.farm_id!r} exists already")
     except (IdentityError, StoreError) as exc:
         return _fail(str(exc))
-    _print_credentials(credentials, args.json, farm=True)
+    authkey = None
+    if args.tailscale_authkey:
+        # the key first: if the tailnet refuses, nothing has been created
+        from discovery.tailscale.api import TailscaleApiError
+        from discovery.tailscale.commands import authkey_failure, mint_farm_authkey
+
+        try:
+            authkey = mint_farm_authkey(args.farm_id, args.config, args.data_dir)
+        except TailscaleApiError as exc:
+            return authkey_failure(exc)
+    try:
+        credentials = store.add(args.farm_id, Role.FARM, owner=args.owner)
+    except (IdentityError, StoreError) as exc:
+        return _fail(str(exc))
+    if authkey is None:
+        _print_credentials(credentials, args.json, farm=True)
+    elif args.json:
+        print(json.dumps({"farm_id": credentials.username, **credentials.as_dict(),
+                          "tailscale_authkey": authkey.key,
+                          "tailscale_authkey_expires": authkey.expires.isoformat() if authkey.expires else None}))
+    else:
+        _print_credentials(credentials, False, farm=True)
+        print(f"tailscale auth key: {authkey.key}\n  enrol the farm with: tailscale up --authkey {authkey.key} "
+              f"--hostname {args.farm_id}")
     return 0
 
 
