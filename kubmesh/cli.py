@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "mobile_web.commands",
     "kubmesh.identity_commands",
     "discovery.tailscale.commands",
+    "kubmesh.doctor",
 )
 
 
