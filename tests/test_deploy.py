@@ -7,6 +7,7 @@ also checked by ``systemd-analyze verify`` when it is installed.
 from __future__ import annotations
 
 import configparser
+import json
 import shlex
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ from farm_agent.settings import AgentSettings
 from kubmesh.cli import build_parser
 from kubmesh.settings import ServiceSettings
 from mobile_web.settings import WebSettings
-from tests.helpers import REPO
+from tests.helpers import REPO, ServiceProcess, free_port
 
 DEPLOY = REPO / "deploy"
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
@@ -114,3 +115,13 @@ def test_the_image_exposes_the_contract_ports_and_runs_kubmesh() -> None:
     for copy in instructions["COPY"]:
         for source in copy.split()[:-1]:
             assert (REPO / source).exists(), source
+
+
+def test_log_json_writes_one_json_object_per_line(tmp_path: Path) -> None:
+    port = free_port()
+    process = ServiceProcess(["broker", "--data-dir", str(tmp_path), "--mqtt-host", "127.0.0.1", "--mqtt-port",
+                              str(port), "--log-json"], tmp_path / "broker.log").wait_port(port)
+    assert process.stop() == 0
+    entries = [json.loads(line) for line in (tmp_path / "broker.log").read_text().splitlines() if line.strip()]
+    assert entries and all({"ts", "level", "logger", "message"} <= set(e) for e in entries)
+    assert any("listening" in e["message"] for e in entries)
