@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -28,6 +29,22 @@ class TailscaleCli:
 
     async def whois(self, address: str) -> WhoIs:
         return _parse(WhoIs, await self._json("whois", "--json", address), "tailscale whois")
+
+    def whois_blocking(self, address: str) -> WhoIs:
+        """``whois`` for code outside an event loop (the mobile web's request handlers)."""
+        what = f"{self.path} whois --json {address}"
+        try:
+            done = subprocess.run([self.path, "whois", "--json", address], capture_output=True,
+                                  timeout=self.timeout_s, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise TailscaleCliError(f"{what}: {exc}") from None
+        if done.returncode != 0:
+            raise TailscaleCliError(f"{what}: {done.stderr.decode(errors='replace').strip()}")
+        try:
+            data = json.loads(done.stdout)
+        except ValueError:
+            raise TailscaleCliError(f"{what}: did not print JSON") from None
+        return _parse(WhoIs, data, "tailscale whois")
 
     async def _json(self, *args: str) -> dict[str, object]:
         what = f"{self.path} {' '.join(args)}"
