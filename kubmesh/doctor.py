@@ -70,8 +70,11 @@ def run_doctor(args: argparse.Namespace) -> int:
     for check in checks:
         print(f"{check.status:<4}  {check.name:<{width}}  {check.detail}")
     failed = [c.name for c in checks if c.status == FAIL]
-    print(f"{len(checks) - len(failed)} of {len(checks)} checks passed" + (f"; failed: {', '.join(failed)}"
-                                                                           if failed else ""))
+    skipped = sum(1 for c in checks if c.status == SKIP)
+    summary = f"{len(checks) - len(failed) - skipped} of {len(checks)} checks passed"
+    summary += f", {skipped} skipped" if skipped else ""
+    summary += f"; failed: {', '.join(failed)}" if failed else ""
+    print(summary)
     return 1 if failed else 0
 
 

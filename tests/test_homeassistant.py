@@ -14,14 +14,14 @@ import jinja2
 import paho.mqtt.client as paho
 import pytest
 
-from broker.identities import Role
+from broker.identities import IdentityStore, Role
 from broker.topics import Topics
 from farm_agent.homeassistant import config_topic, device_config
 from farm_agent.profile import load_profile
 from tests.conftest import RunningBroker
 from tests.farm_system import Agent, Simulator
 from tests.ha_schema import check_device_config
-from tests.helpers import REPO, MqttWatcher, wait_until
+from tests.helpers import REPO, MqttWatcher, free_port, wait_until
 
 PROFILE = load_profile()
 FARM = "farm-001"
@@ -177,3 +177,14 @@ def test_an_agent_announces_its_farm_to_home_assistant_again_on_its_birth_and_cl
         assert not late.payloads(topic), "no retained config is left for a new Home Assistant"
     finally:
         late.close()
+
+
+def test_farm_remove_without_a_broker_says_so_and_still_removes_the_farm(data_dir: Path) -> None:
+    IdentityStore(data_dir).add(FARM, Role.FARM, owner="ivan")
+    command = [sys.executable, "-m", "kubmesh", "farm", "remove", FARM, "--data-dir", str(data_dir),
+               "--mqtt-url", f"mqtt://127.0.0.1:{free_port()}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert result.returncode == 0 and "could not clear the farm's retained topics" in result.stderr
+    assert IdentityStore(data_dir).get(FARM) is None and "Traceback" not in result.stderr
+    again = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert again.returncode == 1 and f"no farm '{FARM}'" in again.stderr
