@@ -21,7 +21,7 @@ from discovery.metrics import DiscoveryCollector, ReadingCounter, metrics_regist
 from discovery.presence import PresencePlugin
 from discovery.registry import Registry
 from discovery.settings import DiscoverySettings
-from discovery.tailscale.manager import build_manager
+from discovery.tailscale.manager import build_manager, known_farms
 
 log = logging.getLogger("kubmesh.discovery")
 
@@ -45,12 +45,9 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
     plugins: list[Plugin] = [PresencePlugin(registry, topics, utc_now), audit, readings]
     bus = DiscoveryBus(_bus_url(settings), topics, plugins, settings.keepalive)
     identities = IdentityStore(settings.data_dir)
-
-    def farm_ids() -> set[str]:
-        known = {farm["farm_id"] for farm in registry.farms()}
-        return known | {i.username for i in identities.all() if i.role is Role.FARM}
-
-    tailnet = build_manager(settings, farm_ids, utc_now) if settings.tailscale_enabled else None
+    tailnet = None
+    if settings.tailscale_enabled:
+        tailnet = build_manager(settings, lambda: known_farms(registry, identities), utc_now)
 
     def health() -> dict[str, Any]:
         report: dict[str, Any] = {"broker": "connected" if bus.connected else "disconnected",

@@ -7,11 +7,15 @@ up at the next connect. Secrets are printed once and never stored in clear.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
 from pathlib import Path
 
+import aiomqtt
+
+from broker.client import MqttUrl, MqttUrlError
 from broker.identities import (
     PERSON_ROLES,
     Credentials,
@@ -21,6 +25,10 @@ from broker.identities import (
     StoreError,
     check_username,
 )
+from broker.retire import clear_farm
+from broker.topics import HA_DEFAULT_PREFIX, Topics
+from discovery.tailscale.api import TailscaleApiError
+from discovery.tailscale.commands import authkey_failure, mint_farm_authkey
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -100,9 +108,6 @@ def _farm_add(args: argparse.Namespace) -> int:
     authkey = None
     if args.tailscale_authkey:
         # the key first: if the tailnet refuses, nothing has been created
-        from discovery.tailscale.api import TailscaleApiError
-        from discovery.tailscale.commands import authkey_failure, mint_farm_authkey
-
         try:
             authkey = mint_farm_authkey(args.farm_id, args.config, args.data_dir)
         except TailscaleApiError as exc:
@@ -164,14 +169,6 @@ def _farm_remove(args: argparse.Namespace) -> int:
 
 
 def _clear_retained(store: IdentityStore, args: argparse.Namespace) -> None:
-    import asyncio
-
-    import aiomqtt
-
-    from broker.client import MqttUrl, MqttUrlError
-    from broker.retire import clear_farm
-    from broker.topics import HA_DEFAULT_PREFIX, Topics
-
     try:
         url = MqttUrl.parse(args.mqtt_url or os.environ.get("MQTT_URL") or "mqtt://127.0.0.1:1883")
     except MqttUrlError as exc:

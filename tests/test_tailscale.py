@@ -142,16 +142,17 @@ async def test_without_an_api_key_the_daemons_peers_are_the_device_list(tmp_path
     assert node.devices_report()["tailnet"] == "example.com"
 
 
-async def test_a_missing_or_stopped_tailscaled_is_reported_not_raised(tmp_path: Path) -> None:
+async def test_a_missing_or_stopped_tailscaled_is_reported_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     node = manager(tmp_path, None, cli=str(tmp_path / "no-such-tailscale"))
     assert await node.sync_once() == 10
     assert node.health()["error_kind"] == "cli" and "cannot run" in node.health()["local"]
-    os.environ["TAILSCALE_DOWN"] = "1"
-    try:
-        with pytest.raises(TailscaleCliError, match="doesn't appear to be running"):
-            await TailscaleCli(STANDIN).status()
-    finally:
-        del os.environ["TAILSCALE_DOWN"]
+    monkeypatch.setenv("TAILSCALE_DOWN", "1")
+    with pytest.raises(TailscaleCliError, match="doesn't appear to be running"):
+        await TailscaleCli(STANDIN).status()
+    stopped = manager(tmp_path, None)
+    assert await stopped.sync_once() == 10 and "doesn't appear to be running" in stopped.health()["local"]
 
 
 async def test_whois_names_the_person_and_tags_behind_an_address() -> None:

@@ -8,10 +8,12 @@ import json
 import sys
 from typing import Any
 
-from broker.identities import IdentityStore, Role, StoreError
+from broker.identities import IdentityStore
+from discovery.registry import Registry
 from discovery.settings import DiscoverySettings
 from discovery.tailscale.api import TailscaleApi, TailscaleApiError
 from discovery.tailscale.local import TailscaleCli, TailscaleCliError
+from discovery.tailscale.manager import known_farms
 from discovery.tailscale.matching import FARM_TAG, farms_summary
 from discovery.tailscale.models import AuthKey
 from discovery.tailscale.policy import recommended_policy
@@ -78,10 +80,14 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _farm_ids(settings: DiscoverySettings) -> set[str]:
+    identities = IdentityStore(settings.data_dir)
+    if not settings.database.exists():
+        return known_farms(None, identities)
+    registry = Registry(settings.database)
     try:
-        return {i.username for i in IdentityStore(settings.data_dir).all() if i.role is Role.FARM}
-    except StoreError:
-        return set()
+        return known_farms(registry, identities)
+    finally:
+        registry.close()
 
 
 def _print_status(report: dict[str, Any]) -> None:

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from broker.identities import IdentityStore, Role, StoreError
 from broker.payloads import Clock, format_ts
+from discovery.registry import Registry
 from discovery.settings import DiscoverySettings
 from discovery.tailscale.api import (
     TailscaleApi,
@@ -170,6 +172,15 @@ class TailscaleManager:
             "devices": records,
             "farms": farms_summary(records, self.farm_ids()),
         }
+
+
+def known_farms(registry: Registry | None, identities: IdentityStore) -> set[str]:
+    """The farms a node knows: its farm identities and the farms its registry has heard from."""
+    try:
+        farms = {i.username for i in identities.all() if i.role is Role.FARM}
+    except StoreError:
+        farms = set()
+    return farms | ({farm["farm_id"] for farm in registry.farms()} if registry else set())
 
 
 def build_manager(settings: DiscoverySettings, farm_ids: Callable[[], set[str]], clock: Clock) -> TailscaleManager:

@@ -113,13 +113,6 @@ class LocalStatus(_Lenient):
         return self.backend_state == "Running"
 
 
-class WhoIs(_Lenient):
-    """``tailscale whois --json ADDR``: the node and the person behind an address."""
-
-    node: PeerWhoIsNode = Field(alias="Node")
-    user_profile: UserProfile | None = Field(None, alias="UserProfile")
-
-
 class PeerWhoIsNode(_Lenient):
     name: str = Field("", alias="Name")
     tags: list[str] = Field(default_factory=list, alias="Tags")
@@ -136,4 +129,8 @@ class UserProfile(_Lenient):
     display_name: str = Field("", alias="DisplayName")
 
 
-WhoIs.model_rebuild()
+class WhoIs(_Lenient):
+    """``tailscale whois --json ADDR``: the node and the person behind an address."""
+
+    node: PeerWhoIsNode = Field(alias="Node")
+    user_profile: UserProfile | None = Field(None, alias="UserProfile")
