@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from amqtt.broker import Broker
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from broker.server import KubBroker
 from broker.stats import broker_stats
 from broker.topics import FarmTopic, InvalidTopic, Topics
 from discovery.registry import Registry
@@ -44,7 +44,7 @@ class DiscoveryCollector(Collector):
         self,
         registry: Registry,
         readings: ReadingCounter,
-        broker: Broker | None = None,
+        broker: KubBroker | None = None,
         tailnet: TailscaleManager | None = None,
         history_size: Callable[[], int] | None = None,
     ) -> None:
