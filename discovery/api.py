@@ -9,10 +9,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from broker.topics import InvalidTopic, check_farm_id
 from discovery.audit import CommandAudit
 from discovery.registry import Registry
+from discovery.tailscale.manager import TailscaleManager
 
 log = logging.getLogger("kubmesh.discovery.api")
 
@@ -21,6 +23,8 @@ AUDIT = web.AppKey("audit", CommandAudit)
 TOKEN = web.AppKey("token", str)
 HealthReport = Callable[[], dict[str, Any]]
 HEALTH: web.AppKey[HealthReport] = web.AppKey("health")
+TAILNET: web.AppKey[TailscaleManager | None] = web.AppKey("tailnet")
+METRICS = web.AppKey("metrics", CollectorRegistry)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -30,17 +34,28 @@ def error(status: int, message: str, detail: str | None = None, **headers: str) 
 
 
 def create_api(
-    registry: Registry, audit: CommandAudit, api_token: str | None, health: Callable[[], dict[str, Any]]
+    registry: Registry,
+    audit: CommandAudit,
+    api_token: str | None,
+    health: Callable[[], dict[str, Any]],
+    *,
+    metrics: CollectorRegistry | None = None,
+    tailnet: TailscaleManager | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[_json_errors, _bearer_auth], client_max_size=64 * 1024)
     app[REGISTRY] = registry
     app[AUDIT] = audit
     app[TOKEN] = api_token or ""
     app[HEALTH] = health
+    app[TAILNET] = tailnet
     app.router.add_get("/health", _health)
     app.router.add_get("/api/farms", _farms)
     app.router.add_get("/api/farms/{farm}", _farm)
     app.router.add_get("/api/farms/{farm}/commands", _commands)
+    app.router.add_get("/api/tailnet/devices", _tailnet_devices)
+    if metrics is not None:
+        app[METRICS] = metrics
+        app.router.add_get("/metrics", _metrics)
     return app
 
 
@@ -110,3 +125,15 @@ async def _commands(request: web.Request) -> web.Response:
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
         return error(400, "invalid limit", "a whole number from 1 to 1000")
     return web.json_response({"farm": farm_id, "commands": request.app[AUDIT].commands(farm_id, int(limit))})
+
+
+async def _tailnet_devices(request: web.Request) -> web.Response:
+    tailnet = request.app[TAILNET]
+    if tailnet is None:
+        return web.json_response({"tailnet": None, "source": "off", "synced_at": None, "error": None,
+                                  "devices": [], "farms": {}})
+    return web.json_response(tailnet.devices_report())
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(request.app[METRICS]), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field
 
 from broker.server import BrokerSettings
+from discovery.tailscale.api import DEFAULT_API_URL
 
 
 class DiscoverySettings(BrokerSettings):
@@ -17,6 +19,10 @@ class DiscoverySettings(BrokerSettings):
         "TAILNET": "tailnet",
         "TAILSCALE_API_KEY": "tailscale_api_key",
         "DATABASE_PATH": "database_path",
+        "SYNC_INTERVAL": "sync_interval",
+        "TAILSCALE_API_URL": "tailscale_api_url",
+        "TAILSCALE_CLI": "tailscale_cli",
+        "TAILSCALE_SYNC": "tailscale_sync",
     }
     YAML: ClassVar[dict[str, str]] = {
         **BrokerSettings.YAML,
@@ -24,6 +30,8 @@ class DiscoverySettings(BrokerSettings):
         "port": "api_port",
         "api_key": "tailscale_api_key",
         "api_token": "api_token",
+        "tailscale.api_url": "tailscale_api_url",
+        "tailscale.cli": "tailscale_cli",
     }
 
     api_host: str = "0.0.0.0"
@@ -32,11 +40,26 @@ class DiscoverySettings(BrokerSettings):
     database_path: Path | None = None  # default: <data_dir>/discovery.db
     tailnet: str | None = None
     tailscale_api_key: str | None = None
-    sync_interval: float = Field(300.0, ge=10)
+    sync_interval: float = Field(300.0, ge=1)
+    tailscale_api_url: str = DEFAULT_API_URL
+    tailscale_cli: str = "tailscale"
+    tailscale_sync: bool | None = None  # None: sync when an API key is set or the tailscale CLI is installed
+    tailscale_retry: float = Field(10.0, gt=0)  # first backoff after a failed sync, doubling up to sync_interval
+    key_expiry_warning_days: float = Field(14.0, ge=0)
 
     @property
     def database(self) -> Path:
         return self.database_path or self.data_dir / "discovery.db"
+
+    @property
+    def tailnet_db(self) -> Path:
+        return self.database.with_name("tailnet.db")
+
+    @property
+    def tailscale_enabled(self) -> bool:
+        if self.tailscale_sync is not None:
+            return self.tailscale_sync
+        return bool(self.tailscale_api_key) or shutil.which(self.tailscale_cli) is not None
 
     @property
     def embedded_broker(self) -> bool:

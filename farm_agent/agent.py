@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 
@@ -97,6 +98,7 @@ class FarmAgent:
         self._client: aiomqtt.Client | None = None
         self._publish_lock = asyncio.Lock()
         self._poll_now = asyncio.Event()  # set after a command, so its effect shows without waiting a poll
+        self.on_poll_timed: Callable[[float], None] | None = None  # seconds each successful poll took (metrics)
 
     # ---- running ----------------------------------------------------------------------------------
 
@@ -132,6 +134,7 @@ class FarmAgent:
             if self.state.firmware is None:
                 self.state.firmware = await self.poller.read_firmware()
                 await self._publish_meta()
+            started = time.monotonic()
             result = await self.poller.poll()
         except ModbusFailure as exc:
             self.state.polls_failed += 1
@@ -139,6 +142,8 @@ class FarmAgent:
             return
         self.state.polls_ok += 1
         self.state.last_poll_ts = time.time()
+        if self.on_poll_timed is not None:
+            self.on_poll_timed(time.monotonic() - started)
         if not self.state.modbus_ok:
             await self._modbus_restored()
         ts = self.clock()
