@@ -1,9 +1,14 @@
 """The discovery node's one MQTT session, shared by its plug-ins.
 
 It keeps ``{base}/discovery/status`` retained ``online`` while connected (its
-last will says ``offline``), subscribes to what each plug-in asks for, and
-hands every message to the plug-ins that asked. It reconnects with backoff
-and never exits on a broker fault.
+last will says ``offline``; a broker that restarted empty gets it again on the
+reconnect), subscribes to what each plug-in asks for, and hands every message
+to the plug-ins that asked. It reconnects with backoff and never exits on a
+broker fault.
+
+The session is persistent (a fixed client id, clean session off, QoS 1
+subscriptions): while the node restarts, an external broker queues the
+readings for it, and the history loses none of them.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from kubmesh.runtime import run_until_stopped
 
 log = logging.getLogger("kubmesh.discovery")
 RECONNECT_MAX_S = 30.0
+CLIENT_ID = "kubmesh-discovery"
 
 
 class Plugin(Protocol):
@@ -42,7 +48,8 @@ class DiscoveryBus:
         delay = 1.0
         while not stop.is_set():
             try:
-                async with async_client(self.url, "kubmesh-discovery", will=will, keepalive=self.keepalive) as client:
+                async with async_client(self.url, CLIENT_ID, will=will, keepalive=self.keepalive,
+                                        clean_session=False) as client:
                     delay = 1.0
                     await self._serve(client, stop)
                     return

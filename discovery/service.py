@@ -17,6 +17,7 @@ from broker.topics import Topics
 from discovery.api import create_api
 from discovery.audit import CommandAudit
 from discovery.bus import DiscoveryBus, Plugin
+from discovery.history import HistoryRecorder, Retention
 from discovery.presence import PresencePlugin
 from discovery.registry import Registry
 from discovery.settings import DiscoverySettings
@@ -39,7 +40,9 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
     broker = await start_broker(settings) if settings.embedded_broker else None
     registry = Registry(settings.database)
     audit = CommandAudit(settings.database.with_name("commands.db"), topics, utc_now)
-    plugins: list[Plugin] = [PresencePlugin(registry, topics, utc_now), audit]
+    history = HistoryRecorder(settings.history_database, topics, utc_now, Retention(
+        settings.history_raw_days, settings.history_rollup_seconds, settings.history_keep_days))
+    plugins: list[Plugin] = [PresencePlugin(registry, topics, utc_now), audit, history]
     bus = DiscoveryBus(_bus_url(settings), topics, plugins, settings.keepalive)
 
     def health() -> dict[str, Any]:
@@ -48,7 +51,7 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
 
     if not settings.api_token:
         log.warning("no API token configured (API_TOKEN): every /api request will be refused")
-    runner = web.AppRunner(create_api(registry, audit, settings.api_token, health), access_log=None)
+    runner = web.AppRunner(create_api(registry, audit, settings.api_token, health, history), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.api_host, settings.api_port).start()
     log.info("discovery REST API on http://%s:%s, MQTT %s", settings.api_host, settings.api_port,
@@ -59,5 +62,6 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
         await runner.cleanup()
         registry.close()
         audit.close()
+        history.close()
         if broker is not None:
             await stop_broker(broker)

@@ -17,6 +17,9 @@ class DiscoverySettings(BrokerSettings):
         "TAILNET": "tailnet",
         "TAILSCALE_API_KEY": "tailscale_api_key",
         "DATABASE_PATH": "database_path",
+        "HISTORY_RAW_DAYS": "history_raw_days",
+        "HISTORY_ROLLUP_SECONDS": "history_rollup_seconds",
+        "HISTORY_KEEP_DAYS": "history_keep_days",
     }
     YAML: ClassVar[dict[str, str]] = {
         **BrokerSettings.YAML,
@@ -24,6 +27,9 @@ class DiscoverySettings(BrokerSettings):
         "port": "api_port",
         "api_key": "tailscale_api_key",
         "api_token": "api_token",
+        "history.raw_days": "history_raw_days",
+        "history.rollup_seconds": "history_rollup_seconds",
+        "history.keep_days": "history_keep_days",
     }
 
     api_host: str = "0.0.0.0"
@@ -33,10 +39,17 @@ class DiscoverySettings(BrokerSettings):
     tailnet: str | None = None
     tailscale_api_key: str | None = None
     sync_interval: float = Field(300.0, ge=10)
+    history_raw_days: float = Field(30.0, gt=0)  # every reading kept this long, then downsampled
+    history_rollup_seconds: float = Field(300.0, ge=1)  # one min/max/avg row per value and this many seconds
+    history_keep_days: float = Field(365.0, gt=0)  # downsampled rows kept this long
 
     @property
     def database(self) -> Path:
         return self.database_path or self.data_dir / "discovery.db"
+
+    @property
+    def history_database(self) -> Path:
+        return self.database.with_name("history.db")
 
     @property
     def embedded_broker(self) -> bool:
