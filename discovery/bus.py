@@ -25,7 +25,6 @@ from broker.topics import Topics, filter_within
 from kubmesh.runtime import run_until_stopped
 
 log = logging.getLogger("kubmesh.discovery")
-RECONNECT_MAX_S = 30.0
 CLIENT_ID = "kubmesh-discovery"
 
 
@@ -36,8 +35,10 @@ class Plugin(Protocol):
 
 
 class DiscoveryBus:
-    def __init__(self, url: MqttUrl, topics: Topics, plugins: list[Plugin], keepalive: int = 30) -> None:
+    def __init__(self, url: MqttUrl, topics: Topics, plugins: list[Plugin], keepalive: int = 30,
+                 reconnect_max: float = 30.0) -> None:
         self.url = url
+        self.reconnect_max = reconnect_max
         self.topics = topics
         self.plugins = plugins
         self.keepalive = keepalive
@@ -45,12 +46,12 @@ class DiscoveryBus:
 
     async def run(self, stop: asyncio.Event) -> None:
         will = LastWill(self.topics.discovery_status(), b"offline")
-        delay = 1.0
+        delay = min(1.0, self.reconnect_max)
         while not stop.is_set():
             try:
                 async with async_client(self.url, CLIENT_ID, will=will, keepalive=self.keepalive,
                                         clean_session=False) as client:
-                    delay = 1.0
+                    delay = min(1.0, self.reconnect_max)
                     await self._serve(client, stop)
                     return
             except aiomqtt.MqttError as exc:
@@ -58,7 +59,7 @@ class DiscoveryBus:
                 log.warning("broker %s unreachable: %s; retrying in %.0f s", self.url.redacted(), exc, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, RECONNECT_MAX_S)
+                delay = min(delay * 2, self.reconnect_max)
 
     async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         await client.publish(self.topics.discovery_status(), b"online", qos=1, retain=True)

@@ -43,7 +43,7 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
     history = HistoryRecorder(settings.history_database, topics, utc_now, Retention(
         settings.history_raw_days, settings.history_rollup_seconds, settings.history_keep_days))
     plugins: list[Plugin] = [PresencePlugin(registry, topics, utc_now), audit, history]
-    bus = DiscoveryBus(_bus_url(settings), topics, plugins, settings.keepalive)
+    bus = DiscoveryBus(_bus_url(settings), topics, plugins, settings.keepalive, settings.reconnect_max)
 
     def health() -> dict[str, Any]:
         return {"broker": "connected" if bus.connected else "disconnected",

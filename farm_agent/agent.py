@@ -57,7 +57,6 @@ from kubmesh.runtime import run_until_stopped
 log = logging.getLogger("kubmesh.agent")
 
 AGENT_VERSION = version("kubmesh")
-RECONNECT_MAX_S = 30.0
 
 
 @dataclass
@@ -231,13 +230,13 @@ class FarmAgent:
             self.topics.status(self.farm_id),
             encode(Status(state="offline", ts=self.clock(), reason="connection lost")),
         )
-        delay = 1.0
+        delay = min(1.0, self.settings.reconnect_max)
         while not stop.is_set():
             try:
                 async with async_client(
                     url, f"kubmesh-agent-{self.farm_id}", will=will, keepalive=self.settings.keepalive
                 ) as client:
-                    delay = 1.0
+                    delay = min(1.0, self.settings.reconnect_max)
                     try:
                         backlog_below = self.queue.next_seq  # what was read before this connect is backlog
                         await self._on_connected(client)
@@ -259,7 +258,7 @@ class FarmAgent:
                             self.farm_id, url.redacted(), exc, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, RECONNECT_MAX_S)
+                delay = min(delay * 2, self.settings.reconnect_max)
 
     async def _on_connected(self, client: aiomqtt.Client) -> None:
         """Publish (again) everything a broker that lost its retained messages needs to show the farm."""
