@@ -14,7 +14,11 @@ promise against this broker and against Mosquitto.
 3. Offline queue (§3.3.1.3). Messages queued for an offline persistent session are delivered on
    reconnect with the RETAIN flag set, as if they were retained messages; they are live messages
    and go out with RETAIN 0.
-4. Retained QoS (§3.8.4). A retained message goes out at the lower of its own and the
+4. Takeover (§3.1.4). A client that connects again with clean session while its old connection
+   still looks alive (its link died without a FIN) gets a new session, but amqtt leaves the old
+   connection open; when that one's keepalive expires, its will says "offline" after the client
+   said "online". The old connection is closed at once, without its will: the client is alive.
+5. Retained QoS (§3.8.4). A retained message goes out at the lower of its own and the
    subscription's QoS; that rule is applied in ``broker.server.KubBroker``'s retained delivery via
    :func:`retained_qos`.
 """
@@ -87,7 +91,14 @@ class KeepaliveHandler(BrokerProtocolHandler):
 
 
 class PromiseKeepingBroker(Broker):
-    """amqtt's broker with fixes 1 to 3; ``broker.server.KubBroker`` builds on it."""
+    """amqtt's broker with fixes 1 to 4; ``broker.server.KubBroker`` builds on it."""
+
+    async def _delete_session(self, client_id: str) -> None:
+        session, handler = self._sessions.get(client_id, (None, None))
+        if session is not None and handler is not None and session.transitions.is_connected():
+            session.will_flag = False
+            await handler.handle_connection_closed()  # the old connection's loop ends it, sending no will
+        await super()._delete_session(client_id)
 
     async def _initialize_client_session(
         self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int

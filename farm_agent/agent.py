@@ -106,6 +106,7 @@ class FarmAgent:
         self._publish_lock = asyncio.Lock()
         self._poll_now = asyncio.Event()  # set after a command, so its effect shows without waiting a poll
         self._sending: set[asyncio.Task[object]] = set()  # publishes the poll loop started and does not wait for
+        self._reporting_drops = asyncio.Lock()  # one report at a time, so no drop is told twice
 
     # ---- running ----------------------------------------------------------------------------------
 
@@ -193,14 +194,15 @@ class FarmAgent:
 
     async def _report_drops(self) -> None:
         """Readings the queue's bounds pushed out are told about, once, as soon as the broker listens."""
-        count = self.queue.unreported_drops()
-        if count <= 0:
-            return
-        event = Event(ts=self.clock(), kind="backlog_dropped",
-                      message=f"backlog full: the {count} oldest unsent reading(s) were dropped",
-                      detail={"dropped": count, "dropped_total": self.queue.dropped})
-        if await self._publish(self.topics.events(self.farm_id), encode(event)):
-            self.queue.drops_reported(count)
+        async with self._reporting_drops:
+            count = self.queue.unreported_drops()
+            if count <= 0:
+                return
+            event = Event(ts=self.clock(), kind="backlog_dropped",
+                          message=f"backlog full: the {count} oldest unsent reading(s) were dropped",
+                          detail={"dropped": count, "dropped_total": self.queue.dropped})
+            if await self._publish(self.topics.events(self.farm_id), encode(event)):
+                self.queue.drops_reported(count)
 
     async def _modbus_failed(self, exc: ModbusFailure) -> None:
         message = str(exc)

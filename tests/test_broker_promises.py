@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -196,3 +197,20 @@ def test_retained_messages_arrive_at_the_lower_of_message_and_subscription_qos(
     }
     assert all(m.retain for m in reader.received)
 
+
+
+
+def test_a_client_back_on_a_new_connection_is_not_declared_dead_by_its_old_one(
+    clients: Callable[..., RawClient],
+) -> None:
+    watcher = clients("observer").start()
+    watcher.subscribe("promise/presence", 1)
+    old = clients("roamer", keepalive=2, will=("promise/presence", b"offline")).start()
+    old.go_silent()  # its link died without a FIN: the broker still holds that connection
+    new = clients("roamer", keepalive=2, will=("promise/presence", b"offline")).start()
+    new.publish("promise/presence", b"online", retain=True)
+    wait_until(lambda: any(m.payload == b"online" for m in watcher.messages("promise/presence")), 5, what="online")
+    time.sleep(4)  # the scenario: past 1.5 × the old connection's keepalive
+    # MQTT 3.1.1 §3.1.4: the new connection takes the old one over; the old one's will must not follow "online"
+    payloads = [m.payload for m in watcher.messages("promise/presence")]
+    assert payloads[payloads.index(b"online"):] == [b"online"], payloads
