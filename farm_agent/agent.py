@@ -282,7 +282,7 @@ class FarmAgent:
         """Send the queued readings numbered below ``below`` on ``backlog``, oldest first, then idle.
 
         A window of readings is in flight at a time, and the pace is capped at ``replay_rate`` per
-        second, so a live reading never queues behind the backlog.
+        second, so live readings, published beside it, keep their pace through the broker.
         """
         topic = self.topics.backlog(self.farm_id)
         rate, window = self.settings.replay_rate, self.settings.replay_window
