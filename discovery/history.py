@@ -165,8 +165,8 @@ class HistoryRecorder:
         path = f'$."{name}"'
         with self._lock:
             raw = self._db.execute(
-                "SELECT ts, json_extract(data, ?) FROM readings WHERE farm_id = ? AND ts BETWEEN ? AND ? "
-                "ORDER BY ts, seq", (path, farm_id, *span)).fetchall()
+                "SELECT ts, json_extract(data, ?1) FROM readings WHERE farm_id = ?2 AND ts BETWEEN ?3 AND ?4 "
+                "AND json_type(data, ?1) IS NOT NULL ORDER BY ts, seq", (path, farm_id, *span)).fetchall()
             rolled = self._db.execute(
                 "SELECT ts, min, max, avg, count FROM rollups WHERE farm_id = ? AND name = ? AND ts BETWEEN ? AND ? "
                 "ORDER BY ts", (farm_id, name, *span)).fetchall()
