@@ -2,14 +2,14 @@
 
 A reading is stored once, keyed by farm and ``seq``: a reading replayed on ``backlog`` after it
 already came live (or the retained ``state`` sent again on every subscribe) changes nothing.
-Writes are batched: readings wait in memory for at most ``flush_interval`` seconds or until
-``batch`` of them are pending. Raw readings are kept for ``raw_days``, then folded into
-per-``rollup_step`` min/max/avg rows kept for ``keep_days``. Gaps are counted from ``seq``.
+Writes are batched: readings wait in memory until the bus commits (it acknowledges the messages
+only after :meth:`HistoryRecorder.flush`), or until ``batch`` of them are pending. Raw readings
+are kept for ``raw_days``, then folded into per-``rollup_step`` min/max/avg rows kept for
+``keep_days``. Gaps are counted from ``seq``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
@@ -88,18 +88,16 @@ class Bucket:
 
 class HistoryRecorder:
     def __init__(self, path: Path, topics: Topics, clock: Clock, retention: Retention | None = None,
-                 flush_interval: float = 0.5, batch: int = 500) -> None:
+                 batch: int = 500) -> None:
         self.topics = topics
         self.clock = clock
         self.retention = retention or Retention()
-        self.flush_interval = flush_interval
         self.batch = batch
         self.dropped = 0
         self._db = connect(path)
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
         self._pending: list[tuple[str, int, float, str]] = []
-        self._flush_handle: asyncio.TimerHandle | None = None
         self._retention_due = 0.0
 
     # ---- the plug-in -----------------------------------------------------------------------------------
@@ -120,16 +118,11 @@ class HistoryRecorder:
         self._pending.append((farm_id, reading.seq, reading.ts.timestamp(), json.dumps(reading.values)))
         if len(self._pending) >= self.batch:
             self.flush()
-        elif self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_later(self.flush_interval, self.flush)
 
     # ---- writing -----------------------------------------------------------------------------------
 
     def flush(self) -> None:
         """Write the pending readings in one transaction; a reading already stored is left as it is."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
         pending, self._pending = self._pending, []
         with self._lock:
             if pending:
