@@ -14,10 +14,13 @@ promise against this broker and against Mosquitto.
 3. Offline queue (§3.3.1.3). Messages queued for an offline persistent session are delivered on
    reconnect with the RETAIN flag set, as if they were retained messages; they are live messages
    and go out with RETAIN 0.
-4. Takeover (§3.1.4). A client that connects again with clean session while its old connection
-   still looks alive (its link died without a FIN) gets a new session, but amqtt leaves the old
-   connection open; when that one's keepalive expires, its will says "offline" after the client
-   said "online". The old connection is closed at once, without its will: the client is alive.
+4. Takeover (§3.1.4). A client that connects again while its old connection still looks alive
+   (its link died without a FIN): with clean session amqtt leaves the old connection open, and
+   when that one's keepalive expires its will says "offline" after the client said "online";
+   with a persistent session the old connection's end marks the shared session disconnected
+   after the new one took it, and live messages then wait in the offline queue instead of being
+   delivered. The old connection is closed first, without its will (the client is alive), and
+   the new one starts once it is gone.
 5. Retained QoS (§3.8.4). A retained message goes out at the lower of its own and the
    subscription's QoS; that rule is applied in ``broker.server.KubBroker``'s retained delivery via
    :func:`retained_qos`.
@@ -37,6 +40,7 @@ from amqtt.session import OUTGOING, IncomingApplicationMessage, OutgoingApplicat
 
 PUBACK_WAIT_S = 5.0  # how long one delivery task waits; the message stays in flight after that
 KEEPALIVE_GRACE = 1.5  # MQTT 3.1.1: disconnect after one and a half keepalive periods of silence
+TAKEOVER_WAIT_S = 2.0
 
 
 def retained_qos(subscription_qos: int, message_qos: int | None) -> int:
@@ -106,8 +110,23 @@ class PromiseKeepingBroker(Broker):
         _, session = await super()._initialize_client_session(reader, writer, remote_address, remote_port)
         if session.keep_alive > 0:
             session.keep_alive = math.ceil(session.keep_alive * KEEPALIVE_GRACE)
+        await self._take_over(session)
         # amqtt returns a handler that is not attached yet: ours takes its place
         return KeepaliveHandler(self.plugins_manager, loop=self._loop), session
+
+    async def _take_over(self, session: Session) -> None:
+        """End the old connection of a persistent session that reconnects, before the new one starts."""
+        old_session, old_handler = self._sessions.get(session.client_id or "", (None, None))
+        if old_session is not session or old_handler is None or not session.transitions.is_connected():
+            return
+        will = session.will_flag  # already the new connection's will
+        session.will_flag = False
+        await old_handler.handle_connection_closed()
+        deadline = asyncio.get_running_loop().time() + TAKEOVER_WAIT_S
+        # the old connection's loop ends it; amqtt's session state machine has nothing to await, so poll
+        while session.transitions.is_connected() and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # past the deadline, amqtt's own takeover is the fallback
+        session.will_flag = will
 
     async def _publish_session_retained_messages(self, session: Session) -> None:
         handler = self._get_handler(session)

@@ -214,3 +214,18 @@ def test_a_client_back_on_a_new_connection_is_not_declared_dead_by_its_old_one(
     # MQTT 3.1.1 §3.1.4: the new connection takes the old one over; the old one's will must not follow "online"
     payloads = [m.payload for m in watcher.messages("promise/presence")]
     assert payloads[payloads.index(b"online"):] == [b"online"], payloads
+
+
+def test_a_persistent_session_taken_over_by_a_new_connection_keeps_receiving(
+    clients: Callable[..., RawClient],
+) -> None:
+    old = clients("recorder", clean_session=False, keepalive=2).start()
+    old.subscribe("promise/takeover", 1)
+    old.go_silent()  # half-open: the broker still holds this connection
+    new = clients("recorder", clean_session=False, keepalive=2).start()
+    assert new.session_present
+    publisher = clients("talker").start()
+    for number in range(3):
+        publisher.publish("promise/takeover", str(number).encode())
+        time.sleep(1.5)  # the scenario: the publishes span the old connection's keepalive expiry
+    wait_until(lambda: len(new.messages("promise/takeover")) == 3, 5, what="live delivery to the new connection")
