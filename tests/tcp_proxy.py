@@ -35,7 +35,6 @@ class TcpProxy:
     target_port: int
     port: int = field(default_factory=free_port)
     mode: str = "forward"  # forward, stall or cut
-    connections: int = 0  # connections accepted, for checks
 
     def __post_init__(self) -> None:
         self._links: set[_Link] = set()
@@ -86,7 +85,6 @@ class TcpProxy:
         self._links.clear()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
         if self.mode == "cut":
             writer.close()
             return
