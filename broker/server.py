@@ -11,6 +11,7 @@ from amqtt.broker import Broker, BrokerProtocolHandler
 from amqtt.contexts import Action
 from amqtt.session import Session
 
+from broker.amqtt_fixes import PromiseKeepingBroker, retained_qos
 from broker.plugins import IdentityAuthPlugin, TopicAclPlugin
 from kubmesh.settings import ServiceSettings
 
@@ -44,7 +45,7 @@ class BrokerSettings(ServiceSettings):
     tls_keyfile: Path | None = None
 
 
-class KubBroker(Broker):
+class KubBroker(PromiseKeepingBroker):
     """amqtt's broker, with retained messages delivered only as MQTT says.
 
     amqtt 0.12.1 checks the RECEIVE permission for live deliveries but sends
@@ -71,8 +72,10 @@ class KubBroker(Broker):
         if handler is None:
             return
         subscribers = self._subscriptions.get(topic_filter, [])
-        if all(subscriber.client_id != session.client_id for subscriber, _ in subscribers):
+        granted = [sub_qos for subscriber, sub_qos in subscribers if subscriber.client_id == session.client_id]
+        if not granted:
             return
+        qos = granted[0]  # on connect amqtt passes QoS 0 for a persistent session's filters
         tasks = []
         for topic, retained in list(self._retained_messages.items()):
             if not self._matches(topic, topic_filter):
@@ -81,7 +84,7 @@ class KubBroker(Broker):
                 continue
             tasks.append(
                 asyncio.ensure_future(
-                    handler.mqtt_publish(retained.topic, retained.data, min(qos, retained.qos or qos), retain=True)
+                    handler.mqtt_publish(retained.topic, retained.data, retained_qos(qos, retained.qos), retain=True)
                 )
             )
         if tasks:

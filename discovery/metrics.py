@@ -52,7 +52,7 @@ class DiscoveryCollector(Collector):
         self.readings = readings
         self.broker = broker
         self.tailnet = tailnet
-        # the history store plugs in here: a callable giving the number of stored readings
+        # a callable giving the number of readings in the history store
         self.history_size = history_size
 
     def collect(self) -> Iterator[Metric]:

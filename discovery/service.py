@@ -17,6 +17,7 @@ from broker.topics import Topics
 from discovery.api import create_api
 from discovery.audit import CommandAudit
 from discovery.bus import DiscoveryBus, Plugin
+from discovery.history import HistoryRecorder, Retention
 from discovery.metrics import DiscoveryCollector, ReadingCounter, metrics_registry
 from discovery.presence import PresencePlugin
 from discovery.registry import Registry
@@ -42,8 +43,10 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
     registry = Registry(settings.database)
     audit = CommandAudit(settings.database.with_name("commands.db"), topics, utc_now)
     readings = ReadingCounter(topics)
-    plugins: list[Plugin] = [PresencePlugin(registry, topics, utc_now), audit, readings]
-    bus = DiscoveryBus(_bus_url(settings), topics, plugins, settings.keepalive)
+    history = HistoryRecorder(settings.history_database, topics, utc_now, Retention(
+        settings.history_raw_days, settings.history_rollup_seconds, settings.history_keep_days))
+    plugins: list[Plugin] = [PresencePlugin(registry, topics, utc_now), audit, readings, history]
+    bus = DiscoveryBus(_bus_url(settings), topics, plugins, settings.keepalive, settings.reconnect_max)
     identities = IdentityStore(settings.data_dir)
     tailnet = None
     if settings.tailscale_enabled:
@@ -58,8 +61,8 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
 
     if not settings.api_token:
         log.warning("no API token configured (API_TOKEN): every /api request will be refused")
-    metrics = metrics_registry(DiscoveryCollector(registry, readings, broker, tailnet))
-    api = create_api(registry, audit, settings.api_token, health, metrics=metrics, tailnet=tailnet)
+    metrics = metrics_registry(DiscoveryCollector(registry, readings, broker, tailnet, history.size))
+    api = create_api(registry, audit, settings.api_token, health, history, metrics=metrics, tailnet=tailnet)
     runner = web.AppRunner(api, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.api_host, settings.api_port).start()
@@ -76,5 +79,6 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
             tailnet.store.close()
         registry.close()
         audit.close()
+        history.close()
         if broker is not None:
             await stop_broker(broker)

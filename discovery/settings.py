@@ -23,6 +23,9 @@ class DiscoverySettings(BrokerSettings):
         "TAILSCALE_API_URL": "tailscale_api_url",
         "TAILSCALE_CLI": "tailscale_cli",
         "TAILSCALE_SYNC": "tailscale_sync",
+        "HISTORY_RAW_DAYS": "history_raw_days",
+        "HISTORY_ROLLUP_SECONDS": "history_rollup_seconds",
+        "HISTORY_KEEP_DAYS": "history_keep_days",
     }
     YAML: ClassVar[dict[str, str]] = {
         **BrokerSettings.YAML,
@@ -32,6 +35,9 @@ class DiscoverySettings(BrokerSettings):
         "api_token": "api_token",
         "tailscale.api_url": "tailscale_api_url",
         "tailscale.cli": "tailscale_cli",
+        "history.raw_days": "history_raw_days",
+        "history.rollup_seconds": "history_rollup_seconds",
+        "history.keep_days": "history_keep_days",
     }
 
     api_host: str = "0.0.0.0"
@@ -46,6 +52,9 @@ class DiscoverySettings(BrokerSettings):
     tailscale_sync: bool | None = None  # None: sync when an API key is set or the tailscale CLI is installed
     tailscale_retry: float = Field(10.0, gt=0)  # first backoff after a failed sync, doubling up to sync_interval
     key_expiry_warning_days: float = Field(14.0, ge=0)
+    history_raw_days: float = Field(30.0, gt=0)  # every reading kept this long, then downsampled
+    history_rollup_seconds: float = Field(300.0, ge=1)  # one min/max/avg row per value and this many seconds
+    history_keep_days: float = Field(365.0, gt=0)  # downsampled rows kept this long
 
     @property
     def database(self) -> Path:
@@ -60,6 +69,10 @@ class DiscoverySettings(BrokerSettings):
         if self.tailscale_sync is not None:
             return self.tailscale_sync
         return bool(self.tailscale_api_key) or shutil.which(self.tailscale_cli) is not None
+
+    @property
+    def history_database(self) -> Path:
+        return self.database.with_name("history.db")
 
     @property
     def embedded_broker(self) -> bool:
