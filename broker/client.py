@@ -88,9 +88,14 @@ def async_client(
     will: LastWill | None = None,
     keepalive: int = 30,
     clean_session: bool = True,
+    manual_ack: bool = False,
 ) -> aiomqtt.Client:
-    """An aiomqtt client for MQTT 3.1.1, which every broker we support speaks."""
-    return aiomqtt.Client(
+    """An aiomqtt client for MQTT 3.1.1, which every broker we support speaks.
+
+    With ``manual_ack`` a QoS 1 message is acknowledged only when the caller calls :func:`acknowledge`
+    (after it has stored it), so a crash before that leaves it with the broker, to be sent again.
+    """
+    client = aiomqtt.Client(
         url.host,
         url.port,
         username=url.username,
@@ -103,6 +108,15 @@ def async_client(
         tls_context=url.ssl_context(),
         timeout=10,
     )
+    if manual_ack:
+        # aiomqtt has no option for it; paho, under it, has the switch (and must have it before connecting)
+        client._client.manual_ack_set(True)
+    return client
+
+
+def acknowledge(client: aiomqtt.Client, mid: int, qos: int) -> None:
+    """Send the PUBACK of a message received with ``manual_ack``."""
+    client._client.ack(mid, qos)
 
 
 def threaded_client(url: MqttUrl, client_id: str, *, keepalive: int = 30) -> paho.Client:

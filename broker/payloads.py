@@ -110,7 +110,8 @@ class Heartbeat(WireModel):
     polls_ok: int
     polls_failed: int
     modbus: Literal["ok", "error"]
-    backlog: int = 0
+    backlog: int = 0  # readings queued on disk, not yet acknowledged by the broker
+    dropped: int = 0  # readings the backlog's bounds dropped, ever
     bytes_per_hour: int | None = None
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from amqtt.broker import Broker
+from amqtt.broker import Broker, BrokerProtocolHandler
 from amqtt.contexts import Action
 from amqtt.session import Session
 
+from broker.amqtt_fixes import PromiseKeepingBroker, retained_qos
 from broker.plugins import IdentityAuthPlugin, TopicAclPlugin
 from broker.tuning import TunedBroker
 from kubmesh.settings import ServiceSettings
@@ -45,7 +46,7 @@ class BrokerSettings(ServiceSettings):
     tls_keyfile: Path | None = None
 
 
-class KubBroker(TunedBroker):
+class KubBroker(PromiseKeepingBroker, TunedBroker):
     """amqtt's broker, with retained messages delivered only as MQTT says.
 
     amqtt 0.12.1 checks the RECEIVE permission for live deliveries but sends
@@ -55,6 +56,15 @@ class KubBroker(TunedBroker):
     client retained messages for filters it never subscribed to.
     """
 
+    messages_received = 0  # every PUBLISH a client sent, for /metrics
+
+    async def _handle_message_delivery(
+        self, client_session: Session, handler: BrokerProtocolHandler, wait_deliver: asyncio.Future[Any]
+    ) -> bool:
+        # counted here rather than by a plug-in on broker_message_received, which costs a task per message
+        self.messages_received += 1
+        return await super()._handle_message_delivery(client_session, handler, wait_deliver)
+
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session
     ) -> None:
@@ -63,8 +73,10 @@ class KubBroker(TunedBroker):
         if handler is None:
             return
         subscribers = self._subscriptions.get(topic_filter, [])
-        if all(subscriber.client_id != session.client_id for subscriber, _ in subscribers):
+        granted = [sub_qos for subscriber, sub_qos in subscribers if subscriber.client_id == session.client_id]
+        if not granted:
             return
+        qos = granted[0]  # on connect amqtt passes QoS 0 for a persistent session's filters
         tasks = []
         for topic, retained in list(self._retained_messages.items()):
             if not self._matches(topic, topic_filter):
@@ -73,7 +85,7 @@ class KubBroker(TunedBroker):
                 continue
             tasks.append(
                 asyncio.ensure_future(
-                    handler.mqtt_publish(retained.topic, retained.data, min(qos, retained.qos or qos), retain=True)
+                    handler.mqtt_publish(retained.topic, retained.data, retained_qos(qos, retained.qos), retain=True)
                 )
             )
         if tasks:

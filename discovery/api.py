@@ -5,22 +5,31 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from broker.topics import InvalidTopic, check_farm_id
+from broker.payloads import format_ts, parse_ts, utc_now
+from broker.topics import InvalidTopic, check_farm_id, check_value_name
 from discovery.audit import CommandAudit
+from discovery.history import HistoryRecorder
 from discovery.registry import Registry
+from discovery.tailscale.manager import TailscaleManager
 
 log = logging.getLogger("kubmesh.discovery.api")
 
 REGISTRY = web.AppKey("registry", Registry)
 AUDIT = web.AppKey("audit", CommandAudit)
+HISTORY = web.AppKey("history", HistoryRecorder)
 TOKEN = web.AppKey("token", str)
 HealthReport = Callable[[], dict[str, Any]]
 HEALTH: web.AppKey[HealthReport] = web.AppKey("health")
+TAILNET: web.AppKey[TailscaleManager | None] = web.AppKey("tailnet")
+METRICS = web.AppKey("metrics", CollectorRegistry)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -29,18 +38,39 @@ def error(status: int, message: str, detail: str | None = None, **headers: str) 
     return web.json_response(body, status=status, headers=headers or None)
 
 
+DEFAULT_HISTORY_SPAN = timedelta(days=1)
+MAX_RAW_SPAN = timedelta(days=7)  # longer spans need a step
+MAX_BUCKETS = 10_000
+STEP_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+STEP_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 def create_api(
-    registry: Registry, audit: CommandAudit, api_token: str | None, health: Callable[[], dict[str, Any]]
+    registry: Registry,
+    audit: CommandAudit,
+    api_token: str | None,
+    health: Callable[[], dict[str, Any]],
+    history: HistoryRecorder,
+    *,
+    metrics: CollectorRegistry | None = None,
+    tailnet: TailscaleManager | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[_json_errors, _bearer_auth], client_max_size=64 * 1024)
     app[REGISTRY] = registry
     app[AUDIT] = audit
+    app[HISTORY] = history
     app[TOKEN] = api_token or ""
     app[HEALTH] = health
+    app[TAILNET] = tailnet
     app.router.add_get("/health", _health)
     app.router.add_get("/api/farms", _farms)
     app.router.add_get("/api/farms/{farm}", _farm)
     app.router.add_get("/api/farms/{farm}/commands", _commands)
+    app.router.add_get("/api/farms/{farm}/history", _history)
+    app.router.add_get("/api/tailnet/devices", _tailnet_devices)
+    if metrics is not None:
+        app[METRICS] = metrics
+        app.router.add_get("/metrics", _metrics)
     return app
 
 
@@ -101,7 +131,68 @@ def _json(body: dict[str, Any]) -> str:
 
 
 async def _farm(request: web.Request) -> web.Response:
-    return web.json_response(_known_farm(request)[1])
+    farm_id, farm = _known_farm(request)
+    return web.json_response(farm | {"history": request.app[HISTORY].gaps(farm_id)})
+
+
+class BadParameter(ValueError):
+    pass
+
+
+async def _history(request: web.Request) -> web.Response:
+    farm_id, _ = _known_farm(request)
+    try:
+        name, start, end, step = _history_query(request.query)
+    except BadParameter as exc:
+        return error(400, "invalid history query", str(exc))
+    points = request.app[HISTORY].points(farm_id, name, start, end, step)
+    body: dict[str, Any] = {"farm": farm_id, "name": name, "from": format_ts(start), "to": format_ts(end)}
+    if step is not None:
+        body["step"] = step
+    return web.json_response(body | {"points": points})
+
+
+def _history_query(query: Any) -> tuple[str, datetime, datetime, float | None]:
+    """``name`` (required), ``from``/``to`` (ISO-8601; the last day by default), ``step`` (seconds or 5m, 1h, 1d)."""
+    name = query.get("name", "")
+    if not name:
+        raise BadParameter("name is required: the value to chart, e.g. name=temp_inside")
+    try:
+        check_value_name(name)
+    except InvalidTopic as exc:
+        raise BadParameter(str(exc)) from None
+    end = _moment(query, "to") or utc_now()
+    start = _moment(query, "from") or end - DEFAULT_HISTORY_SPAN
+    if start > end:
+        raise BadParameter("from is after to")
+    step = _step(query.get("step"))
+    if step is None and end - start > MAX_RAW_SPAN:
+        raise BadParameter(f"a span longer than {MAX_RAW_SPAN.days} days needs a step, e.g. step=1h")
+    if step is not None and (end - start).total_seconds() / step > MAX_BUCKETS:
+        raise BadParameter(f"more than {MAX_BUCKETS} buckets: choose a larger step")
+    return name, start, end, step
+
+
+def _moment(query: Any, key: str) -> datetime | None:
+    text = query.get(key)
+    if text is None or text == "":
+        return None
+    try:
+        return parse_ts(text)
+    except ValueError:
+        raise BadParameter(f"{key} must be an ISO-8601 time such as 2026-11-24T21:05:00Z, not {text!r}") from None
+
+
+def _step(text: str | None) -> float | None:
+    if text is None or text == "":
+        return None
+    match = STEP_PATTERN.fullmatch(text)
+    if not match:
+        raise BadParameter(f"step must be seconds or a number with s, m, h or d (5m, 1h), not {text!r}")
+    step = float(match[1]) * STEP_UNITS[match[2]]
+    if not 1 <= step <= 366 * 86400:
+        raise BadParameter("step must be between 1 s and 366 days")
+    return step
 
 
 async def _commands(request: web.Request) -> web.Response:
@@ -110,3 +201,15 @@ async def _commands(request: web.Request) -> web.Response:
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
         return error(400, "invalid limit", "a whole number from 1 to 1000")
     return web.json_response({"farm": farm_id, "commands": request.app[AUDIT].commands(farm_id, int(limit))})
+
+
+async def _tailnet_devices(request: web.Request) -> web.Response:
+    tailnet = request.app[TAILNET]
+    if tailnet is None:
+        return web.json_response({"tailnet": None, "source": "off", "synced_at": None, "error": None,
+                                  "devices": [], "farms": {}})
+    return web.json_response(tailnet.devices_report())
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(request.app[METRICS]), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,9 +1,16 @@
 """The discovery node's one MQTT session, shared by its plug-ins.
 
 It keeps ``{base}/discovery/status`` retained ``online`` while connected (its
-last will says ``offline``), subscribes to what each plug-in asks for, and
-hands every message to the plug-ins that asked. It reconnects with backoff
-and never exits on a broker fault.
+last will says ``offline``; a broker that restarted empty gets it again on the
+reconnect), subscribes to what each plug-in asks for, and hands every message
+to the plug-ins that asked. It reconnects with backoff and never exits on a
+broker fault.
+
+The session is persistent (a fixed client id, clean session off, QoS 1
+subscriptions): while the node restarts, an external broker queues the
+readings for it. A message is acknowledged only after the plug-ins that buffer
+writes (:class:`Buffering`) have committed it, a batch at a time, so a node
+killed mid-batch gets the unacknowledged messages again from the broker.
 """
 
 from __future__ import annotations
@@ -11,16 +18,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import aiomqtt
 
-from broker.client import LastWill, MqttUrl, async_client
+from broker.client import LastWill, MqttUrl, acknowledge, async_client
 from broker.topics import Topics, filter_within
 from kubmesh.runtime import run_until_stopped
 
 log = logging.getLogger("kubmesh.discovery")
-RECONNECT_MAX_S = 30.0
+CLIENT_ID = "kubmesh-discovery"
+COMMIT_INTERVAL_S = 0.25
+COMMIT_BATCH = 500
 
 
 class Plugin(Protocol):
@@ -29,9 +38,19 @@ class Plugin(Protocol):
     async def on_message(self, topic: str, payload: bytes, retained: bool) -> None: ...
 
 
+@runtime_checkable
+class Buffering(Protocol):
+    """A plug-in that keeps messages in memory before writing them; ``flush`` commits them."""
+
+    def flush(self) -> None: ...
+
+
 class DiscoveryBus:
-    def __init__(self, url: MqttUrl, topics: Topics, plugins: list[Plugin], keepalive: int = 30) -> None:
+    def __init__(self, url: MqttUrl, topics: Topics, plugins: list[Plugin], keepalive: int = 30,
+                 reconnect_max: float = 30.0) -> None:
         self.url = url
+        self.reconnect_max = reconnect_max
+        self._unacked: list[tuple[int, int]] = []  # (mid, qos) of messages handled but not yet committed
         self.topics = topics
         self.plugins = plugins
         self.keepalive = keepalive
@@ -39,11 +58,12 @@ class DiscoveryBus:
 
     async def run(self, stop: asyncio.Event) -> None:
         will = LastWill(self.topics.discovery_status(), b"offline")
-        delay = 1.0
+        delay = min(1.0, self.reconnect_max)
         while not stop.is_set():
             try:
-                async with async_client(self.url, "kubmesh-discovery", will=will, keepalive=self.keepalive) as client:
-                    delay = 1.0
+                async with async_client(self.url, CLIENT_ID, will=will, keepalive=self.keepalive,
+                                        clean_session=False, manual_ack=True) as client:
+                    delay = min(1.0, self.reconnect_max)
                     await self._serve(client, stop)
                     return
             except aiomqtt.MqttError as exc:
@@ -51,9 +71,10 @@ class DiscoveryBus:
                 log.warning("broker %s unreachable: %s; retrying in %.0f s", self.url.redacted(), exc, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, RECONNECT_MAX_S)
+                delay = min(delay * 2, self.reconnect_max)
 
     async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        self._unacked.clear()  # message ids belong to a connection; the broker resends what we did not ack
         await client.publish(self.topics.discovery_status(), b"online", qos=1, retain=True)
         filters = sorted({f for plugin in self.plugins for f in plugin.subscriptions()})
         if filters:
@@ -61,8 +82,9 @@ class DiscoveryBus:
         self.connected = True
         log.info("connected to the broker %s", self.url.redacted())
         # returns on stop; a broken connection raises MqttError here, and run() reconnects
-        if not await run_until_stopped(stop, self._dispatch(client)):
+        if not await run_until_stopped(stop, self._dispatch(client), self._commit_every(client)):
             raise aiomqtt.MqttError("the broker ended the session")
+        self._commit(client)
         await client.publish(self.topics.discovery_status(), b"offline", qos=1, retain=True)
         self.connected = False
 
@@ -76,3 +98,23 @@ class DiscoveryBus:
                         await plugin.on_message(topic, payload, bool(message.retain))
                     except Exception:  # one plug-in's bug must not stop the node
                         log.exception("plug-in %s failed on %s", type(plugin).__name__, topic)
+            if message.qos > 0:
+                self._unacked.append((message.mid, message.qos))
+                if len(self._unacked) >= COMMIT_BATCH:
+                    self._commit(client)
+
+    async def _commit_every(self, client: aiomqtt.Client) -> None:
+        while True:
+            await asyncio.sleep(COMMIT_INTERVAL_S)
+            self._commit(client)
+
+    def _commit(self, client: aiomqtt.Client) -> None:
+        """Write what the plug-ins buffer, then acknowledge the messages it came from, in order."""
+        if not self._unacked:
+            return
+        for plugin in self.plugins:
+            if isinstance(plugin, Buffering):
+                plugin.flush()
+        for mid, qos in self._unacked:
+            acknowledge(client, mid, qos)
+        self._unacked.clear()

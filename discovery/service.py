@@ -17,9 +17,12 @@ from broker.topics import Topics
 from discovery.api import create_api
 from discovery.audit import CommandAudit
 from discovery.bus import DiscoveryBus, Plugin
+from discovery.history import HistoryRecorder, Retention
+from discovery.metrics import DiscoveryCollector, ReadingCounter, metrics_registry
 from discovery.presence import PresencePlugin
 from discovery.registry import Registry
 from discovery.settings import DiscoverySettings
+from discovery.tailscale.manager import build_manager, known_farms
 
 log = logging.getLogger("kubmesh.discovery")
 
@@ -39,25 +42,43 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
     broker = await start_broker(settings) if settings.embedded_broker else None
     registry = Registry(settings.database)
     audit = CommandAudit(settings.database.with_name("commands.db"), topics, utc_now)
-    plugins: list[Plugin] = [PresencePlugin(registry, topics, utc_now), audit]
-    bus = DiscoveryBus(_bus_url(settings), topics, plugins, settings.keepalive)
+    readings = ReadingCounter(topics)
+    history = HistoryRecorder(settings.history_database, topics, utc_now, Retention(
+        settings.history_raw_days, settings.history_rollup_seconds, settings.history_keep_days))
+    plugins: list[Plugin] = [PresencePlugin(registry, topics, utc_now), audit, readings, history]
+    bus = DiscoveryBus(_bus_url(settings), topics, plugins, settings.keepalive, settings.reconnect_max)
+    identities = IdentityStore(settings.data_dir)
+    tailnet = None
+    if settings.tailscale_enabled:
+        tailnet = build_manager(settings, lambda: known_farms(registry, identities), utc_now)
 
     def health() -> dict[str, Any]:
-        return {"broker": "connected" if bus.connected else "disconnected",
-                "embedded_broker": broker is not None}
+        report: dict[str, Any] = {"broker": "connected" if bus.connected else "disconnected",
+                                  "embedded_broker": broker is not None}
+        if tailnet is not None:
+            report["tailnet"] = tailnet.health()
+        return report
 
     if not settings.api_token:
         log.warning("no API token configured (API_TOKEN): every /api request will be refused")
-    runner = web.AppRunner(create_api(registry, audit, settings.api_token, health), access_log=None)
+    metrics = metrics_registry(DiscoveryCollector(registry, readings, broker, tailnet, history.size))
+    api = create_api(registry, audit, settings.api_token, health, history, metrics=metrics, tailnet=tailnet)
+    runner = web.AppRunner(api, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.api_host, settings.api_port).start()
     log.info("discovery REST API on http://%s:%s, MQTT %s", settings.api_host, settings.api_port,
              f"embedded on port {settings.mqtt_port}" if broker else settings.mqtt().redacted())
     try:
-        await bus.run(stop)
+        if tailnet is None:
+            await bus.run(stop)
+        else:
+            await asyncio.gather(bus.run(stop), tailnet.run(stop))
     finally:
         await runner.cleanup()
+        if tailnet is not None:
+            tailnet.store.close()
         registry.close()
         audit.close()
+        history.close()
         if broker is not None:
             await stop_broker(broker)

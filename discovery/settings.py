@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field
 
 from broker.server import BrokerSettings
+from discovery.tailscale.api import DEFAULT_API_URL
 
 
 class DiscoverySettings(BrokerSettings):
@@ -17,6 +19,13 @@ class DiscoverySettings(BrokerSettings):
         "TAILNET": "tailnet",
         "TAILSCALE_API_KEY": "tailscale_api_key",
         "DATABASE_PATH": "database_path",
+        "SYNC_INTERVAL": "sync_interval",
+        "TAILSCALE_API_URL": "tailscale_api_url",
+        "TAILSCALE_CLI": "tailscale_cli",
+        "TAILSCALE_SYNC": "tailscale_sync",
+        "HISTORY_RAW_DAYS": "history_raw_days",
+        "HISTORY_ROLLUP_SECONDS": "history_rollup_seconds",
+        "HISTORY_KEEP_DAYS": "history_keep_days",
     }
     YAML: ClassVar[dict[str, str]] = {
         **BrokerSettings.YAML,
@@ -24,6 +33,11 @@ class DiscoverySettings(BrokerSettings):
         "port": "api_port",
         "api_key": "tailscale_api_key",
         "api_token": "api_token",
+        "tailscale.api_url": "tailscale_api_url",
+        "tailscale.cli": "tailscale_cli",
+        "history.raw_days": "history_raw_days",
+        "history.rollup_seconds": "history_rollup_seconds",
+        "history.keep_days": "history_keep_days",
     }
 
     api_host: str = "0.0.0.0"
@@ -32,11 +46,33 @@ class DiscoverySettings(BrokerSettings):
     database_path: Path | None = None  # default: <data_dir>/discovery.db
     tailnet: str | None = None
     tailscale_api_key: str | None = None
-    sync_interval: float = Field(300.0, ge=10)
+    sync_interval: float = Field(300.0, ge=1)
+    tailscale_api_url: str = DEFAULT_API_URL
+    tailscale_cli: str = "tailscale"
+    tailscale_sync: bool | None = None  # None: sync when an API key is set or the tailscale CLI is installed
+    tailscale_retry: float = Field(10.0, gt=0)  # first backoff after a failed sync, doubling up to sync_interval
+    key_expiry_warning_days: float = Field(14.0, ge=0)
+    history_raw_days: float = Field(30.0, gt=0)  # every reading kept this long, then downsampled
+    history_rollup_seconds: float = Field(300.0, ge=1)  # one min/max/avg row per value and this many seconds
+    history_keep_days: float = Field(365.0, gt=0)  # downsampled rows kept this long
 
     @property
     def database(self) -> Path:
         return self.database_path or self.data_dir / "discovery.db"
+
+    @property
+    def tailnet_db(self) -> Path:
+        return self.database.with_name("tailnet.db")
+
+    @property
+    def tailscale_enabled(self) -> bool:
+        if self.tailscale_sync is not None:
+            return self.tailscale_sync
+        return bool(self.tailscale_api_key) or shutil.which(self.tailscale_cli) is not None
+
+    @property
+    def history_database(self) -> Path:
+        return self.database.with_name("history.db")
 
     @property
     def embedded_broker(self) -> bool:

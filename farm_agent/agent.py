@@ -1,9 +1,15 @@
 """The farm agent: polls the controller, publishes what it reads, and keeps the farm's presence.
 
 Two loops share one :class:`FarmState`: the poll loop owns the Modbus link and
-never stops on a link fault; the MQTT session loop (re)connects with the
-farm's last will, republishes the farm's retained topics on every connect, and
-publishes readings, alarms, events and heartbeats.
+never stops on a link fault, nor waits for the broker; the MQTT session loop
+(re)connects with the farm's last will, republishes the farm's retained topics
+on every connect, and publishes readings, alarms, events and heartbeats.
+
+Every reading worth publishing is numbered and queued on disk first
+(:mod:`farm_agent.queue`), then published live on ``state``; it leaves the queue
+on its PUBACK. After a reconnect the newest reading goes out on ``state`` at once
+and the rest of the queue is replayed on ``backlog``, oldest first, at a bounded
+rate beside the live readings.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from importlib.metadata import version
+from typing import Any
 
 import aiomqtt
 
@@ -41,15 +49,14 @@ from farm_agent.events import alarm_events, sensor_events
 from farm_agent.link import ModbusFailure
 from farm_agent.poller import Poller
 from farm_agent.profile import Profile
+from farm_agent.queue import ReadingQueue
 from farm_agent.report import named_bits, worth_publishing
 from farm_agent.settings import AgentSettings
-from farm_agent.store import AgentStore
 from kubmesh.runtime import run_until_stopped
 
 log = logging.getLogger("kubmesh.agent")
 
 AGENT_VERSION = version("kubmesh")
-RECONNECT_MAX_S = 30.0
 
 
 @dataclass
@@ -68,6 +75,7 @@ class FarmState:
     last_published: float = 0.0  # monotonic time of the last published reading
     polls_unchanged: int = 0
     bytes_published: int = 0
+    replayed: int = 0  # backlog readings the broker acknowledged since start
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -81,14 +89,14 @@ class FarmAgent:
         settings: AgentSettings,
         profile: Profile,
         poller: Poller,
-        store: AgentStore,
+        queue: ReadingQueue,
         control: CommandHandler,
         clock: Clock = utc_now,
     ) -> None:
         self.settings = settings
         self.profile = profile
         self.poller = poller
-        self.store = store
+        self.queue = queue
         self.control = control
         self.clock = clock
         self.topics = Topics(settings.base_topic)
@@ -97,6 +105,9 @@ class FarmAgent:
         self._client: aiomqtt.Client | None = None
         self._publish_lock = asyncio.Lock()
         self._poll_now = asyncio.Event()  # set after a command, so its effect shows without waiting a poll
+        self.on_poll_timed: Callable[[float], None] | None = None  # seconds each successful poll took (metrics)
+        self._sending: set[asyncio.Task[object]] = set()  # publishes the poll loop started and does not wait for
+        self._reporting_drops = asyncio.Lock()  # one report at a time, so no drop is told twice
 
     # ---- running ----------------------------------------------------------------------------------
 
@@ -132,6 +143,7 @@ class FarmAgent:
             if self.state.firmware is None:
                 self.state.firmware = await self.poller.read_firmware()
                 await self._publish_meta()
+            started = time.monotonic()
             result = await self.poller.poll()
         except ModbusFailure as exc:
             self.state.polls_failed += 1
@@ -139,6 +151,8 @@ class FarmAgent:
             return
         self.state.polls_ok += 1
         self.state.last_poll_ts = time.time()
+        if self.on_poll_timed is not None:
+            self.on_poll_timed(time.monotonic() - started)
         if not self.state.modbus_ok:
             await self._modbus_restored()
         ts = self.clock()
@@ -152,18 +166,47 @@ class FarmAgent:
         due = time.monotonic() - self.state.last_published >= self.settings.max_interval
         if due or worth_publishing(self.profile, previous.values if previous else None,
                                    previous.status if previous else None, result.values, result.status):
-            reading = Reading(ts=ts, seq=self.store.next_seq(), values=result.values, status=result.status,
-                              bits=named_bits(self.profile, result.values) or None)
+            reading, dropped = self.queue.add(lambda seq: Reading(
+                ts=ts, seq=seq, values=result.values, status=result.status,
+                bits=named_bits(self.profile, result.values) or None,
+            ))
             self.state.reading = reading
             self.state.last_published = time.monotonic()
-            await self._publish(self.topics.state(self.farm_id), encode(reading), retain=True)
+            self._send_soon(self._publish_live(reading))
+            if dropped:
+                self._send_soon(self._report_drops())
         else:
             self.state.polls_unchanged += 1
         if alarms_changed:
             self.state.alarms = alarms
-            await self._publish(self.topics.alarms(self.farm_id), encode(alarms), retain=True)
+            self._send_soon(self._publish(self.topics.alarms(self.farm_id), encode(alarms), retain=True))
         for event in events:
-            await self._publish_event(event)
+            self._send_soon(self._publish_event(event))
+
+    def _send_soon(self, publish: Coroutine[Any, Any, object]) -> None:
+        """Publish without holding up the poll: a half-open link may keep a PUBACK waiting for seconds.
+
+        The publish lock is taken in the order the tasks start, so the order of messages is kept.
+        """
+        task = asyncio.create_task(publish)
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _publish_live(self, reading: Reading) -> None:
+        if await self._publish(self.topics.state(self.farm_id), encode(reading), retain=True):
+            self.queue.remove([reading.seq])
+
+    async def _report_drops(self) -> None:
+        """Readings the queue's bounds pushed out are told about, once, as soon as the broker listens."""
+        async with self._reporting_drops:
+            count = self.queue.unreported_drops()
+            if count <= 0:
+                return
+            event = Event(ts=self.clock(), kind="backlog_dropped",
+                          message=f"backlog full: the {count} oldest unsent reading(s) were dropped",
+                          detail={"dropped": count, "dropped_total": self.queue.dropped})
+            if await self._publish(self.topics.events(self.farm_id), encode(event)):
+                self.queue.drops_reported(count)
 
     async def _modbus_failed(self, exc: ModbusFailure) -> None:
         message = str(exc)
@@ -193,20 +236,22 @@ class FarmAgent:
             self.topics.status(self.farm_id),
             encode(Status(state="offline", ts=self.clock(), reason="connection lost")),
         )
-        delay = 1.0
+        delay = min(1.0, self.settings.reconnect_max)
         while not stop.is_set():
             try:
                 async with async_client(
                     url, f"kubmesh-agent-{self.farm_id}", will=will, keepalive=self.settings.keepalive
                 ) as client:
-                    delay = 1.0
+                    delay = min(1.0, self.settings.reconnect_max)
                     try:
+                        backlog_below = self.queue.next_seq  # what was read before this connect is backlog
                         await self._on_connected(client)
                         await client.subscribe(self.topics.set_filter(self.farm_id), qos=1)
                         if self.settings.ha_discovery:
                             await client.subscribe(ha_status_topic(self.settings.ha_prefix), qos=1)
                         # returns on stop; a broken connection raises MqttError here, and we reconnect
-                        if await run_until_stopped(stop, self._heartbeats(), self._messages(client)):
+                        if await run_until_stopped(stop, self._heartbeats(), self._messages(client),
+                                                   self._replay(client, backlog_below)):
                             await self._say_goodbye(client)
                             return
                         raise aiomqtt.MqttError("the broker ended the session")
@@ -219,7 +264,7 @@ class FarmAgent:
                             self.farm_id, url.redacted(), exc, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, RECONNECT_MAX_S)
+                delay = min(delay * 2, self.settings.reconnect_max)
 
     async def _on_connected(self, client: aiomqtt.Client) -> None:
         """Publish (again) everything a broker that lost its retained messages needs to show the farm."""
@@ -230,11 +275,34 @@ class FarmAgent:
                             encode(Status(state="online", ts=self.clock())), retain=True)
         await self._publish_meta()
         if self.state.reading:
-            await self._publish(self.topics.state(self.farm_id), encode(self.state.reading), retain=True)
+            await self._publish_live(self.state.reading)
         if self.state.alarms:
             await self._publish(self.topics.alarms(self.farm_id), encode(self.state.alarms), retain=True)
         await self._publish_event(Event(ts=self.clock(), kind="agent_online",
                                         message=f"agent {AGENT_VERSION} connected"))
+        await self._report_drops()
+
+    async def _replay(self, client: aiomqtt.Client, below: int) -> None:
+        """Send the queued readings numbered below ``below`` on ``backlog``, oldest first, then idle.
+
+        A window of readings is in flight at a time, and the pace is capped at ``replay_rate`` per
+        second, so live readings, published beside it, keep their pace through the broker.
+        """
+        topic = self.topics.backlog(self.farm_id)
+        rate, window = self.settings.replay_rate, self.settings.replay_window
+        started, sent = time.monotonic(), 0
+        while batch := self.queue.oldest(below, window):
+            await asyncio.gather(*(client.publish(topic, queued.payload, qos=1) for queued in batch))
+            self.queue.remove([queued.seq for queued in batch])
+            sent += len(batch)
+            self.state.replayed += len(batch)
+            self.state.bytes_published += sum(len(queued.payload) + len(topic) for queued in batch)
+            if rate > 0:
+                await asyncio.sleep(max(0.0, started + sent / rate - time.monotonic()))
+        if sent:
+            log.info("farm %s: replayed %d backlog reading(s) in %.1f s", self.farm_id, sent,
+                     time.monotonic() - started)
+        await asyncio.Event().wait()  # the session's other loops decide when it ends
 
     async def _heartbeats(self) -> None:
         while True:
@@ -330,7 +398,8 @@ class FarmAgent:
             polls_ok=state.polls_ok,
             polls_failed=state.polls_failed,
             modbus="ok" if state.modbus_ok else "error",
-            backlog=0,
+            backlog=len(self.queue),
+            dropped=self.queue.dropped,
             bytes_per_hour=int(state.bytes_published / hours),
         )
 

@@ -12,6 +12,7 @@ import logging
 import re
 import sqlite3
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,7 +134,8 @@ class CommandHandler:
     def _finish(
         self, command_id: str | None, name: str, value: float | None, error: str | None, applied: bool
     ) -> CommandResult:
-        ack = Ack(id=command_id or "", name=name, value=value, ok=error is None, error=error, ts=self.clock())
+        ack = Ack(id=command_id or uuid.uuid4().hex, name=name, value=value, ok=error is None, error=error,
+                  ts=self.clock())
         if command_id:
             self._recent[command_id] = (time.monotonic(), ack)
         self._audit.execute(

@@ -21,6 +21,9 @@ class AgentSettings(ServiceSettings):
         "POLL_INTERVAL": "poll_interval",
         "HEARTBEAT_INTERVAL": "heartbeat_interval",
         "MAX_INTERVAL": "max_interval",
+        "QUEUE_MAX_READINGS": "queue_max_readings",
+        "QUEUE_MAX_AGE": "queue_max_age",
+        "REPLAY_RATE": "replay_rate",
         "DEVICE_PROFILE": "profile",
         "HA_DISCOVERY": "ha_discovery",
         "HA_DISCOVERY_PREFIX": "ha_prefix",
@@ -40,6 +43,9 @@ class AgentSettings(ServiceSettings):
         "modbus.url": "modbus_url",
         "modbus.poll_interval": "poll_interval",
         "modbus.max_interval": "max_interval",
+        "buffer.max_readings": "queue_max_readings",
+        "buffer.max_age": "queue_max_age",
+        "buffer.replay_rate": "replay_rate",
         "tailscale.tailnet": "tailnet",
         "tailscale.api_key": "tailscale_api_key",
         "discovery.service_url": "discovery_url",
@@ -61,6 +67,11 @@ class AgentSettings(ServiceSettings):
     heartbeat_interval: float = Field(30.0, ge=1, le=3600)
     command_max_age: float = Field(60.0, gt=0)  # refuse commands issued longer ago than this (seconds)
     max_interval: float = Field(60.0, ge=0, le=86400)  # publish state at least this often; 0 = every poll
+    # the on-disk backlog: room for 7 days of readings at 5 s polling, and readings no older than 7 days
+    queue_max_readings: int = Field(7 * 24 * 3600 // 5, ge=1)
+    queue_max_age: float = Field(7 * 24 * 3600.0, gt=0)  # seconds
+    replay_rate: float = Field(100.0, ge=0)  # backlog readings per second after a reconnect; 0 = no cap
+    replay_window: int = Field(10, ge=1, le=100)  # backlog readings in flight at once
     profile: str | None = None
     ha_discovery: bool = True
     ha_language: str = Field("en", pattern="^(en|ru)$")

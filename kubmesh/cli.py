@@ -24,6 +24,8 @@ COMMAND_MODULES = (
     "farm_agent.simulator",
     "mobile_web.commands",
     "kubmesh.identity_commands",
+    "discovery.tailscale.commands",
+    "kubmesh.doctor",
 )
 
 

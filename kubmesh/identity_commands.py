@@ -7,12 +7,28 @@ up at the next connect. Secrets are printed once and never stored in clear.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
 from pathlib import Path
 
-from broker.identities import PERSON_ROLES, Credentials, IdentityError, IdentityStore, Role, StoreError
+import aiomqtt
+
+from broker.client import MqttUrl, MqttUrlError
+from broker.identities import (
+    PERSON_ROLES,
+    Credentials,
+    IdentityError,
+    IdentityStore,
+    Role,
+    StoreError,
+    check_username,
+)
+from broker.retire import clear_farm
+from broker.topics import HA_DEFAULT_PREFIX, Topics
+from discovery.tailscale.api import TailscaleApiError
+from discovery.tailscale.commands import authkey_failure, mint_farm_authkey
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,14 +38,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("farm_id")
     add.add_argument("--owner", required=True)
     add.add_argument("--json", action="store_true", help='print {"farm_id", "username", "password"}')
+    add.add_argument("--tailscale-authkey", action="store_true",
+                     help="also create a pre-authorised auth key tagged tag:farm for enrolling the farm's device")
+    add.add_argument("--config", metavar="FILE", help="the discovery node's config.yaml (tailnet and API key)")
     add.set_defaults(func=_farm_add)
     rotate = farm_commands.add_parser("rotate", help="give a farm a new token; the old one stops working")
     rotate.add_argument("farm_id")
     rotate.add_argument("--json", action="store_true")
     rotate.set_defaults(func=_farm_rotate)
-    remove = farm_commands.add_parser("remove", help="remove a farm identity")
+    remove = farm_commands.add_parser(
+        "remove", help="remove a farm identity and clear its retained topics and Home Assistant device"
+    )
     remove.add_argument("farm_id")
-    remove.set_defaults(func=_remove, expected_role=Role.FARM)
+    remove.add_argument("--mqtt-url", metavar="URL",
+                        help="the broker to clear the farm's retained topics on (default MQTT_URL or "
+                             "mqtt://127.0.0.1:1883; without credentials in it, the farm's own are used)")
+    remove.add_argument("--keep-retained", action="store_true", help="leave the farm's retained topics alone")
+    remove.set_defaults(func=_farm_remove)
     listing = farm_commands.add_parser("list", help="list farm identities")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=_list, roles={Role.FARM})
@@ -45,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     uadd.set_defaults(func=_user_add)
     uremove = user_commands.add_parser("remove", help="remove a user")
     uremove.add_argument("username")
-    uremove.set_defaults(func=_remove, expected_role=None)
+    uremove.set_defaults(func=_user_remove)
     ulist = user_commands.add_parser("list", help="list users")
     ulist.add_argument("--json", action="store_true")
     ulist.set_defaults(func=_list, roles=set(PERSON_ROLES))
@@ -73,11 +98,34 @@ def _print_credentials(credentials: Credentials, as_json: bool, farm: bool) -> N
 
 
 def _farm_add(args: argparse.Namespace) -> int:
+    store = _store(args)
     try:
-        credentials = _store(args).add(args.farm_id, Role.FARM, owner=args.owner)
+        check_username(args.farm_id)
+        if store.get(args.farm_id) is not None:
+            return _fail(f"{args.farm_id!r} exists already")
     except (IdentityError, StoreError) as exc:
         return _fail(str(exc))
-    _print_credentials(credentials, args.json, farm=True)
+    authkey = None
+    if args.tailscale_authkey:
+        # the key first: if the tailnet refuses, nothing has been created
+        try:
+            authkey = mint_farm_authkey(args.farm_id, args.config, args.data_dir)
+        except TailscaleApiError as exc:
+            return authkey_failure(exc)
+    try:
+        credentials = store.add(args.farm_id, Role.FARM, owner=args.owner)
+    except (IdentityError, StoreError) as exc:
+        return _fail(str(exc))
+    if authkey is None:
+        _print_credentials(credentials, args.json, farm=True)
+    elif args.json:
+        print(json.dumps({"farm_id": credentials.username, **credentials.as_dict(),
+                          "tailscale_authkey": authkey.key,
+                          "tailscale_authkey_expires": authkey.expires.isoformat() if authkey.expires else None}))
+    else:
+        _print_credentials(credentials, False, farm=True)
+        print(f"tailscale auth key: {authkey.key}\n  enrol the farm with: tailscale up --authkey {authkey.key} "
+              f"--hostname {args.farm_id}")
     return 0
 
 
@@ -103,16 +151,48 @@ def _user_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _remove(args: argparse.Namespace) -> int:
+def _farm_remove(args: argparse.Namespace) -> int:
+    """The farm's retained topics are cleared with its own identity (rotated for this, as its token is not
+    kept), which the ACL lets publish exactly there; then the identity goes."""
     store = _store(args)
-    name = getattr(args, "farm_id", None) or args.username
+    try:
+        identity = store.get(args.farm_id)
+        if identity is None or identity.role is not Role.FARM:
+            return _fail(f"no farm {args.farm_id!r}")
+        if not args.keep_retained:
+            _clear_retained(store, args)
+        store.remove(args.farm_id)
+    except (IdentityError, StoreError) as exc:
+        return _fail(str(exc))
+    print(f"removed {args.farm_id}")
+    return 0
+
+
+def _clear_retained(store: IdentityStore, args: argparse.Namespace) -> None:
+    try:
+        url = MqttUrl.parse(args.mqtt_url or os.environ.get("MQTT_URL") or "mqtt://127.0.0.1:1883")
+    except MqttUrlError as exc:
+        raise IdentityError(str(exc)) from None
+    if not url.username:
+        url = url.with_credentials(**store.rotate(args.farm_id).as_dict())
+    topics = Topics(os.environ.get("BASE_TOPIC") or "kub")
+    prefix = os.environ.get("HA_DISCOVERY_PREFIX") or HA_DEFAULT_PREFIX
+    try:
+        cleared = asyncio.run(clear_farm(url, topics, prefix, args.farm_id))
+    except aiomqtt.MqttError as exc:
+        print(f"kubmesh: could not clear the farm's retained topics on {url.redacted()} ({exc}); its Home "
+              "Assistant device stays until its config topic is cleared", file=sys.stderr)
+        return
+    print(f"cleared {len(cleared)} retained topics, including {cleared[0]}")
+
+
+def _user_remove(args: argparse.Namespace) -> int:
+    store = _store(args)
+    name = args.username
     try:
         identity = store.get(name)
-        expected = args.expected_role
-        if identity is None or (expected and identity.role is not expected) or (
-            expected is None and not identity.role.is_person
-        ):
-            return _fail(f"no {'farm' if expected else 'user'} {name!r}")
+        if identity is None or not identity.role.is_person:
+            return _fail(f"no user {name!r}")
         store.remove(name)
     except (IdentityError, StoreError) as exc:
         return _fail(str(exc))

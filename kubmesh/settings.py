@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from broker.client import MqttUrl, MqttUrlError
 
@@ -36,6 +36,7 @@ class ServiceSettings(BaseModel):
         "mqtt.url": "mqtt_url",
         "mqtt.base_topic": "base_topic",
         "mqtt.keepalive": "keepalive",
+        "mqtt.reconnect_max": "reconnect_max",
     }
 
     data_dir: Path = Path("./kubmesh-data")
@@ -43,6 +44,7 @@ class ServiceSettings(BaseModel):
     base_topic: str = "kub"
     ha_prefix: str = "homeassistant"
     keepalive: int = 30
+    reconnect_max: float = Field(30.0, ge=0.1, le=3600)  # seconds: the ceiling of the reconnect backoff
     log_level: str = "INFO"
     log_json: bool = False
 

@@ -17,6 +17,7 @@ from mobile_web.bridge import FarmBridge
 from mobile_web.extensions import babel, csrf, limiter
 from mobile_web.i18n import compile_catalogs
 from mobile_web.settings import WebSettings
+from mobile_web.tailnet_guard import install_tailnet_guard
 
 LANGUAGES = ("ru", "en")
 CSP = (
@@ -55,6 +56,7 @@ def create_app(
     app.register_blueprint(stream.bp)
     app.add_url_rule("/lang/<code>", "language", _set_language)
     app.after_request(_security_headers)
+    install_tailnet_guard(app, settings)
     app.context_processor(lambda: {"current_user": auth.current_user(), "lang": str(get_locale() or "en")})
     return app
 

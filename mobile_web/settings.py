@@ -16,6 +16,8 @@ class WebSettings(ServiceSettings):
         "SECRET_KEY": "secret_key",
         "DISCOVERY_SERVICE_URL": "discovery_url",
         "POLL_INTERVAL": "poll_interval",
+        "TAILNET_WHOIS": "tailnet_whois",
+        "TAILSCALE_CLI": "tailscale_cli",
     }
     YAML: ClassVar[dict[str, str]] = {
         **ServiceSettings.YAML,
@@ -31,6 +33,9 @@ class WebSettings(ServiceSettings):
     poll_interval: float = Field(5.0, gt=0)
     secure_cookies: bool = False  # set when served over HTTPS
     login_limit: str = "5 per minute"
+    tailnet_whois: bool = False  # tie requests to the caller's tailnet identity (tailscale whois)
+    tailnet_refuse_tags: list[str] = Field(default_factory=lambda: ["tag:farm"])
+    tailscale_cli: str = "tailscale"
 
     def session_secret(self) -> str:
         """SECRET_KEY, or one made once and kept in the data dir so sessions survive restarts."""

@@ -96,6 +96,7 @@ def test_refused_commands_get_a_reason_and_write_nothing(farm: Farm, name: str, 
     ack = wait_until(lambda: len(farm.acks()) > before and farm.acks()[-1], 10, what="an ack")
     assert ack["ok"] is False
     assert reason in ack["error"]
+    assert ack["id"], "every ack carries an id, generated when the payload had none"
     assert farm.writes() == []
     seq = farm.watcher.last(f"kub/farms/{FARM}/state")["seq"]
     wait_until(lambda: farm.watcher.last(f"kub/farms/{FARM}/state")["seq"] > seq, 10, what="polling goes on")

@@ -1,0 +1,37 @@
+"""History retention: raw readings older than raw_days are folded into min/max/avg rows, which the
+history query serves in their place; rows older than keep_days go."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from broker.payloads import Reading, encode
+from broker.topics import Topics
+from discovery.history import HistoryRecorder, Retention
+
+NOW = datetime(2026, 11, 24, 21, 0, tzinfo=UTC)
+TOPIC = "kub/farms/farm-001/backlog"
+
+
+async def test_old_readings_are_downsampled_and_still_charted(tmp_path: Path) -> None:
+    history = HistoryRecorder(tmp_path / "history.db", Topics(), lambda: NOW,
+                              Retention(raw_days=1, rollup_step=600, keep_days=3))
+    old = NOW - timedelta(days=2)  # older than raw_days: folded into 10-minute rows
+    for seq, minutes in enumerate(range(0, 20), start=1):  # 20 readings a minute apart: buckets of 10
+        await history.on_message(TOPIC, encode(Reading(ts=old + timedelta(minutes=minutes), seq=seq,
+                                                       values={"temp_inside": float(minutes), "co2": None})), False)
+    await history.on_message(TOPIC, encode(Reading(ts=NOW - timedelta(days=5), seq=100,
+                                                   values={"temp_inside": 1.0})), False)  # past keep_days too
+    await history.on_message(TOPIC, encode(Reading(ts=NOW - timedelta(hours=1), seq=101,
+                                                   values={"temp_inside": 30.0})), False)  # recent: stays raw
+    history.flush()  # the first flush applies retention
+    points = history.points("farm-001", "temp_inside", NOW - timedelta(days=4), NOW)
+    assert [(p["min"], p["max"], p["avg"], p["count"]) for p in points[:2]] == [(0, 9, 4.5, 10), (10, 19, 14.5, 10)]
+    assert points[2] == {"ts": "2026-11-24T20:00:00.000Z", "value": 30.0}
+    assert len(points) == 3  # the 5-day-old reading is gone
+    assert history.points("farm-001", "co2", NOW - timedelta(days=4), NOW) == []  # nulls are not averaged
+    hourly = history.points("farm-001", "temp_inside", NOW - timedelta(days=4), NOW, step=3600)
+    assert [(p["min"], p["max"], p["count"]) for p in hourly] == [(0, 19, 20), (30.0, 30.0, 1)]
+    assert history.gaps("farm-001")["readings"] == 1  # raw rows; the folded ones live on as rollups
+    history.close()

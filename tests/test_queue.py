@@ -1,0 +1,62 @@
+"""The agent's on-disk queue: numbering, bounds by count and age, counting what the bounds drop."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from broker.payloads import Reading, decode
+from farm_agent.queue import ReadingQueue
+from farm_agent.store import AgentStore
+
+T0 = datetime(2026, 11, 24, 21, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def reading_at(clock: Clock):  # type: ignore[no-untyped-def]
+    return lambda seq: Reading(ts=clock(), seq=seq, values={"temp_inside": 20.5})
+
+
+def test_readings_are_numbered_queued_and_survive_a_reopen(tmp_path: Path) -> None:
+    clock = Clock()
+    store = AgentStore(tmp_path / "agent.db")
+    queue = ReadingQueue(store, max_readings=100, max_age_s=3600, clock=clock)
+    numbered = [queue.add(reading_at(clock))[0].seq for _ in range(5)]
+    assert numbered == [1, 2, 3, 4, 5] and len(queue) == 5
+    queue.remove([1, 2])
+    store.close()  # as after a crash: all that was committed is there
+    again = ReadingQueue(AgentStore(tmp_path / "agent.db"), max_readings=100, max_age_s=3600, clock=clock)
+    assert len(again) == 3 and again.next_seq == 6
+    oldest = again.oldest(below=again.next_seq, limit=10)
+    assert [q.seq for q in oldest] == [3, 4, 5]
+    assert decode(Reading, oldest[0].payload).seq == 3
+    assert again.add(reading_at(clock))[0].seq == 6  # a restart never reuses a number
+
+
+def test_the_count_bound_drops_the_oldest_and_counts_them(tmp_path: Path) -> None:
+    clock = Clock()
+    queue = ReadingQueue(AgentStore(tmp_path / "agent.db"), max_readings=3, max_age_s=3600, clock=clock)
+    drops = [queue.add(reading_at(clock))[1] for _ in range(7)]
+    assert drops == [0, 0, 0, 1, 1, 1, 1]
+    assert [q.seq for q in queue.oldest(below=100, limit=10)] == [5, 6, 7]
+    assert queue.dropped == 4 and queue.unreported_drops() == 4
+    queue.drops_reported(4)
+    assert queue.unreported_drops() == 0 and queue.dropped == 4
+
+
+def test_the_age_bound_drops_readings_older_than_it(tmp_path: Path) -> None:
+    clock = Clock()
+    queue = ReadingQueue(AgentStore(tmp_path / "agent.db"), max_readings=100, max_age_s=60, clock=clock)
+    for _ in range(3):
+        queue.add(reading_at(clock))
+        clock.now += timedelta(seconds=25)
+    reading, dropped = queue.add(reading_at(clock))  # now T0 + 75 s: the first (T0) is older than 60 s
+    assert dropped == 1 and reading.seq == 4
+    assert [q.seq for q in queue.oldest(below=100, limit=10)] == [2, 3, 4] and queue.dropped == 1
