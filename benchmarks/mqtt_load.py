@@ -401,33 +401,39 @@ def run_storm(port: int, farms: list[Credentials], pipe: Connection) -> None:
         failures: list[str] = []
 
         async def come_back(index: int, old: MqttConnection | None) -> None:
+            """Reconnect until a reading is acknowledged: a connection that ends first (the old
+            broker still closing its listener, say) is simply made again, as an agent would."""
             if old is not None:
                 await old.closed
             farm = farms[index]
-            acked = asyncio.get_running_loop().create_future()
-
-            def on_packet(conn: MqttConnection, kind: int, flags: int, body: bytes) -> None:
-                if kind == PUBACK and not acked.done():
-                    acked.set_result(time.monotonic_ns())
-
+            packet = connect_packet(farm.username, farm.username, farm.password)
             deadline = time.monotonic() + 60
-            while True:
+            last_error = ""
+            while time.monotonic() < deadline:
+                acked = asyncio.get_running_loop().create_future()
+
+                def on_packet(conn: MqttConnection, kind: int, flags: int, body: bytes,
+                              acked: asyncio.Future[int] = acked) -> None:
+                    if kind == PUBACK and not acked.done():
+                        acked.set_result(time.monotonic_ns())
+
                 try:
-                    conn = await open_connection(port, connect_packet(farm.username, farm.username, farm.password),
-                                                 on_packet)
-                    break
+                    conn = await open_connection(port, packet, on_packet)
                 except (OSError, ConnectionError, TimeoutError) as exc:
-                    if time.monotonic() > deadline:
-                        failures.append(f"{farm.username}: {exc!r}")
-                        return
+                    last_error = repr(exc)
                     await asyncio.sleep(0.05)
-            connected_at.append(time.monotonic_ns())
-            conn.send(publish_packet(fleet.topics[index], conn.next_packet_id(), reading(0, time.monotonic_ns())))
-            try:
-                published_at.append(await asyncio.wait_for(acked, 30))
-            except TimeoutError:
-                failures.append(f"{farm.username}: no PUBACK")
-            fleet.connections[index] = conn
+                    continue
+                connected = time.monotonic_ns()
+                conn.send(publish_packet(fleet.topics[index], conn.next_packet_id(), reading(0, connected)))
+                await asyncio.wait([acked, conn.closed], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+                if acked.done():
+                    connected_at.append(connected)
+                    published_at.append(acked.result())
+                    fleet.connections[index] = conn
+                    return
+                last_error = "connection ended before the PUBACK"
+                conn.leave()
+            failures.append(f"{farm.username}: {last_error}")
 
         await asyncio.gather(*(come_back(i, c) for i, c in enumerate(first)))
         pipe.send(("storm", len(connected_at), max(connected_at, default=0), len(published_at),
