@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from broker.commands import BROKER_FLAGS, add_broker_options
+from broker.tuning import use_fast_event_loop
 from discovery.service import run_discovery
 from discovery.settings import DiscoverySettings
 from kubmesh.cli import add_service_options, run_service
@@ -21,4 +22,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    use_fast_event_loop()  # the discovery node runs the embedded broker unless MQTT_URL names another
     return run_service(args, DiscoverySettings, (*BROKER_FLAGS, "api_host", "api_port", "api_token"), run_discovery)
