@@ -20,7 +20,7 @@ from mobile_web.bridge import FarmBridge, FarmView
 bp = Blueprint("farms", __name__)
 # the shipped profile's enum option names, so the catalog translates them (other profiles show theirs as is)
 ENUM_OPTION_NAMES = (lazy_gettext("base"), lazy_gettext("tunnel"))
-UNIT_NAMES = (lazy_gettext("min"),)  # the shipped profile's units that are words
+UNIT_NAMES = (lazy_gettext("min"), lazy_gettext("Pa"))  # the shipped profile's units said differently in Russian
 
 
 def bridge() -> FarmBridge:
@@ -97,7 +97,8 @@ def value_rows(view: FarmView) -> list[Row]:
         status = state.status.get(spec.name, "ok") if state else "pending"
         options = {str(raw): _(label) for raw, label in spec.options.items()}
         display = _display(spec, value)
-        rows.append(Row(spec.name, _label(spec), spec.unit or "", display, status, spec.decimals, options))
+        rows.append(Row(spec.name, _label(spec), _(spec.unit) if spec.unit else "", display, status, spec.decimals,
+                        options))
     return rows
 
 

@@ -111,5 +111,5 @@ def history(farm_id: str) -> tuple[Response, int]:
         return _error(502, _("History is not available right now."))
     spec = profile().values_by_name[name]
     points: list[dict[str, Any]] = [p.model_dump(mode="json") for p in found.points if p.value is not None]
-    return jsonify(farm=view.farm_id, name=name, range=range_, unit=spec.unit or "", decimals=spec.decimals,
-                   points=points), 200
+    return jsonify(farm=view.farm_id, name=name, range=range_, unit=_(spec.unit) if spec.unit else "",
+                   decimals=spec.decimals, points=points), 200

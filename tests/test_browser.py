@@ -1,6 +1,9 @@
 """The mobile web in a real browser: Debian's Chromium driven by Playwright at a 390x844 phone viewport,
 against real processes (broker, simulator, agent, mobile web). Each test saves a screenshot in
-test-artifacts/."""
+test-artifacts/ and fails on any JavaScript error or console error.
+
+The history chart's data comes from a stand-in for the discovery node's history endpoint
+(tests/history_stub.py, same contract), run in the test process."""
 
 from __future__ import annotations
 
@@ -10,13 +13,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import paho.mqtt.publish as publish
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from broker.identities import Role
+from broker.identities import Credentials, Role
+from broker.payloads import AlarmItem, Alarms, DeviceInfo, Meta, ProfileSummary, Reading, Status, encode, utc_now
+from broker.topics import Topics
 from tests.conftest import RunningBroker
 from tests.farm_system import Agent, Simulator
 from tests.helpers import REPO, ServiceProcess, free_port
+from tests.history_stub import HistoryStub
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
@@ -32,6 +39,8 @@ class Site:
     agent: Agent
     operator: tuple[str, str]
     viewer: tuple[str, str]
+    broker: RunningBroker
+    history: HistoryStub
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +60,19 @@ def site(broker: RunningBroker, tmp_path: Path, data_dir: Path) -> Iterator[Site
     service = broker.add("mobile_web", Role.MOBILE_WEB)
     broker.store.add("olga", Role.OPERATOR, password="operator-pass")
     broker.store.add("vera", Role.VIEWER, password="viewer-pass")
+    history = HistoryStub(token="web-history-token").start()
     port = free_port()
     web = ServiceProcess(
         ["mobile-web", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
-        tmp_path / "web.log", env={"MQTT_URL": broker.url(service), "POLL_INTERVAL": "1"},
+        tmp_path / "web.log", env={"MQTT_URL": broker.url(service), "POLL_INTERVAL": "1",
+                                   "DISCOVERY_SERVICE_URL": history.url, "DISCOVERY_API_TOKEN": history.token},
     ).wait_port(port)
-    yield Site(f"http://127.0.0.1:{port}", simulator, agent, ("olga", "operator-pass"), ("vera", "viewer-pass"))
+    yield Site(f"http://127.0.0.1:{port}", simulator, agent, ("olga", "operator-pass"), ("vera", "viewer-pass"),
+               broker, history)
     web.stop()
     agent.stop()
     simulator.stop()
+    history.stop()
 
 
 @pytest.fixture
@@ -76,6 +89,8 @@ def page(browser: Browser, site: Site, request: pytest.FixtureRequest) -> Iterat
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
     context.close()
+    if "offline_shell" in request.node.name:  # with the network cut, the browser reports what it could not load
+        errors = [e for e in errors if "ERR_INTERNET_DISCONNECTED" not in e]
     assert errors == [], errors
 
 
@@ -89,6 +104,33 @@ def log_in(page: Page, site: Site, who: tuple[str, str]) -> None:
 
 def no_sideways_scrolling(page: Page) -> bool:
     return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
+
+
+def small_touch_targets(page: Page) -> list[str]:
+    """Visible links, buttons and fields smaller than 44 px either way (inline text links excepted)."""
+    return list(page.evaluate("""() => Array.from(document.querySelectorAll(
+        "a, button, select, input:not([type=hidden])")).filter((el) => {
+          const box = el.getBoundingClientRect();
+          return box.width > 0 && (box.height < 44 || box.width < 44);
+        }).map((el) => el.outerHTML.slice(0, 80))"""))
+
+
+def publish_second_farm(site: Site, farm: Credentials, alarm: bool) -> None:
+    """farm-002 as its agent would announce it (retained), optionally with an active alarm."""
+    topics, now = Topics(), utc_now()
+    item = AlarmItem(bit=7, label="alarm bit 7")
+    messages = [
+        (topics.status("farm-002"), encode(Status(state="online", ts=now))),
+        (topics.meta("farm-002"), encode(Meta(
+            farm_id="farm-002", name="Теплица №2", owner_id="owner-a", device=DeviceInfo(model="KUB-1063"),
+            agent_version="test", poll_interval_s=1, profile=ProfileSummary(name="KUB-1063", values=[]), ts=now))),
+        (topics.state("farm-002"), encode(Reading(ts=now, seq=1, values={"temp_inside": 19.5},
+                                                  status={"temp_inside": "ok"}))),
+        (topics.alarms("farm-002"), encode(Alarms(ts=now, active=[item] if alarm else []))),
+    ]
+    publish.multiple([{"topic": t, "payload": p, "qos": 1, "retain": True} for t, p in messages],
+                     hostname="127.0.0.1", port=site.broker.port,
+                     auth={"username": farm.username, "password": farm.password})
 
 
 def test_login_list_and_live_farm_page(page: Page, site: Site) -> None:
@@ -115,9 +157,13 @@ def test_sensor_break_and_alarm_appear_and_clear(page: Page, site: Site) -> None
     expect(humidity.locator("[data-value]")).to_have_text("—")
     expect(page.locator('[data-alarm-list="active"] li')).to_have_text(["alarm bit 5"], timeout=10_000)
     page.screenshot(path=str(ARTIFACTS / "alarm-raised.png"), full_page=True)
+    expect(page.locator("[data-no-alarms]")).to_be_hidden()
+    expect(page.locator("[data-alarms]")).to_have_class(re.compile(r"\balarming\b"))
     site.simulator.control("/alarm", {"group": "active_alarms", "bit": 5, "on": False})
-    expect(page.locator('[data-alarm-list="active"] li')).to_have_text(["none"], timeout=10_000)
+    expect(page.locator('[data-alarm-list="active"]')).to_be_hidden(timeout=10_000)
     expect(page.locator('[data-alarm-list="latched"] li')).to_have_text(["alarm bit 5"])
+    expect(page.locator("[data-alarms]")).not_to_have_class(re.compile(r"\balarming\b"))
+    expect(page.locator("[data-events] li").first).to_contain_text("Alarm cleared: alarm bit 5", timeout=10_000)
 
 
 def test_operator_resets_latched_alarms_and_sees_the_result(page: Page, site: Site) -> None:
@@ -130,7 +176,8 @@ def test_operator_resets_latched_alarms_and_sees_the_result(page: Page, site: Si
     form = page.locator('form[data-command="reset_alarms"]')
     form.locator("button").click()
     expect(form.locator(".command-result")).to_have_text("done", timeout=10_000)
-    expect(page.locator('[data-alarm-list="latched"] li')).to_have_text(["none"], timeout=10_000)
+    expect(page.locator('[data-alarm-list="latched"]')).to_be_hidden(timeout=10_000)
+    expect(page.locator("[data-no-alarms]")).to_be_visible()
     assert [w["address"] for w in site.simulator.stats()["writes"]] == [0x0020]
 
     setting = page.locator('form[data-command="timezone_minutes"]')
@@ -162,5 +209,77 @@ def test_russian_interface(page: Page, site: Site) -> None:
     page.click(f'[data-farm="{FARM}"]')
     expect(page.locator('.value[data-name="temp_inside"] .label')).to_have_text("Температура внутри")
     expect(page.locator(".alarms h2")).to_have_text("Аварии")
+    expect(page.locator("[data-no-alarms]")).to_have_text("Аварий нет")
+    expect(page.locator('[data-range="24h"]')).to_have_text("24 ч")
+    expect(page.locator("[data-chart-note]")).to_have_text(re.compile(r"^Температура внутри: "), timeout=10_000)
+    page.screenshot(path=str(ARTIFACTS / "russian-farm-page.png"), full_page=True)
     page.click("text=EN")
     expect(page.locator(".alarms h2")).to_have_text("Alarms")
+
+
+def test_farm_list_puts_alarms_first_and_reorders_live(page: Page, site: Site) -> None:
+    farm = site.broker.add("farm-002", Role.FARM, owner="owner-a")
+    publish_second_farm(site, farm, alarm=False)
+    log_in(page, site, site.viewer)
+    cards = page.locator("ul.farms [data-farm]")
+    expect(cards).to_have_count(2, timeout=10_000)
+    expect(cards.nth(0)).to_have_attribute("data-farm", FARM)  # by name: Птичник before Теплица
+    expect(page.locator(f'[data-farm="{FARM}"] .temp')).to_have_text(re.compile(r"^-?\d+\.\d °C$"))
+    expect(page.locator(f'[data-farm="{FARM}"] .seen time')).to_have_text(re.compile(r"^\d+ s$"))
+    publish_second_farm(site, farm, alarm=True)
+    expect(page.locator('[data-farm="farm-002"] [data-alarm-count]')).to_have_text("1", timeout=10_000)
+    expect(cards.nth(0)).to_have_attribute("data-farm", "farm-002")  # an alarm goes to the top, no reload
+    expect(cards.nth(0)).to_have_class(re.compile(r"\balarming\b"))
+    # farm-002 has no agent behind it: no reading comes after the first, so it turns stale
+    expect(page.locator('[data-farm="farm-002"]')).to_have_class(re.compile(r"\bstale\b"), timeout=10_000)
+    expect(page.locator(f'[data-farm="{FARM}"]')).not_to_have_class(re.compile(r"\bstale\b"))
+    page.reload()
+    expect(cards.nth(0)).to_have_attribute("data-farm", "farm-002")  # the server sorts the same way
+
+
+def test_history_chart_of_a_chosen_value(page: Page, site: Site) -> None:
+    log_in(page, site, site.viewer)
+    page.goto(f"{site.url}/farms/{FARM}")
+    chart = page.locator("[data-chart]")
+    chart.scroll_into_view_if_needed()
+    expect(chart).to_have_attribute("data-points", re.compile(r"^(9[0-9]|1[0-9]{2})$"), timeout=10_000)  # 24 h
+    expect(chart.locator("polyline.line")).to_have_count(1)
+    expect(chart.locator("[data-chart-note]")).to_have_text(re.compile(r"^Inside temperature: \d+\.\d °C$"))
+    chart.locator("[data-chart-name]").select_option("humidity")
+    chart.locator('[data-range="7d"]').click()
+    expect(chart.locator('[data-range="7d"]')).to_have_attribute("aria-pressed", "true")
+    expect(chart.locator("[data-chart-note]")).to_have_text(re.compile(r"^Humidity: "), timeout=10_000)
+    expect(chart).to_have_attribute("data-points", re.compile(r"^8[0-9]$"))  # 7 days in 2 h buckets
+    asked = site.history.requests[-1]
+    assert asked["query"]["name"] == "humidity" and asked["authorization"] == "Bearer web-history-token"
+    assert no_sideways_scrolling(page)
+
+
+@pytest.mark.parametrize("width", [360, 390, 430])
+def test_no_sideways_scrolling_and_big_touch_targets(page: Page, site: Site, width: int) -> None:
+    page.set_viewport_size({"width": width, "height": 844})
+    log_in(page, site, site.operator)
+    assert no_sideways_scrolling(page)
+    assert small_touch_targets(page) == []
+    page.goto(f"{site.url}/farms/{FARM}")
+    expect(page.locator('[data-value="temp_inside"]')).to_have_text(re.compile(r"^-?\d+\.\d$"), timeout=10_000)
+    expect(page.locator("[data-chart]")).to_have_attribute("data-points", re.compile(r"^\d+$"), timeout=10_000)
+    assert no_sideways_scrolling(page)
+    assert small_touch_targets(page) == []
+
+
+def test_offline_shell_opens_without_network_and_says_so(page: Page, site: Site) -> None:
+    log_in(page, site, site.viewer)
+    page.goto(f"{site.url}/farms/{FARM}")
+    page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+    page.wait_for_function("navigator.serviceWorker.controller !== null")  # the worker has taken the page
+    page.context.set_offline(True)
+    expect(page.locator("#offline-notice")).to_be_visible()  # the open page says so at once
+    page.reload()
+    expect(page.locator("h1")).to_have_text("You are offline")
+    expect(page.locator("link[rel=stylesheet]")).to_have_count(1)
+    assert page.evaluate("getComputedStyle(document.querySelector('.bar')).display") == "flex"  # styled: cached
+    page.screenshot(path=str(ARTIFACTS / "offline-shell.png"), full_page=True)
+    page.context.set_offline(False)
+    page.click("[data-action=reload]")
+    expect(page.locator("h1")).to_have_text("Птичник №1", timeout=10_000)

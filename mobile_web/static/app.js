@@ -13,8 +13,8 @@
   function formatTime(date) {
     if (!date || isNaN(date.getTime()) || date.getTime() === 0) return "—";
     const seconds = Math.round((Date.now() - date.getTime()) / 1000);
-    if (seconds < 60) return Math.max(seconds, 0) + " s";
-    if (seconds < 3600) return Math.round(seconds / 60) + " min";
+    if (seconds < 60) return i18n.seconds.replace("{n}", Math.max(seconds, 0));
+    if (seconds < 3600) return i18n.minutes.replace("{n}", Math.round(seconds / 60));
     return date.toLocaleString(lang);
   }
 
