@@ -6,8 +6,10 @@ import http.client
 import http.cookiejar
 import json
 import re
+import socket
 import struct
 import subprocess
+import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.publish as paho_publish
 import pytest
 from babel.messages.extract import DEFAULT_KEYWORDS, extract_from_dir
 from babel.messages.pofile import read_po
@@ -215,44 +218,96 @@ def test_security_headers(web: tuple[Flask, RecordingBridge, IdentityStore]) -> 
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
-def test_sse_stream_of_a_real_server_delivers_a_new_reading(
-    broker: RunningBroker, tmp_path: Path, data_dir: Path
-) -> None:
+def session_cookie(port: int, username: str, password: str) -> str:
+    """Log in through the form of a real server, as a browser does; the Cookie header to send."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    login_page = opener.open(f"http://127.0.0.1:{port}/login", timeout=5).read().decode()
+    token = re.search(r'name="csrf_token" value="([^"]+)"', login_page).group(1)  # type: ignore[union-attr]
+    form = urllib.parse.urlencode({"username": username, "password": password, "csrf_token": token}).encode()
+    opener.open(f"http://127.0.0.1:{port}/login", data=form, timeout=5)
+    return "; ".join(f"{c.name}={c.value}" for c in jar)
+
+
+@pytest.fixture
+def web_process(broker: RunningBroker, tmp_path: Path, data_dir: Path) -> Iterator[tuple[ServiceProcess, int]]:
     service = broker.add("mobile_web", Role.MOBILE_WEB)
     broker.store.add("vera", Role.VIEWER, password="viewer-pass")
-    farm = broker.add(FARM, Role.FARM)
     port = free_port()
     process = ServiceProcess(
         ["mobile-web", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
         tmp_path / "web.log", env={"MQTT_URL": broker.url(service)},
     ).wait_port(port)
-    try:
-        jar = http.cookiejar.CookieJar()
-        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-        login_page = opener.open(f"http://127.0.0.1:{port}/login", timeout=5).read().decode()
-        token = re.search(r'name="csrf_token" value="([^"]+)"', login_page).group(1)  # type: ignore[union-attr]
-        form = urllib.parse.urlencode({"username": "vera", "password": "viewer-pass", "csrf_token": token}).encode()
-        opener.open(f"http://127.0.0.1:{port}/login", data=form, timeout=5)
-        cookie = "; ".join(f"{c.name}={c.value}" for c in jar)
+    yield process, port
+    process.stop()
 
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        connection.request("GET", f"/events?farm={FARM}", headers={"Cookie": cookie})
-        stream = connection.getresponse()
-        assert stream.status == 200 and stream.headers["Content-Type"].startswith("text/event-stream")
-        assert stream.readline() == b"retry: 3000\n"
 
-        reading = Reading(ts=utc_now(), seq=42, values={"temp_inside": 23.4}, status={"temp_inside": "ok"})
-        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-u", farm.username,
-                        "-P", farm.password, "-q", "1", "-t", TOPICS.state(FARM), "-m", encode(reading).decode()],
-                       check=True, timeout=10)
-        lines: list[bytes] = []
-        wait_until(lambda: lines.append(stream.readline()) or b"event: state\n" in lines, 10, what="SSE event")
-        data = json.loads(stream.readline().removeprefix(b"data: "))
-        assert data["farm"] == FARM and data["seq"] == 42 and data["values"]["temp_inside"] == 23.4
-        connection.close()
-        assert process.stop() == 0
-    finally:
-        process.stop()
+def publish_readings(broker: RunningBroker, farm: Any, readings: list[Reading]) -> None:
+    paho_publish.multiple([{"topic": TOPICS.state(FARM), "payload": encode(r), "qos": 1} for r in readings],
+                          hostname="127.0.0.1", port=broker.port,
+                          auth={"username": farm.username, "password": farm.password})
+
+
+def test_sse_stream_of_a_real_server_delivers_a_new_reading(
+    broker: RunningBroker, web_process: tuple[ServiceProcess, int]
+) -> None:
+    process, port = web_process
+    farm = broker.add(FARM, Role.FARM)
+    cookie = session_cookie(port, "vera", "viewer-pass")
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", f"/events?farm={FARM}", headers={"Cookie": cookie})
+    stream = connection.getresponse()
+    assert stream.status == 200 and stream.headers["Content-Type"].startswith("text/event-stream")
+    assert stream.readline() == b"retry: 3000\n"
+
+    reading = Reading(ts=utc_now(), seq=42, values={"temp_inside": 23.4}, status={"temp_inside": "ok"})
+    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-u", farm.username,
+                    "-P", farm.password, "-q", "1", "-t", TOPICS.state(FARM), "-m", encode(reading).decode()],
+                   check=True, timeout=10)
+    lines: list[bytes] = []
+    wait_until(lambda: lines.append(stream.readline()) or b"event: state\n" in lines, 10, what="SSE event")
+    data = json.loads(stream.readline().removeprefix(b"data: "))
+    assert data["farm"] == FARM and data["seq"] == 42 and data["values"]["temp_inside"] == 23.4
+    connection.close()
+    assert process.stop() == 0
+
+
+def test_a_browser_that_stops_reading_is_cut_off_while_the_others_get_everything(
+    broker: RunningBroker, web_process: tuple[ServiceProcess, int]
+) -> None:
+    process, port = web_process
+    farm = broker.add(FARM, Role.FARM)
+    cookie = session_cookie(port, "vera", "viewer-pass")
+    request = f"GET /events?farm={FARM} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n".encode()
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read: its buffers fill at once
+    stalled.connect(("127.0.0.1", port))
+    stalled.sendall(request)
+    reader = socket.create_connection(("127.0.0.1", port), timeout=20)
+    reader.sendall(request)
+    received = b""
+    while b"retry: 3000" not in received:
+        received += reader.recv(65536)
+
+    count = 400  # about 500 kB of events: far more than the stalled socket's buffers and its 64-event queue
+    padding = {f"value_{i}": float(i) for i in range(50)}
+    publisher = threading.Thread(target=publish_readings, args=(broker, farm, [
+        Reading(ts=utc_now(), seq=seq, values={"temp_inside": 20.0, **padding}) for seq in range(1, count + 1)]))
+    publisher.start()  # while this thread keeps reading, as a browser does
+
+    def all_received() -> bool:
+        nonlocal received
+        received += reader.recv(65536)
+        return f'"seq": {count},'.encode() in received
+
+    wait_until(all_received, 20, interval=0, what="every reading on the stream that keeps reading")
+    publisher.join(10)
+    seqs = [int(n) for n in re.findall(rb'"seq": (\d+),', received)]
+    assert seqs == list(range(1, count + 1))  # none lost, in order, though the other one stalled
+    wait_until(lambda: "closed a stream that fell 64 events behind" in process.output(), 10,
+               what="the stalled stream to be closed")
+    reader.close()
+    stalled.close()
 
 
 Web = tuple[Flask, RecordingBridge, IdentityStore]
