@@ -201,6 +201,22 @@ def test_a_killed_agent_shows_offline_without_reload(page: Page, site: Site) -> 
     expect(page.locator(".stale-tag")).to_be_visible()
 
 
+def test_values_turn_stale_when_the_controller_stops_answering(page: Page, site: Site) -> None:
+    log_in(page, site, site.viewer)
+    page.goto(f"{site.url}/farms/{FARM}")
+    main = page.locator("main#farm")
+    expect(main).not_to_have_class(re.compile(r"\bstale\b"), timeout=10_000)
+    site.simulator.control("/fail", {"mode": "exception", "function": 4})  # input registers: no more readings
+    # the agent stays online, its heartbeat says Modbus error, and two poll intervals (1 s) later the values are old
+    expect(main).to_have_class(re.compile(r"\bstale\b"), timeout=10_000)
+    expect(page.locator(".stale-tag")).to_be_visible()
+    expect(page.locator(".status-line [data-presence]")).to_have_text("online")
+    expect(page.locator("[data-events] li").first).to_contain_text("The controller does not answer")
+    page.screenshot(path=str(ARTIFACTS / "stale-values.png"), full_page=True)
+    site.simulator.control("/fail", {"mode": None})
+    expect(main).not_to_have_class(re.compile(r"\bstale\b"), timeout=10_000)
+
+
 @pytest.mark.parametrize("page", ["ru-RU"], indirect=True)
 def test_russian_interface(page: Page, site: Site) -> None:
     log_in(page, site, site.viewer)
