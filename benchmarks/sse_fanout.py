@@ -6,7 +6,8 @@ with it. A publisher sends readings on ``state``; every stream's arrival of each
 from the moment it was published: p50, p99, max and the count delivered, with the web server's
 memory (RSS) before and with the streams open. The peer, measured in the same run on the same
 broker: the same number of clients subscribed to the broker directly, i.e. what the web adds over
-the bus. All clients live in this process (asyncio), so both figures include its own reading time.
+the bus; and one more MQTT subscriber during the streams' phase, so that what the web adds to the
+bus's own delivery shows. All clients live in this process, so the figures include its reading time.
 
     python benchmarks/sse_fanout.py [--clients 500] [--readings 40] [--interval 0.25]
 """
@@ -21,6 +22,7 @@ import resource
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -102,6 +104,32 @@ class Publisher:
             timings.published[self.seq] = time.monotonic()
             self.client.publish(TOPICS.state(FARM), payload, qos=1)
             time.sleep(interval)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Probe:
+    """One more MQTT subscriber, on its own thread, while the browsers' streams are measured: the bus alone."""
+
+    def __init__(self, port: int, viewer: Credentials) -> None:
+        self.timings = Timings()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-probe")
+        self.client.username_pw_set(viewer.username, viewer.password)
+        self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.subscribe(TOPICS.state(FARM), qos=1)
+        self.client.loop_start()
+        if not subscribed.wait(10):
+            raise RuntimeError("the probe could not subscribe")
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        match = SEQ.search(message.payload)
+        if match and not message.retain:
+            self.timings.arrivals.append((int(match.group(1)), time.monotonic()))
 
     def close(self) -> None:
         self.client.disconnect()
@@ -241,6 +269,7 @@ def main() -> int:
                 20, what="the mobile web knowing the farm")
             idle_rss = rss_mb(web.proc.pid)
             memory: dict[str, float] = {}
+            probe = Probe(mqtt_port, viewer)
             print(f"{args.clients} clients, {args.readings} readings every {args.interval} s, on loopback")
 
             web_timings = asyncio.run(run_phase(
@@ -250,6 +279,8 @@ def main() -> int:
                 on_connected=lambda: memory.__setitem__("open", rss_mb(web.proc.pid)),
             ))
             memory["after"] = rss_mb(web.proc.pid)
+            probe.close()
+            probe.timings.published = web_timings.published
             peer_timings = asyncio.run(run_phase(
                 "MQTT subscribers on the broker", args.clients,
                 lambda i, timings, ready, stop: mqtt_client(i, mqtt_port, viewer, timings, ready, stop),
@@ -262,6 +293,7 @@ def main() -> int:
 
     web_figures, peer_figures = summary(web_timings, args.clients, args.readings), summary(
         peer_timings, args.clients, args.readings)
+    probe_figures = summary(probe.timings, 1, args.readings)
     print()
     print(f"{'':34} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'delivered':>16}")
     for name, figures in (("SSE via mobile-web", web_figures), ("MQTT direct (peer)", peer_figures)):
@@ -269,6 +301,10 @@ def main() -> int:
               f"{figures['delivered']:>7}/{figures['expected']:<8}")
     print(f"{'ratio SSE / MQTT':34} {web_figures['p50'] / peer_figures['p50']:8.2f} "
           f"{web_figures['p99'] / peer_figures['p99']:8.2f} {web_figures['max'] / peer_figures['max']:8.2f}")
+    print(f"{'1 MQTT subscriber during SSE':34} {probe_figures['p50']:8.1f} {probe_figures['p99']:8.1f} "
+          f"{probe_figures['max']:8.1f} {probe_figures['delivered']:>7}/{probe_figures['expected']:<8}")
+    print(f"the web adds over the bus: p50 {web_figures['p50'] - probe_figures['p50']:.1f} ms, "
+          f"p99 {web_figures['p99'] - probe_figures['p99']:.1f} ms")
     print(f"mobile-web RSS: {idle_rss:.1f} MB idle, {memory['open']:.1f} MB with {args.clients} streams open, "
           f"{memory['after']:.1f} MB after the readings "
           f"({(memory['open'] - idle_rss) * 1024 / args.clients:.0f} kB per stream)")
