@@ -66,6 +66,16 @@ SENSOR_STATUS_TEXTS = {
 }
 
 
+ALARM_KINDS = {"active": "alarm", "latched": "alarm", "warnings": "warning", "latched_warnings": "warning"}
+
+
+def alarm_label(kind: str, bit: int, label: str) -> str:
+    """A bit the profile gives no name arrives as "alarm bit N" (farm_agent.profile): said in the page's language."""
+    if label == f"{kind} bit {bit}":
+        return _("alarm bit %(bit)s", bit=bit) if kind == "alarm" else _("warning bit %(bit)s", bit=bit)
+    return label
+
+
 def event_texts() -> dict[str, str]:
     return {kind: str(text) for kind, text in EVENT_TEXTS.items()}
 
@@ -75,6 +85,8 @@ def event_text(event: Event) -> str:
     if template is None:
         return event.message
     detail = {key: str(value) for key, value in event.detail.items()}
+    if event.kind.startswith(("alarm_", "warning_")) and "label" in detail and isinstance(event.detail.get("bit"), int):
+        detail["label"] = alarm_label(event.kind.split("_")[0], event.detail["bit"], detail["label"])
     if event.kind == "sensor_status":
         spec = profile().values_by_name.get(detail.get("name", ""))
         detail["name"] = _label(spec) if spec else detail.get("name", "")
@@ -212,5 +224,5 @@ def farm(farm_id: str) -> str:
         writable=profile().writable if user.may_command else [], language=language(),
         chart_rows=[row for row in rows if profile().values_by_name[row.name].type in CHARTABLE_TYPES],
         two_polls=two_polls(view), heartbeat_ok=heartbeat_ok(view), grace=BY_EXCEPTION_GRACE_S,
-        event_text=event_text, event_texts=event_texts(),
+        event_text=event_text, event_texts=event_texts(), alarm_label=alarm_label, alarm_kinds=ALARM_KINDS,
     )

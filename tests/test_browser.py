@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import paho.mqtt.publish as publish
+import paho.mqtt.client as paho
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -115,7 +115,17 @@ def small_touch_targets(page: Page) -> list[str]:
         }).map((el) => el.outerHTML.slice(0, 80))"""))
 
 
-def publish_second_farm(site: Site, farm: Credentials, alarm: bool) -> None:
+def connect_farm(site: Site, farm: Credentials) -> paho.Client:
+    """A farm's MQTT link, kept open while the test runs (the embedded broker may drop what a client
+    published just before it disconnected)."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=farm.username)
+    client.username_pw_set(farm.username, farm.password)
+    client.connect("127.0.0.1", site.broker.port, keepalive=30)
+    client.loop_start()
+    return client
+
+
+def publish_second_farm(client: paho.Client, alarm: bool) -> None:
     """farm-002 as its agent would announce it (retained), optionally with an active alarm."""
     topics, now = Topics(), utc_now()
     item = AlarmItem(bit=7, label="alarm bit 7")
@@ -128,9 +138,8 @@ def publish_second_farm(site: Site, farm: Credentials, alarm: bool) -> None:
                                                   status={"temp_inside": "ok"}))),
         (topics.alarms("farm-002"), encode(Alarms(ts=now, active=[item] if alarm else []))),
     ]
-    publish.multiple([{"topic": t, "payload": p, "qos": 1, "retain": True} for t, p in messages],
-                     hostname="127.0.0.1", port=site.broker.port,
-                     auth={"username": farm.username, "password": farm.password})
+    for topic, payload in messages:
+        client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
 
 
 def test_login_list_and_live_farm_page(page: Page, site: Site) -> None:
@@ -226,6 +235,9 @@ def test_russian_interface(page: Page, site: Site) -> None:
     expect(page.locator('.value[data-name="temp_inside"] .label')).to_have_text("Температура внутри")
     expect(page.locator(".alarms h2")).to_have_text("Аварии")
     expect(page.locator("[data-no-alarms]")).to_have_text("Аварий нет")
+    site.simulator.control("/alarm", {"group": "active_alarms", "bit": 3, "on": True})
+    expect(page.locator('[data-alarm-list="active"] li')).to_have_text(["авария, бит 3"], timeout=10_000)
+    expect(page.locator("[data-events] li").first).to_contain_text("Авария: авария, бит 3")
     expect(page.locator('[data-range="24h"]')).to_have_text("24 ч")
     expect(page.locator("[data-chart-note]")).to_have_text(re.compile(r"^Температура внутри: "), timeout=10_000)
     page.screenshot(path=str(ARTIFACTS / "russian-farm-page.png"), full_page=True)
@@ -234,15 +246,15 @@ def test_russian_interface(page: Page, site: Site) -> None:
 
 
 def test_farm_list_puts_alarms_first_and_reorders_live(page: Page, site: Site) -> None:
-    farm = site.broker.add("farm-002", Role.FARM, owner="owner-a")
-    publish_second_farm(site, farm, alarm=False)
+    farm = connect_farm(site, site.broker.add("farm-002", Role.FARM, owner="owner-a"))
+    publish_second_farm(farm, alarm=False)
     log_in(page, site, site.viewer)
     cards = page.locator("ul.farms [data-farm]")
     expect(cards).to_have_count(2, timeout=10_000)
     expect(cards.nth(0)).to_have_attribute("data-farm", FARM)  # by name: Птичник before Теплица
     expect(page.locator(f'[data-farm="{FARM}"] .temp')).to_have_text(re.compile(r"^-?\d+\.\d °C$"))
     expect(page.locator(f'[data-farm="{FARM}"] .seen time')).to_have_text(re.compile(r"^\d+ s$"))
-    publish_second_farm(site, farm, alarm=True)
+    publish_second_farm(farm, alarm=True)
     expect(page.locator('[data-farm="farm-002"] [data-alarm-count]')).to_have_text("1", timeout=10_000)
     expect(cards.nth(0)).to_have_attribute("data-farm", "farm-002")  # an alarm goes to the top, no reload
     expect(cards.nth(0)).to_have_class(re.compile(r"\balarming\b"))
@@ -251,6 +263,8 @@ def test_farm_list_puts_alarms_first_and_reorders_live(page: Page, site: Site) -
     expect(page.locator(f'[data-farm="{FARM}"]')).not_to_have_class(re.compile(r"\bstale\b"))
     page.reload()
     expect(cards.nth(0)).to_have_attribute("data-farm", "farm-002")  # the server sorts the same way
+    farm.disconnect()
+    farm.loop_stop()
 
 
 def test_history_chart_of_a_chosen_value(page: Page, site: Site) -> None:

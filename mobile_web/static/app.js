@@ -44,6 +44,12 @@
     });
   }
 
+  // A bit the profile gives no name arrives as "alarm bit N" (mobile_web/farms.py alarm_label).
+  function alarmLabel(kind, bit, label) {
+    if (label !== `${kind} bit ${bit}`) return label;
+    return (kind === "alarm" ? i18n.alarm_bit : i18n.warning_bit).replace("{bit}", bit);
+  }
+
   // The server's rule (mobile_web/farms.py stale_after): values older than two poll intervals are
   // stale, or two minutes while the heartbeat says the controller answers; an offline farm is stale.
   function isStale(el) {
@@ -139,14 +145,15 @@
 
     function renderAlarms(data) {
       let any = false;
-      ["active", "latched", "warnings", "latched_warnings"].forEach((key) => {
+      const kinds = { active: "alarm", latched: "alarm", warnings: "warning", latched_warnings: "warning" };
+      Object.entries(kinds).forEach(([key, kind]) => {
         const group = main.querySelector(`[data-alarm-list="${key}"]`);
         if (!group) return;
         const items = data[key] || [];
         const list = group.querySelector("ul");
         list.replaceChildren(...items.map((item) => {
           const li = document.createElement("li");
-          li.textContent = item.label;
+          li.textContent = alarmLabel(kind, item.bit, item.label);
           return li;
         }));
         group.hidden = items.length === 0;
@@ -165,6 +172,9 @@
       const template = eventTexts[event.kind];
       if (!template) return event.message;
       const detail = Object.assign({}, event.detail || {});
+      if (/^(alarm|warning)_/.test(event.kind) && typeof detail.bit === "number") {
+        detail.label = alarmLabel(event.kind.split("_")[0], detail.bit, detail.label);
+      }
       if (event.kind === "sensor_status") {
         detail.name = valueLabel(detail.name);
         detail.from = i18n[detail.from] || detail.from;
