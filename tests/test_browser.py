@@ -125,6 +125,41 @@ def connect_farm(site: Site, farm: Credentials) -> paho.Client:
     return client
 
 
+LOW_CONTRAST_JS = """() => {
+  const parse = (c) => {
+    const p = c.match(/rgba?\\(([^)]+)\\)/)[1].split(",").map(Number);
+    return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1];
+  };
+  const channel = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+  const lum = (rgb) => 0.2126 * channel(rgb[0]) + 0.7152 * channel(rgb[1]) + 0.0722 * channel(rgb[2]);
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c[3] > 0) return c;
+    }
+    return [255, 255, 255, 1];
+  };
+  const low = [];
+  document.querySelectorAll("body *").forEach((el) => {
+    if (el.closest("svg") || !el.getClientRects().length) return;
+    if (!Array.from(el.childNodes).some((n) => n.nodeType === 3 && n.textContent.trim())) return;
+    let alpha = parse(getComputedStyle(el).color)[3];
+    for (let e = el; e; e = e.parentElement) alpha *= parseFloat(getComputedStyle(e).opacity);
+    const fg = parse(getComputedStyle(el).color), bg = background(el);
+    const shown = [0, 1, 2].map((i) => fg[i] * alpha + bg[i] * (1 - alpha));
+    const [hi, lo] = [lum(shown), lum(bg)].sort((a, b) => b - a);
+    const ratio = (hi + 0.05) / (lo + 0.05);
+    if (ratio < 4.5) low.push(`${el.tagName}.${el.className} ${ratio.toFixed(2)} ${el.textContent.trim()}`);
+  });
+  return low;
+}"""
+
+
+def low_contrast_text(page: Page) -> list[str]:
+    """Visible text below WCAG AA's 4.5:1 against the background it sits on (opacity counted)."""
+    return list(page.evaluate(LOW_CONTRAST_JS))
+
+
 def publish_second_farm(client: paho.Client, alarm: bool) -> None:
     """farm-002 as its agent would announce it (retained), optionally with an active alarm."""
     topics, now = Topics(), utc_now()
@@ -286,16 +321,18 @@ def test_history_chart_of_a_chosen_value(page: Page, site: Site) -> None:
 
 
 @pytest.mark.parametrize("width", [360, 390, 430])
-def test_no_sideways_scrolling_and_big_touch_targets(page: Page, site: Site, width: int) -> None:
+def test_no_sideways_scrolling_big_touch_targets_and_contrast(page: Page, site: Site, width: int) -> None:
     page.set_viewport_size({"width": width, "height": 844})
     log_in(page, site, site.operator)
     assert no_sideways_scrolling(page)
     assert small_touch_targets(page) == []
+    assert low_contrast_text(page) == []
     page.goto(f"{site.url}/farms/{FARM}")
     expect(page.locator('[data-value="temp_inside"]')).to_have_text(re.compile(r"^-?\d+\.\d$"), timeout=10_000)
     expect(page.locator("[data-chart]")).to_have_attribute("data-points", re.compile(r"^\d+$"), timeout=10_000)
     assert no_sideways_scrolling(page)
     assert small_touch_targets(page) == []
+    assert low_contrast_text(page) == []
 
 
 def test_offline_shell_opens_without_network_and_says_so(page: Page, site: Site) -> None:
