@@ -225,4 +225,5 @@ def farm(farm_id: str) -> str:
         chart_rows=[row for row in rows if profile().values_by_name[row.name].type in CHARTABLE_TYPES],
         two_polls=two_polls(view), heartbeat_ok=heartbeat_ok(view), grace=BY_EXCEPTION_GRACE_S,
         event_text=event_text, event_texts=event_texts(), alarm_label=alarm_label, alarm_kinds=ALARM_KINDS,
+        status_texts=SENSOR_STATUS_TEXTS,
     )

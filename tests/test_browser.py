@@ -22,7 +22,7 @@ from broker.payloads import AlarmItem, Alarms, DeviceInfo, Meta, ProfileSummary,
 from broker.topics import Topics
 from tests.conftest import RunningBroker
 from tests.farm_system import Agent, Simulator
-from tests.helpers import REPO, ServiceProcess, free_port
+from tests.helpers import REPO, ServiceProcess, free_port, wait_until
 from tests.history_stub import HistoryStub
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -353,3 +353,17 @@ def test_offline_shell_opens_without_network_and_says_so(page: Page, site: Site)
     page.context.set_offline(False)
     page.click("[data-action=reload]")
     expect(page.locator("h1")).to_have_text("Птичник №1", timeout=10_000)
+
+    page.click("text=RU")  # the offline page follows the language switch
+    expect(page.locator(".alarms h2")).to_have_text("Аварии")
+    kept_in_russian = """async () => {
+        for (const name of await caches.keys()) {
+          const kept = await (await caches.open(name)).match("/offline");
+          if (kept && (await kept.text()).includes("Нет сети")) return true;
+        }
+        return false;
+    }"""
+    wait_until(lambda: page.evaluate(kept_in_russian), 10, what="the offline page kept in Russian")
+    page.context.set_offline(True)
+    page.reload()
+    expect(page.locator("h1")).to_have_text("Нет сети")

@@ -361,6 +361,12 @@
     if (!("serviceWorker" in navigator) || !body.dataset.serviceWorker) return;
     // fails where the page is not a secure context (plain HTTP off localhost): the app works without it
     navigator.serviceWorker.register(body.dataset.serviceWorker, { scope: "/" }).catch(() => {});
+    navigator.serviceWorker.ready.then((registration) => {
+      // the offline page was kept in the language of its day: keep it in this page's language
+      if (localStorage.getItem("kubmesh-offline-lang") === lang || !registration.active) return;
+      registration.active.postMessage("refresh-offline");
+      localStorage.setItem("kubmesh-offline-lang", lang);
+    });
   }
 
   document.addEventListener("DOMContentLoaded", () => {

@@ -30,3 +30,10 @@ self.addEventListener("fetch", (event) => {
     event.respondWith(caches.open(CACHE).then((cache) => cache.match(path)).then((hit) => hit || fetch(request)));
   }
 });
+
+// the page asks for this after the language changed, so that the offline page speaks it too
+self.addEventListener("message", (event) => {
+  if (event.data === "refresh-offline") {
+    event.waitUntil(caches.open(CACHE).then((cache) => cache.add(OFFLINE)));
+  }
+});
