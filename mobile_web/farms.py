@@ -21,6 +21,8 @@ bp = Blueprint("farms", __name__)
 # the shipped profile's enum option names, so the catalog translates them (other profiles show theirs as is)
 ENUM_OPTION_NAMES = (lazy_gettext("base"), lazy_gettext("tunnel"))
 UNIT_NAMES = (lazy_gettext("min"), lazy_gettext("Pa"))  # the shipped profile's units said differently in Russian
+BY_EXCEPTION_GRACE_S = 120.0
+CHARTABLE_TYPES = ("u16", "s16")  # numbers; enums and bit fields have no line to draw
 
 
 def bridge() -> FarmBridge:
@@ -64,8 +66,6 @@ SENSOR_STATUS_TEXTS = {
     "error": lazy_gettext("sensor error"),
     "disabled": lazy_gettext("sensor disabled"),
 }
-
-
 ALARM_KINDS = {"active": "alarm", "latched": "alarm", "warnings": "warning", "latched_warnings": "warning"}
 
 
@@ -125,10 +125,6 @@ def _display(spec: ValueSpec, value: Any) -> Any:
         label = spec.options.get(int(value))
         return _(label) if label else value
     return f"{value:.{spec.decimals}f}" if isinstance(value, float) else value
-
-
-BY_EXCEPTION_GRACE_S = 120.0
-CHARTABLE_TYPES = ("u16", "s16")  # numbers; enums and bit fields have no line to draw
 
 
 def two_polls(view: FarmView) -> float:

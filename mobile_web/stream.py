@@ -28,7 +28,7 @@ def events() -> Response:
             response = jsonify(error="invalid farm id")
             response.status_code = 400
             return response
-    last_id = (request.headers.get("Last-Event-ID") or "")[:64] or None
+    last_id = (request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "")[:64] or None
     heartbeat = float(current_app.config.get("SSE_HEARTBEAT_S", HEARTBEAT_S))
     subscriber = bridge().hub.subscribe(farm_id, last_id)
 
