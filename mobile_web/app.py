@@ -12,7 +12,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from broker.identities import IdentityStore
 from broker.topics import Topics
 from farm_agent.profile import load_profile
-from mobile_web import auth, farms, stream
+from mobile_web import auth, farms, history, pwa, stream
 from mobile_web.bridge import FarmBridge
 from mobile_web.extensions import babel, csrf, limiter
 from mobile_web.i18n import compile_catalogs
@@ -38,6 +38,8 @@ def create_app(
         PERMANENT_SESSION_LIFETIME=timedelta(days=30),
         LOGIN_LIMIT=settings.login_limit,
         POLL_INTERVAL=settings.poll_interval,
+        DISCOVERY_URL=settings.discovery_url,
+        DISCOVERY_TOKEN=settings.discovery_token,
         BABEL_TRANSLATION_DIRECTORIES=str(compile_catalogs(settings.data_dir / "translations").resolve()),
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
         MAX_CONTENT_LENGTH=64 * 1024,
@@ -54,6 +56,8 @@ def create_app(
     app.register_blueprint(auth.bp)
     app.register_blueprint(farms.bp)
     app.register_blueprint(stream.bp)
+    app.register_blueprint(history.bp)
+    app.register_blueprint(pwa.bp)
     app.add_url_rule("/lang/<code>", "language", _set_language)
     app.after_request(_security_headers)
     install_tailnet_guard(app, settings)
