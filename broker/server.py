@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import ClassVar
 
 from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.session import Session
+from pydantic import field_validator, model_validator
 
 from broker.plugins import IdentityAuthPlugin, TopicAclPlugin
 from kubmesh.settings import ServiceSettings
@@ -42,6 +44,23 @@ class BrokerSettings(ServiceSettings):
     mqtt_tls_port: int = 8883
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
+
+    @field_validator("tls_certfile", "tls_keyfile")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not os.access(value, os.R_OK):
+            raise ValueError(f"cannot read {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> BrokerSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("the TLS listener needs both a certificate (tls_certfile) and its key (tls_keyfile)")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_certfile is not None and self.tls_keyfile is not None
 
 
 class KubBroker(Broker):
@@ -88,7 +107,7 @@ def broker_config(settings: BrokerSettings) -> dict[str, object]:
     listeners: dict[str, dict[str, object]] = {
         "default": {"type": "tcp", "bind": f"{settings.mqtt_host}:{settings.mqtt_port}"},
     }
-    if settings.tls_certfile and settings.tls_keyfile:
+    if settings.tls:
         listeners["tls"] = {
             "type": "tcp",
             "bind": f"{settings.mqtt_host}:{settings.mqtt_tls_port}",
@@ -109,7 +128,8 @@ async def start_broker(settings: BrokerSettings) -> KubBroker:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     broker = KubBroker(broker_config(settings))
     await broker.start()
-    log.info("MQTT broker listening on %s:%s", settings.mqtt_host, settings.mqtt_port)
+    log.info("MQTT broker listening on %s:%s%s", settings.mqtt_host, settings.mqtt_port,
+             f", TLS on port {settings.mqtt_tls_port}" if settings.tls else "")
     return broker
 
 

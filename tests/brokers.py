@@ -19,15 +19,17 @@ from tests.helpers import REPO, free_port, port_open, wait_until
 from tests.tls import ThrowawayCA
 
 
-def connects(port: int, credentials: Credentials | None, ca: ThrowawayCA | None = None, timeout: float = 5) -> bool:
-    """Whether the broker answers a CONNECT with these credentials with success."""
+def connects(port: int, credentials: Credentials | None, *, tls: bool = False, ca: ThrowawayCA | None = None,
+             timeout: float = 5) -> bool:
+    """Whether the broker answers a CONNECT with these credentials with success (over TLS, trusting
+    ``ca`` or, without it, the system's CAs)."""
     done = threading.Event()
     result: list[bool] = []
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
     if credentials:
         client.username_pw_set(credentials.username, credentials.password)
-    if ca:
-        client.tls_set(ca_certs=str(ca.ca_file))
+    if tls or ca:
+        client.tls_set(ca_certs=str(ca.ca_file) if ca else None)
 
     def on_connect(client: paho.Client, userdata: object, flags: object, rc: paho.ReasonCode, props: object) -> None:
         result.append(not rc.is_failure)
