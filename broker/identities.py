@@ -177,6 +177,12 @@ class IdentityStore:
         identity = self.get(farm_id)
         return identity.owner if identity and identity.role is Role.FARM else None
 
+    def owner_of(self, farm_id: str, declared: str | None) -> str | None:
+        """Whose farm this is for access decisions: the owner given at ``kubmesh farm add`` when the farm
+        has an identity here, else the owner its agent declares (farms on an external broker)."""
+        identity = self.get(farm_id)
+        return identity.owner if identity and identity.role is Role.FARM else declared
+
     def authenticate(self, username: str | None, secret: str | None) -> Identity | None:
         if not username or not secret:
             return None

@@ -47,8 +47,9 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
                 "embedded_broker": broker is not None}
 
     if not settings.api_token:
-        log.warning("no API token configured (API_TOKEN): every /api request will be refused")
-    runner = web.AppRunner(create_api(registry, audit, settings.api_token, health), access_log=None)
+        log.info("no static API token (API_TOKEN): /api accepts only tokens made by kubmesh token add")
+    identities = IdentityStore(settings.data_dir)
+    runner = web.AppRunner(create_api(registry, audit, settings.api_token, health, identities), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.api_host, settings.api_port).start()
     log.info("discovery REST API on http://%s:%s, MQTT %s", settings.api_host, settings.api_port,

@@ -9,10 +9,11 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from broker.topics import InvalidTopic, check_farm_id
 from mobile_web.auth import current_user
-from mobile_web.farms import bridge
+from mobile_web.farms import bridge, owner_of
 
 bp = Blueprint("stream", __name__)
 HEARTBEAT_S = 15.0
+MAX_EVENT_ID_DIGITS = 18
 
 
 @bp.get("/events")
@@ -29,7 +30,8 @@ def events() -> Response:
             response.status_code = 400
             return response
     last_id = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
-    subscriber = bridge().hub.subscribe(farm_id, int(last_id) if last_id and last_id.isdigit() else None)
+    valid_id = last_id is not None and last_id.isdigit() and len(last_id) <= MAX_EVENT_ID_DIGITS
+    subscriber = bridge().hub.subscribe(farm_id, int(last_id) if valid_id and last_id else None)
 
     def stream() -> Iterator[str]:
         try:
@@ -42,7 +44,7 @@ def events() -> Response:
                     continue
                 if event.farm_id is not None:
                     view = bridge().view(event.farm_id)
-                    if view is not None and not user.sees(view.owner_id):
+                    if not user.sees(owner_of(view) if view else None):
                         continue
                 yield event.encode()
         finally:
