@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -63,6 +64,22 @@ class BrokerSettings(ServiceSettings):
         return self.tls_certfile is not None and self.tls_keyfile is not None
 
 
+class _Subscriptions(dict[str, list[tuple[Session, int]]]):
+    """amqtt's subscription table, walked over a snapshot.
+
+    amqtt 0.12.1 walks the table across awaits (the ACL check of every
+    delivery, retained messages on connect), so a client subscribing or
+    leaving meanwhile raised "dictionary changed size during iteration": the
+    message was lost for every subscriber not yet served.
+    """
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.keys()))
+
+    def items(self) -> list[tuple[str, list[tuple[Session, int]]]]:  # type: ignore[override]
+        return [(topic, list(subscribers)) for topic, subscribers in super().items()]
+
+
 class KubBroker(Broker):
     """amqtt's broker, with retained messages delivered only as MQTT says.
 
@@ -70,8 +87,13 @@ class KubBroker(Broker):
     retained messages to any subscription that matches, so a viewer of one
     owner subscribing to ``kub/#`` would read every farm's retained state; and
     on connect it walks every client's subscription filters, sending a new
-    client retained messages for filters it never subscribed to.
+    client retained messages for filters it never subscribed to. Its
+    subscription table is walked over snapshots (:class:`_Subscriptions`).
     """
+
+    def __init__(self, config: dict[str, object]) -> None:
+        super().__init__(config)
+        self._subscriptions = _Subscriptions(self._subscriptions)  # type: ignore[has-type]
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session

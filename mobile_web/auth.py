@@ -42,7 +42,7 @@ def current_user() -> User | None:
     if "user" not in g:
         g.user = None
         username = session.get("username")
-        if username:
+        if isinstance(username, str) and username:
             try:
                 identity: Identity | None = store().get(username)
             except StoreError:
@@ -51,6 +51,8 @@ def current_user() -> User | None:
                 g.user = User(identity.username, identity.role, identity.owner)
             else:
                 session.clear()
+        elif username is not None:
+            session.clear()
     return cast(User | None, g.user)
 
 
