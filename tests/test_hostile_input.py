@@ -34,7 +34,7 @@ from broker.payloads import Ack, PayloadError, decode, decode_set_command
 from farm_agent.control import CommandHandler, CommandRefused
 from farm_agent.profile import load_profile
 from tests.farm_system import Agent, Simulator
-from tests.helpers import MqttWatcher, ServiceProcess, free_port, wait_until
+from tests.helpers import MqttWatcher, ServiceProcess, free_port, wait_until, web_login
 
 FARM = "farm-h"
 API_TOKEN = "hostile-test-token"
@@ -435,14 +435,4 @@ def operator_can_log_in(system: System) -> bool:
     client.username_pw_set(system.admin.username, system.admin.password)
     client.connect("127.0.0.1", system.mqtt_port)
     client.disconnect()
-    connection = http.client.HTTPConnection("127.0.0.1", system.web_port, timeout=5)
-    connection.request("GET", "/login")
-    page = connection.getresponse()
-    cookie = (page.getheader("Set-Cookie") or "").split(";")[0]
-    token = page.read().decode().split('name="csrf_token" value="')[1].split('"')[0]
-    form = urllib.parse.urlencode({"username": "olga", "password": "operator-pass", "csrf_token": token})
-    connection.request("POST", "/login", form, {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"})
-    answer = connection.getresponse()
-    answer.read()
-    connection.close()
-    return answer.status == 302 and answer.getheader("Location") == "/"
+    return web_login(system.web_port, "olga", "operator-pass") is not None

@@ -14,7 +14,7 @@ import pytest
 from broker.identities import IdentityStore, Role
 from tests.brokers import Bus, ExportedMosquitto, connects
 from tests.farm_system import Agent, Simulator
-from tests.helpers import ServiceProcess, free_port, wait_until
+from tests.helpers import ServiceProcess, free_port, wait_until, web_get, web_login
 from tests.tls import ThrowawayCA, make_ca
 
 FARM = "farm-tls"
@@ -76,6 +76,13 @@ def test_agent_and_discovery_over_mqtts_with_a_ca_file(tls_bus: Bus, ca: Throwaw
     ).wait_port(api_port)
     agent = Agent(tmp_path, tmp_path / "agent-data", FARM, f"mqtts://{FARM}:{farm.password}@{mqtts}",
                   simulator.modbus_url).start()
+    web_service = tls_bus.add("mobile_web", Role.MOBILE_WEB)
+    tls_bus.store.add("vera", Role.VIEWER, password="viewer-pass")
+    web_port = free_port()
+    web = ServiceProcess(
+        ["mobile-web", "--data-dir", str(tls_bus.store.path.parent), "--host", "127.0.0.1", "--port", str(web_port)],
+        tmp_path / "web.log", env={"MQTT_URL": f"mqtts://mobile_web:{web_service.password}@{mqtts}"},
+    ).wait_port(web_port)
     untrusting = Agent(tmp_path, tmp_path / "agent-data-2", FARM, f"mqtts://{FARM}:{farm.password}@127.0.0.1:"
                        f"{tls_bus.tls_port}", simulator.modbus_url).start()
     try:
@@ -84,11 +91,16 @@ def test_agent_and_discovery_over_mqtts_with_a_ca_file(tls_bus: Bus, ca: Throwaw
                            what="discovery over TLS sees the farm's state")
         assert "temp_inside" in state["values"]
         assert api(api_port, "/health", "t")["broker"] == "connected"
+        cookie = web_login(web_port, "vera", "viewer-pass")
+        assert cookie
+        wait_until(lambda: 'data-presence>online' in web_get(web_port, f"/farms/{FARM}", cookie)[1], 10,
+                   what="the mobile web over TLS showing the farm online")
         wait_until(lambda: "certificate verify failed" in untrusting.process.output(), 10,  # type: ignore[union-attr]
                    what="an agent without the CA refusing the broker's certificate")
         assert untrusting.health()["broker"] == "disconnected"
     finally:
         untrusting.stop()
+        web.stop()
         agent.stop()
         node.stop()
         simulator.stop()
