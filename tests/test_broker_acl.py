@@ -4,6 +4,7 @@ against a real Mosquitto that reads the files ``kubmesh broker export-mosquitto`
 from __future__ import annotations
 
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,3 +196,35 @@ def test_a_rotated_farm_agent_is_locked_out_and_the_new_token_works(bus: Bus, tm
         for running in agents:
             running.stop()
         simulator.stop()
+
+
+def test_embedded_broker_delivers_every_message_while_clients_come_and_go(broker: RunningBroker) -> None:
+    """amqtt walked its subscription table across awaits: a client leaving mid-delivery lost the message."""
+    farm = broker.add("farm-busy", Role.FARM)
+    watcher = MqttWatcher(broker.port, broker.admin.username, broker.admin.password, "kub/farms/farm-busy/events")
+    wait_until(watcher.subscribed.is_set, 5)
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            passer = MqttWatcher(broker.port, broker.admin.username, broker.admin.password,
+                                 [f"kub/x/{n}" for n in range(5)])
+            passer.subscribed.wait(2)
+            passer.close()
+
+    churners = [threading.Thread(target=churn) for _ in range(4)]
+    for thread in churners:
+        thread.start()
+    try:
+        publisher = MqttWatcher(broker.port, farm.username, farm.password, "kub/farms/farm-busy/status")
+        wait_until(publisher.subscribed.is_set, 5)
+        for n in range(150):
+            publisher.client.publish("kub/farms/farm-busy/events", str(n), qos=1)
+        wait_until(lambda: len(watcher.messages) >= 150, 20, what="all 150 messages")
+        publisher.close()
+    finally:
+        stop.set()
+        for thread in churners:
+            thread.join()
+        watcher.close()
+    assert "dictionary changed size" not in broker.process.output()
