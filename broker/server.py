@@ -7,9 +7,9 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from amqtt.broker import Broker
+from amqtt.broker import Broker, BrokerProtocolHandler
 from amqtt.contexts import Action
 from amqtt.session import Session
 from pydantic import field_validator, model_validator
@@ -88,12 +88,30 @@ class KubBroker(Broker):
     owner subscribing to ``kub/#`` would read every farm's retained state; and
     on connect it walks every client's subscription filters, sending a new
     client retained messages for filters it never subscribed to. Its
-    subscription table is walked over snapshots (:class:`_Subscriptions`).
+    subscription table is walked over snapshots (:class:`_Subscriptions`), and
+    a client's last messages are delivered even when it disconnects at once.
     """
 
     def __init__(self, config: dict[str, object]) -> None:
         super().__init__(config)
         self._subscriptions = _Subscriptions(self._subscriptions)  # type: ignore[has-type]
+
+    async def _handle_disconnect(
+        self, client_session: Session, handler: BrokerProtocolHandler, disconnect_waiter: asyncio.Future[Any]
+    ) -> None:
+        """Deliver what the client published before it left, then end its session.
+
+        amqtt acknowledges a PUBLISH when it queues it and clears the queue when
+        the client disconnects, so ``mosquitto_pub -q 1`` to a busy broker could
+        lose a command the broker had already acknowledged.
+        """
+        queue = client_session.delivered_message_queue
+        while not queue.empty():
+            received: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            received.set_result(queue.get_nowait())
+            if not await self._handle_message_delivery(client_session, handler, received):
+                break
+        await super()._handle_disconnect(client_session, handler, disconnect_waiter)
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session
