@@ -26,16 +26,12 @@ from discovery.registry import Registry
 log = logging.getLogger("kubmesh.discovery.api")
 
 
-
 @dataclass(frozen=True)
 class Caller:
     """Who a request acts for, and which owner's farms it may see (None: every farm)."""
 
     name: str
     owner: str | None
-
-    def sees(self, owner_id: str | None) -> bool:
-        return self.owner is None or self.owner == owner_id
 
 
 REGISTRY = web.AppKey("registry", Registry)
@@ -114,7 +110,7 @@ def _caller(app: web.Application, token: str) -> Caller | None:
 
 def _visible(request: web.Request, farm_id: str, declared_owner: str | None) -> bool:
     caller: Caller = request[CALLER]
-    return caller.owner is None or caller.sees(request.app[IDENTITIES].owner_of(farm_id, declared_owner))
+    return caller.owner is None or caller.owner == request.app[IDENTITIES].owner_of(farm_id, declared_owner)
 
 
 async def _health(request: web.Request) -> web.Response:
