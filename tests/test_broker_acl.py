@@ -94,7 +94,8 @@ def test_viewer_reads_but_cannot_publish_and_operator_may_command(bus: Bus) -> N
         publish(bus, viewer, "kub/farms/vera/state", "{}")  # not even a farm named like itself
         publish(bus, operator, "kub/farms/farm-a/state", "{}")
         publish(bus, operator, "kub/farms/farm-a/set/reset_alarms", "2")
-        wait_until(lambda: reader.payloads("kub/farms/farm-a/set/reset_alarms"), 5, what="the viewer reads")
+        wait_until(lambda: reader.payloads("kub/farms/farm-a/set/reset_alarms")
+                   and admin.payloads("kub/farms/farm-a/set/reset_alarms"), 5, what="the operator's command")
         assert admin.payloads("kub/farms/farm-a/set/reset_alarms") == ["2"]
         assert admin.payloads("kub/farms/farm-a/state") == [] and admin.payloads("kub/farms/vera/state") == []
     finally:
