@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask, Response, redirect, request, url_for
+from flask import Flask, Response, has_request_context, redirect, request, url_for
+from flask.sessions import SecureCookieSessionInterface
 from flask_babel import get_locale
 from werkzeug.wrappers import Response as WerkzeugResponse
 
@@ -30,6 +31,7 @@ def create_app(
     settings: WebSettings, bridge: FarmBridge | None = None, test_config: dict[str, Any] | None = None
 ) -> Flask:
     app = Flask(__name__)
+    app.session_interface = _SessionInterface()
     app.config.update(
         SECRET_KEY=settings.session_secret(),
         SESSION_COOKIE_HTTPONLY=True,
@@ -65,6 +67,14 @@ def create_app(
     return app
 
 
+class _SessionInterface(SecureCookieSessionInterface):
+    """Signed-cookie sessions whose cookie is ``Secure`` when the page came over HTTPS, or always with
+    ``secure_cookies``."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or (has_request_context() and request.is_secure)
+
+
 def _locale() -> str | None:
     chosen = request.cookies.get("lang")
     if chosen in LANGUAGES:
@@ -76,7 +86,8 @@ def _set_language(code: str) -> WerkzeugResponse:
     target = request.referrer if request.referrer and request.referrer.startswith(request.host_url) else None
     response = redirect(target or url_for("farms.index"))
     if code in LANGUAGES:
-        response.set_cookie("lang", code, max_age=365 * 86400, samesite="Lax", httponly=True)
+        response.set_cookie("lang", code, max_age=365 * 86400, samesite="Lax", httponly=True,
+                            secure=request.is_secure)
     return response
 
 

@@ -11,10 +11,11 @@ from flask import Blueprint, Response, abort, current_app, jsonify, render_templ
 from flask_babel import get_locale, lazy_gettext
 from flask_babel import gettext as _
 
+from broker.identities import StoreError
 from broker.payloads import Event, SetCommand, encode, utc_now
 from broker.topics import InvalidTopic, check_farm_id
 from farm_agent.profile import Profile, ValueSpec
-from mobile_web.auth import current_user, login_required
+from mobile_web.auth import current_user, login_required, store
 from mobile_web.bridge import FarmBridge, FarmView
 
 bp = Blueprint("farms", __name__)
@@ -153,10 +154,18 @@ def is_stale(view: FarmView) -> bool:
     return time.time() - latest > stale_after(view)
 
 
+def owner_of(view: FarmView) -> str | None:
+    """The owner given at ``kubmesh farm add`` when the farm has an identity here, else the one its agent declares."""
+    try:
+        return store().owner_of(view.farm_id, view.owner_id)
+    except StoreError:
+        return None
+
+
 def visible_views() -> list[FarmView]:
     user = current_user()
     assert user is not None
-    views = [v for v in bridge().views() if user.sees(v.owner_id)]
+    views = [v for v in bridge().views() if user.sees(owner_of(v))]
     return sorted(views, key=lambda v: (-v.alarm_count, not v.online, v.meta.name if v.meta else v.farm_id))
 
 
@@ -176,7 +185,7 @@ def visible_view(farm_id: str) -> FarmView:
         abort(404)
     view = bridge().view(farm_id)
     user = current_user()
-    if view is None or user is None or not user.sees(view.owner_id):
+    if view is None or user is None or not user.sees(owner_of(view)):
         abort(404)
     return view
 

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 
 from broker.topics import InvalidTopic, check_farm_id
 from mobile_web.auth import current_user
-from mobile_web.farms import bridge
+from mobile_web.farms import bridge, owner_of
 
 bp = Blueprint("stream", __name__)
 HEARTBEAT_S = 15.0  # a comment line this often keeps proxies and phones from closing an idle stream
@@ -45,7 +45,7 @@ def events() -> Response:
                     return  # closed as too slow: the browser reconnects with Last-Event-ID
                 if event.farm_id is not None:
                     view = bridge().view(event.farm_id)
-                    if view is not None and not user.sees(view.owner_id):
+                    if not user.sees(owner_of(view) if view else None):
                         continue
                 yield event.encode()
         finally:
