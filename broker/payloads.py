@@ -119,7 +119,7 @@ class Reading(WireModel):
     """One poll of the controller: ``state`` (retained, newest) and ``backlog`` (replayed)."""
 
     ts: Timestamp
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, lt=2**63)  # SQLite INTEGER, where the history keeps it
     values: dict[str, Number | None]
     status: dict[str, SensorStatus] = Field(default_factory=dict)
     bits: dict[str, dict[str, bool]] | None = None  # labelled bits of bitfield values
