@@ -1,11 +1,11 @@
 """Publish-to-delivery latency of N farms publishing one QoS 1 reading a second: kubmesh's broker against Mosquitto.
 
 Each farm is its own connection with its own credentials, confined by the ACL to its subtree
-(``kubmesh broker`` with its identity store and rules; Mosquitto with a password file and the
-pattern ACL ``kub/farms/%u/#``). Every farm publishes a retained ``state`` once a second, spread
-evenly over the second; one subscriber on ``kub/farms/+/state`` acknowledges every delivery and
-measures the latency of each message sent in the measuring window. Both brokers run in the same
-run on the same machine, one after the other.
+(``kubmesh broker`` with its identity store and rules; Mosquitto with the password file and ACL
+that ``kubmesh broker export-mosquitto`` writes from the same identities and rules). Every farm
+publishes a retained ``state`` once a second, spread evenly over the second; one subscriber on
+``kub/farms/+/state`` acknowledges every delivery and measures the latency of each message sent
+in the measuring window. Both brokers run in the same run on the same machine, one after the other.
 
     python benchmarks/fleet_latency.py [--farms 500 1000 2000 4000] [--seconds 20] [--warmup 5]
 """

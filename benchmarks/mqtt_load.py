@@ -31,7 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from broker.acl import AclRules
 from broker.identities import Credentials, IdentityStore, Role, new_token
+from broker.mosquitto import export_mosquitto
 from broker.topics import FarmTopic, Topics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -540,21 +542,20 @@ def start_embedded(folder: Path, farms: list[Credentials], log_level: str = "WAR
 
 
 def start_mosquitto(folder: Path, farms: list[Credentials]) -> BrokerUnderTest:
-    """Mosquitto with a password file for the same farms and an ACL confining each to its subtree."""
-    reader = Credentials("bench-reader", new_token())
-    plain = folder / "mosquitto.passwd"
-    plain.write_text("".join(f"{c.username}:{c.password}\n" for c in [*farms, reader]))
-    plain.chmod(0o600)
-    subprocess.run(["mosquitto_passwd", "-U", str(plain)], check=True)
-    acl = folder / "mosquitto.acl"
-    acl.write_text(f"user {reader.username}\ntopic read {TOPICS.base}/#\n\n"
-                   f"pattern readwrite {TOPICS.base}/farms/%u/#\n")
+    """Mosquitto with the password file and ACL ``kubmesh broker export-mosquitto`` writes for the same
+    farms (and reader): the same identities under the same topic rules as the embedded broker."""
+    data = folder / "mosquitto-data"
+    store = IdentityStore(data)
+    store.add_many([(farm.username, Role.FARM, "bench-owner", farm.password) for farm in farms])
+    reader = store.add("bench-reader", Role.DISCOVERY)
+    export = export_mosquitto(store, AclRules(TOPICS), folder / "mosquitto-export")
     port = free_port()
     config = folder / "mosquitto.conf"
-    config.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {plain}\nacl_file {acl}\n"
-        "persistence false\nuser root\nlog_type error\nlog_type warning\n"
-    )
+    config.write_text("\n".join([
+        "per_listener_settings false", "allow_anonymous false", "persistence false", "user root",
+        f"password_file {export.password_file}", f"acl_file {export.acl_file}", f"listener {port} 127.0.0.1",
+        "log_type error", "log_type warning", "",
+    ]))
     command = [MOSQUITTO, "-c", str(config)]
     process = _spawn(command, folder / "mosquitto.log")
     wait_port(port, process)

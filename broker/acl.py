@@ -1,15 +1,24 @@
-"""Who may publish, subscribe to and receive which topic: one function, used by the
-embedded broker and by the Mosquitto export, so both enforce the same rules.
+"""Who may publish, subscribe to and receive which topic: one policy, kept as data.
 
-- a farm: its own subtree ``{base}/farms/{id}/#`` (not its own ``set/``, which
-  only commanders publish) and its own Home Assistant configs;
+The policy is a list of :class:`Grant` per role. The embedded broker evaluates
+it (:meth:`AclRules.allowed`) and ``kubmesh broker export-mosquitto`` renders
+the same grants as a Mosquitto ACL file (``broker/mosquitto.py``), so both
+brokers enforce the same rules.
+
+- a farm: publishes its own leaves ``{base}/farms/{id}/status|meta|…|ack`` (not
+  ``set/…``, which only commanders publish) and its own Home Assistant configs;
+  reads its own subtree and ``homeassistant/status``;
 - discovery: reads everything under ``{base}``, alone publishes ``{base}/discovery/#``;
 - mobile web: reads everything under ``{base}``, publishes ``set/…`` commands;
 - viewer: reads ``{base}/#`` and the Home Assistant tree, publishes nothing;
 - operator: a viewer that may also publish ``set/…``;
 - admin: the superuser, every topic.
 
-People with an owner see only the farms of that owner.
+A person with an owner reads only that owner's farms (and the discovery status
+and ``homeassistant/status``), and an operator with an owner commands only them.
+
+A subscription is accepted when its filter can match a topic the client may
+read; every delivery, retained messages included, is checked on its own topic.
 """
 
 from __future__ import annotations
@@ -19,14 +28,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from broker.identities import Identity, Role
-from broker.topics import (
-    HA_DEFAULT_PREFIX,
-    FarmTopic,
-    Topics,
-    filter_within,
-    ha_node_id,
-    ha_status_topic,
-)
+from broker.topics import FARM_ID_PATTERN, HA_DEFAULT_PREFIX, HA_NODE_PREFIX, FarmTopic, Topics, ha_status_topic
+
+FARM = "{farm}"  # the level of a grant's filter that names a farm
+WILDCARDS = ("+", "#")
 
 
 class Access(StrEnum):
@@ -35,10 +40,75 @@ class Access(StrEnum):
     RECEIVE = "receive"
 
 
+class Right(StrEnum):
+    READ = "read"  # subscribe and receive
+    WRITE = "write"  # publish
+
+
+class Binding(StrEnum):
+    """Which farm the ``{farm}`` level of a grant stands for."""
+
+    NONE = "none"  # the filter names no farm
+    SELF = "self"  # the client's own farm: its username (Mosquitto's ``%u``)
+    OWNED = "owned"  # any farm of the client's owner
+
+
+@dataclass(frozen=True)
+class Grant:
+    right: Right
+    filter: str
+    binding: Binding = Binding.NONE
+
+    def for_farm(self, farm_id: str) -> str:
+        return self.filter.replace(FARM, farm_id)
+
+
 @dataclass(frozen=True)
 class AclRules:
     topics: Topics = field(default_factory=Topics)
     ha_prefix: str = HA_DEFAULT_PREFIX
+    policy: dict[tuple[Role, bool], tuple[Grant, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy", self._policy())
+
+    def _policy(self) -> dict[tuple[Role, bool], tuple[Grant, ...]]:
+        """Grants per (role, owner-scoped); owner scope matters only for viewers and operators."""
+        base, ha = self.topics.base, self.ha_prefix
+        read, write = Right.READ, Right.WRITE
+        farm_tree = f"{base}/farms/{FARM}/#"
+        farm_ha = f"{ha}/+/{HA_NODE_PREFIX}{FARM}/#"
+        commands = f"{base}/farms/{FARM}/set/+"
+        farm = (
+            *(Grant(write, f"{base}/farms/{FARM}/{kind.value}", Binding.SELF)
+              for kind in FarmTopic if kind is not FarmTopic.SET),
+            Grant(write, farm_ha, Binding.SELF),
+            Grant(read, farm_tree, Binding.SELF),
+            Grant(read, ha_status_topic(ha)),
+        )
+        everything = (Grant(read, f"{base}/#"), Grant(read, f"{ha}/#"))
+        owned = (
+            Grant(read, farm_tree, Binding.OWNED),
+            Grant(read, farm_ha, Binding.OWNED),
+            Grant(read, f"{self.topics.discovery_prefix()}#"),
+            Grant(read, ha_status_topic(ha)),
+        )
+        any_command = Grant(write, commands.replace(FARM, "+"))
+        roles: dict[Role, tuple[Grant, ...]] = {
+            Role.FARM: farm,
+            Role.DISCOVERY: (Grant(read, f"{base}/#"), Grant(write, f"{self.topics.discovery_prefix()}#")),
+            Role.MOBILE_WEB: (Grant(read, f"{base}/#"), any_command),
+            Role.VIEWER: everything,
+            Role.OPERATOR: (*everything, any_command),
+            Role.ADMIN: (Grant(read, "#"), Grant(write, "#")),
+        }
+        policy = {(role, scoped): grants for role, grants in roles.items() for scoped in (False, True)}
+        policy[Role.VIEWER, True] = owned
+        policy[Role.OPERATOR, True] = (*owned, Grant(write, commands, Binding.OWNED))
+        return policy
+
+    def grants(self, identity: Identity) -> tuple[Grant, ...]:
+        return self.policy[identity.role, identity.owner is not None]
 
     def allowed(
         self,
@@ -47,56 +117,63 @@ class AclRules:
         topic: str,
         farm_owner: Callable[[str], str | None],
     ) -> bool:
-        role = identity.role
-        if role is Role.ADMIN:
-            return True
-        if role is Role.FARM:
-            return self._farm_allowed(identity.username, access, topic)
-        if role in (Role.DISCOVERY, Role.MOBILE_WEB):
-            return self._service_allowed(role, access, topic)
-        return self._person_allowed(identity, access, topic, farm_owner)
+        right = Right.WRITE if access is Access.PUBLISH else Right.READ
+        return any(
+            grant.right is right and self._matches(grant, identity, access, topic, farm_owner)
+            for grant in self.grants(identity)
+        )
 
-    def _farm_allowed(self, farm_id: str, access: Access, topic: str) -> bool:
-        own = self.topics.farm_filter(farm_id)
-        own_ha = f"{self.ha_prefix}/+/{ha_node_id(farm_id)}/#"
-        if access is Access.PUBLISH:
-            if filter_within(topic, f"{self.topics.farm_prefix(farm_id)}{FarmTopic.SET.value}/#"):
-                return False
-            return filter_within(topic, own) or filter_within(topic, own_ha)
-        return filter_within(topic, own) or filter_within(topic, ha_status_topic(self.ha_prefix))
-
-    def _service_allowed(self, role: Role, access: Access, topic: str) -> bool:
-        if access is not Access.PUBLISH:
-            return filter_within(topic, f"{self.topics.base}/#")
-        if role is Role.DISCOVERY:
-            return filter_within(topic, f"{self.topics.discovery_prefix()}#")
-        return filter_within(topic, f"{self.topics.base}/farms/+/{FarmTopic.SET.value}/+")
-
-    def _person_allowed(
-        self, identity: Identity, access: Access, topic: str, farm_owner: Callable[[str], str | None]
+    def _matches(
+        self,
+        grant: Grant,
+        identity: Identity,
+        access: Access,
+        topic: str,
+        farm_owner: Callable[[str], str | None],
     ) -> bool:
-        if access is Access.PUBLISH:
-            if identity.role is not Role.OPERATOR:
-                return False
-            if not filter_within(topic, f"{self.topics.base}/farms/+/{FarmTopic.SET.value}/+"):
-                return False
-        elif not (
-            filter_within(topic, f"{self.topics.base}/#") or filter_within(topic, f"{self.ha_prefix}/#")
-        ):
+        farm = _match(topic, grant.filter, overlap=access is Access.SUBSCRIBE)
+        if farm is None:
             return False
-        if identity.owner is None:
-            return True
-        farm_id = self._farm_of(topic)
-        if farm_id is None:
-            # a broad filter such as kub/# is allowed; what it delivers is checked per topic
-            return access is Access.SUBSCRIBE or not topic.startswith(f"{self.topics.base}/farms/")
-        return farm_owner(farm_id) == identity.owner
+        if grant.binding is Binding.NONE or farm in WILDCARDS:
+            return True  # a wildcard over farms in a subscription: each delivery is checked
+        if grant.binding is Binding.SELF:
+            return identity.role is Role.FARM and farm == identity.username
+        return farm_owner(farm) == identity.owner
 
-    def _farm_of(self, topic: str) -> str | None:
-        """The farm a topic (or filter) names, or None when it names none or uses a wildcard there."""
-        levels = topic.split("/")
-        if len(levels) >= 3 and levels[0] == self.topics.base and levels[1] == "farms":
-            return None if levels[2] in ("+", "#") else levels[2]
-        if len(levels) >= 3 and levels[0] == self.ha_prefix and levels[2].startswith("kubmesh-"):
-            return levels[2].removeprefix("kubmesh-")
-        return None
+
+def _match(topic: str, grant_filter: str, *, overlap: bool) -> str | None:
+    """Whether ``topic`` falls within ``grant_filter`` (or, with ``overlap``, can share a topic with it).
+
+    Returns None for no match, else the topic's level at the grant's ``{farm}``
+    level (``""`` when the grant names no farm, ``+``/``#`` when the topic
+    filter has a wildcard there).
+    """
+    levels = topic.split("/")
+    rules = grant_filter.split("/")
+    farm = ""
+    for index, rule in enumerate(rules):
+        if rule == "#":
+            return farm
+        if index >= len(levels):
+            return None
+        level = levels[index]
+        if level == "#":
+            return (farm or "#") if overlap else None
+        if FARM in rule:
+            prefix = rule.removesuffix(FARM)
+            if level == "+" and overlap:
+                farm = "+"
+            elif level.startswith(prefix) and FARM_ID_PATTERN.fullmatch(level.removeprefix(prefix)):
+                farm = level.removeprefix(prefix)
+            else:
+                return None
+        elif rule == "+":
+            continue
+        elif level == "+":
+            if not overlap:
+                return None
+        elif level != rule:
+            return None
+    if len(levels) == len(rules) or (overlap and len(levels) == len(rules) + 1 and levels[-1] == "#"):
+        return farm
+    return None

@@ -40,6 +40,8 @@ class MqttUrl:
         except ValueError:
             raise MqttUrlError("MQTT URL has an invalid port") from None
         query = parse_qs(parts.query)
+        if "ca_file" in query and parts.scheme != "mqtts":
+            raise MqttUrlError("ca_file is for TLS: use an mqtts:// URL")
         return cls(
             host=parts.hostname or "127.0.0.1",
             port=port,
@@ -68,9 +70,13 @@ class MqttUrl:
         return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
 
     def ssl_context(self) -> ssl.SSLContext | None:
+        """Verifies the broker's certificate and host name against ``ca_file`` (or the system's CAs)."""
         if not self.tls:
             return None
-        return ssl.create_default_context(cafile=self.ca_file)
+        try:
+            return ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise MqttUrlError(f"cannot use ca_file {self.ca_file!r}: {exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,20 @@
 Secrets are never stored. Machine tokens (farms, services) are long random
 strings, stored as a salted SHA-256, so that a connect storm of thousands of
 farms costs microseconds each. People's passwords are stored with scrypt, a
-slow password hash. The file is replaced atomically and re-read when it
+slow password hash. Each identity also keeps the hash an external Mosquitto
+checks (PBKDF2-SHA512, ``$7$``, as ``mosquitto_passwd`` writes it: 101
+iterations for machine tokens, whose 192 random bits need no stretching, and
+210,000 for people's passwords), so that ``kubmesh broker export-mosquitto``
+can write a password file without ever knowing a secret. API tokens for the
+REST API belong to a user or service and are stored like machine tokens.
+The file is replaced atomically and re-read when it
 changes, so a running broker or web server sees additions and rotations
 without a restart.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -29,6 +36,9 @@ from broker.topics import FARM_ID_PATTERN, check_farm_id
 FILE_NAME = "identities.json"
 USERNAME_PATTERN = FARM_ID_PATTERN
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+MOSQUITTO_TOKEN_ITERATIONS = 101  # mosquitto_passwd's own default
+MOSQUITTO_PASSWORD_ITERATIONS = 210_000
+API_TOKEN_PREFIX = "kmt"
 
 
 class Role(StrEnum):
@@ -61,6 +71,7 @@ class Identity(BaseModel):
     role: Role
     owner: str | None = None
     secret_hash: str
+    mosquitto_hash: str | None = None  # absent for identities made before the Mosquitto export existed
     created: Timestamp = Field(default_factory=utc_now)
 
     @property
@@ -68,9 +79,19 @@ class Identity(BaseModel):
         return self.username if self.role is Role.FARM else None
 
 
+class ApiToken(BaseModel):
+    """A Bearer token of the REST API: ``kmt_{token_id}_{secret}``, acting for ``username``."""
+
+    token_id: str
+    username: str
+    secret_hash: str
+    created: Timestamp = Field(default_factory=utc_now)
+
+
 class _File(BaseModel):
     version: int = 1
     identities: dict[str, Identity] = Field(default_factory=dict)
+    api_tokens: dict[str, ApiToken] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,6 +117,13 @@ def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+def mosquitto_hash(secret: str, iterations: int) -> str:
+    """The ``$7$`` PBKDF2-SHA512 hash of Mosquitto 2.0's password file (12-byte salt, base64)."""
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", secret.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
 def verify_secret(secret: str, stored: str) -> bool:
@@ -149,6 +177,12 @@ class IdentityStore:
         identity = self.get(farm_id)
         return identity.owner if identity and identity.role is Role.FARM else None
 
+    def owner_of(self, farm_id: str, declared: str | None) -> str | None:
+        """Whose farm this is for access decisions: the owner given at ``kubmesh farm add`` when the farm
+        has an identity here, else the owner its agent declares (farms on an external broker)."""
+        identity = self.get(farm_id)
+        return identity.owner if identity and identity.role is Role.FARM else declared
+
     def authenticate(self, username: str | None, secret: str | None) -> Identity | None:
         if not username or not secret:
             return None
@@ -182,9 +216,7 @@ class IdentityStore:
         with self._editing() as data:
             if username in data.identities:
                 raise IdentityError(f"{username!r} exists already")
-            data.identities[username] = Identity(
-                username=username, role=role, owner=owner, secret_hash=_hash_for(role, secret)
-            )
+            data.identities[username] = Identity(username=username, role=role, owner=owner, **_hashes(role, secret))
         return Credentials(username, secret)
 
     def add_many(self, entries: list[tuple[str, Role, str | None, str | None]]) -> list[Credentials]:
@@ -196,9 +228,8 @@ class IdentityStore:
                 if username in data.identities:
                     raise IdentityError(f"{username!r} exists already")
                 secret = password or new_token()
-                data.identities[username] = Identity(
-                    username=username, role=role, owner=owner, secret_hash=_hash_for(role, secret)
-                )
+                data.identities[username] = Identity(username=username, role=role, owner=owner,
+                                                     **_hashes(role, secret))
                 created.append(Credentials(username, secret))
         return created
 
@@ -208,7 +239,8 @@ class IdentityStore:
             identity = data.identities.get(username)
             if identity is None:
                 raise IdentityError(f"no identity {username!r}")
-            identity.secret_hash = _hash_for(identity.role, secret)
+            for name, value in _hashes(identity.role, secret).items():
+                setattr(identity, name, value)
         return Credentials(username, secret)
 
     def ensure(self, username: str, role: Role, owner: str | None = None) -> Credentials:
@@ -218,11 +250,45 @@ class IdentityStore:
         return self.rotate(username)
 
     def remove(self, username: str) -> Identity:
+        """Remove an identity and every API token acting for it."""
         with self._editing() as data:
             identity = data.identities.pop(username, None)
             if identity is None:
                 raise IdentityError(f"no identity {username!r}")
+            data.api_tokens = {k: t for k, t in data.api_tokens.items() if t.username != username}
         return identity
+
+    def add_api_token(self, username: str) -> str:
+        """A new REST API token acting for a user or service; shown once, stored as a hash."""
+        token_id, secret = secrets.token_hex(6), new_token()
+        with self._editing() as data:
+            identity = data.identities.get(username)
+            if identity is None:
+                raise IdentityError(f"no identity {username!r}")
+            if identity.role is Role.FARM:
+                raise IdentityError(f"{username!r} is a farm: farms use MQTT only")
+            data.api_tokens[token_id] = ApiToken(token_id=token_id, username=username, secret_hash=hash_token(secret))
+        return f"{API_TOKEN_PREFIX}_{token_id}_{secret}"
+
+    def api_tokens(self) -> list[ApiToken]:
+        return sorted(self._load().api_tokens.values(), key=lambda t: (t.username, t.created))
+
+    def remove_api_token(self, token_id: str) -> ApiToken:
+        with self._editing() as data:
+            token = data.api_tokens.pop(token_id, None)
+            if token is None:
+                raise IdentityError(f"no API token {token_id!r}")
+        return token
+
+    def authenticate_api_token(self, token: str) -> Identity | None:
+        """The identity a REST API token acts for, or None; the secret is compared in constant time."""
+        prefix, _, rest = token.partition("_")
+        token_id, _, secret = rest.partition("_")
+        record = self._load().api_tokens.get(token_id) if prefix == API_TOKEN_PREFIX else None
+        stored = record.secret_hash if record else _DUMMY_TOKEN_HASH  # same work for unknown ids
+        if not verify_secret(secret, stored) or record is None:
+            return None
+        return self.get(record.username)
 
 
 def check_username(username: str) -> str:
@@ -234,5 +300,11 @@ def check_username(username: str) -> str:
         ) from None
 
 
-def _hash_for(role: Role, secret: str) -> str:
-    return hash_password(secret) if role.is_person else hash_token(secret)
+def _hashes(role: Role, secret: str) -> dict[str, str]:
+    if role.is_person:
+        return {"secret_hash": hash_password(secret),
+                "mosquitto_hash": mosquitto_hash(secret, MOSQUITTO_PASSWORD_ITERATIONS)}
+    return {"secret_hash": hash_token(secret), "mosquitto_hash": mosquitto_hash(secret, MOSQUITTO_TOKEN_ITERATIONS)}
+
+
+_DUMMY_TOKEN_HASH = hash_token(new_token())

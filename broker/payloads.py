@@ -59,8 +59,8 @@ class WireModel(BaseModel):
 
     @field_validator("ts", mode="after", check_fields=False)
     @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class Status(WireModel):
@@ -119,7 +119,7 @@ class Reading(WireModel):
     """One poll of the controller: ``state`` (retained, newest) and ``backlog`` (replayed)."""
 
     ts: Timestamp
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, lt=2**63)  # SQLite INTEGER, where the history keeps it
     values: dict[str, Number | None]
     status: dict[str, SensorStatus] = Field(default_factory=dict)
     bits: dict[str, dict[str, bool]] | None = None  # labelled bits of bitfield values
@@ -214,6 +214,8 @@ def decode_set_command(payload: bytes | bytearray | str) -> SetCommand:
         return SetCommand.model_validate(data)
     except ValidationError as exc:
         raise PayloadError(_first_error(exc)) from None
+    except OverflowError:  # an integer too large for a float, met by the finiteness check
+        raise PayloadError("value: number too large") from None
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 from amqtt.broker import Broker, BrokerProtocolHandler
 from amqtt.contexts import Action
 from amqtt.session import Session
+from pydantic import field_validator, model_validator
 
 from broker.amqtt_fixes import PromiseKeepingBroker, retained_qos
 from broker.plugins import IdentityAuthPlugin, TopicAclPlugin
@@ -45,6 +48,39 @@ class BrokerSettings(ServiceSettings):
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
 
+    @field_validator("tls_certfile", "tls_keyfile")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not os.access(value, os.R_OK):
+            raise ValueError(f"cannot read {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> BrokerSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("the TLS listener needs both a certificate (tls_certfile) and its key (tls_keyfile)")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_certfile is not None and self.tls_keyfile is not None
+
+
+class _Subscriptions(dict[str, list[tuple[Session, int]]]):
+    """amqtt's subscription table, walked over a snapshot.
+
+    amqtt 0.12.1 walks the table across awaits (the ACL check of every
+    delivery, retained messages on connect), so a client subscribing or
+    leaving meanwhile raised "dictionary changed size during iteration": the
+    message was lost for every subscriber not yet served.
+    """
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.keys()))
+
+    def items(self) -> list[tuple[str, list[tuple[Session, int]]]]:  # type: ignore[override]
+        return [(topic, list(subscribers)) for topic, subscribers in super().items()]
+
 
 class KubBroker(PromiseKeepingBroker, TunedBroker):
     """amqtt's broker, with retained messages delivered only as MQTT says.
@@ -53,8 +89,31 @@ class KubBroker(PromiseKeepingBroker, TunedBroker):
     retained messages to any subscription that matches, so a viewer of one
     owner subscribing to ``kub/#`` would read every farm's retained state; and
     on connect it walks every client's subscription filters, sending a new
-    client retained messages for filters it never subscribed to.
+    client retained messages for filters it never subscribed to. Its
+    subscription table is walked over snapshots (:class:`_Subscriptions`), and
+    a client's last messages are delivered even when it disconnects at once.
     """
+
+    def __init__(self, config: dict[str, object]) -> None:
+        super().__init__(config)
+        self._subscriptions = _Subscriptions(self._subscriptions)  # type: ignore[has-type]
+
+    async def _handle_disconnect(
+        self, client_session: Session, handler: BrokerProtocolHandler, disconnect_waiter: asyncio.Future[Any]
+    ) -> None:
+        """Deliver what the client published before it left, then end its session.
+
+        amqtt acknowledges a PUBLISH when it queues it and clears the queue when
+        the client disconnects, so ``mosquitto_pub -q 1`` to a busy broker could
+        lose a command the broker had already acknowledged.
+        """
+        queue = client_session.delivered_message_queue
+        while not queue.empty():
+            received: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            received.set_result(queue.get_nowait())
+            if not await self._handle_message_delivery(client_session, handler, received):
+                break
+        await super()._handle_disconnect(client_session, handler, disconnect_waiter)
 
     messages_received = 0  # every PUBLISH a client sent, for /metrics
 
@@ -101,7 +160,7 @@ def broker_config(settings: BrokerSettings) -> dict[str, object]:
     listeners: dict[str, dict[str, object]] = {
         "default": {"type": "tcp", "bind": f"{settings.mqtt_host}:{settings.mqtt_port}"},
     }
-    if settings.tls_certfile and settings.tls_keyfile:
+    if settings.tls:
         listeners["tls"] = {
             "type": "tcp",
             "bind": f"{settings.mqtt_host}:{settings.mqtt_tls_port}",
@@ -122,7 +181,8 @@ async def start_broker(settings: BrokerSettings) -> KubBroker:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     broker = KubBroker(broker_config(settings))
     await broker.start()
-    log.info("MQTT broker listening on %s:%s", settings.mqtt_host, settings.mqtt_port)
+    log.info("MQTT broker listening on %s:%s%s", settings.mqtt_host, settings.mqtt_port,
+             f", TLS on port {settings.mqtt_tls_port}" if settings.tls else "")
     return broker
 
 

@@ -142,11 +142,12 @@ class Topics:
 
 
 HA_DEFAULT_PREFIX = "homeassistant"
+HA_NODE_PREFIX = "kubmesh-"
 
 
 def ha_node_id(farm_id: str) -> str:
     """The Home Assistant object id of a farm's device: ``kubmesh-farm-001``."""
-    return f"kubmesh-{check_farm_id(farm_id)}"
+    return f"{HA_NODE_PREFIX}{check_farm_id(farm_id)}"
 
 
 def ha_device_config_topic(prefix: str, farm_id: str) -> str:

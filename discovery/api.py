@@ -1,4 +1,11 @@
-"""The discovery REST API (port 8082): JSON, Bearer tokens on /api/*, never a stack trace."""
+"""The discovery REST API (port 8082): JSON, Bearer tokens on /api/*, never a stack trace.
+
+A request to ``/api/*`` carries either the static ``API_TOKEN`` (every farm) or a
+token issued by ``kubmesh token add USER`` (stored hashed in the identity
+store), which acts for that user or service: an admin, or an identity without
+an owner, sees every farm; one with an owner sees only that owner's farms, and
+another owner's farm answers 403. Tokens are compared in constant time.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,14 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from broker.identities import IdentityStore, Role, StoreError
 from broker.payloads import format_ts, parse_ts, utc_now
 from broker.topics import InvalidTopic, check_farm_id, check_value_name
 from discovery.audit import CommandAudit
@@ -22,10 +31,22 @@ from discovery.tailscale.manager import TailscaleManager
 
 log = logging.getLogger("kubmesh.discovery.api")
 
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request acts for, and which owner's farms it may see (None: every farm)."""
+
+    name: str
+    owner: str | None
+
+
 REGISTRY = web.AppKey("registry", Registry)
 AUDIT = web.AppKey("audit", CommandAudit)
 HISTORY = web.AppKey("history", HistoryRecorder)
 TOKEN = web.AppKey("token", str)
+IDENTITIES = web.AppKey("identities", IdentityStore)
+CALLER = "kubmesh.caller"
+STATIC_TOKEN_CALLER = Caller("API_TOKEN", None)
 HealthReport = Callable[[], dict[str, Any]]
 HEALTH: web.AppKey[HealthReport] = web.AppKey("health")
 TAILNET: web.AppKey[TailscaleManager | None] = web.AppKey("tailnet")
@@ -51,6 +72,7 @@ def create_api(
     api_token: str | None,
     health: Callable[[], dict[str, Any]],
     history: HistoryRecorder,
+    identities: IdentityStore,
     *,
     metrics: CollectorRegistry | None = None,
     tailnet: TailscaleManager | None = None,
@@ -60,6 +82,7 @@ def create_api(
     app[AUDIT] = audit
     app[HISTORY] = history
     app[TOKEN] = api_token or ""
+    app[IDENTITIES] = identities
     app[HEALTH] = health
     app[TAILNET] = tailnet
     app.router.add_get("/health", _health)
@@ -90,11 +113,31 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 @web.middleware
 async def _bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith("/api/"):
-        expected = request.app[TOKEN]
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if not expected or scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
+        caller = _caller(request.app, given.strip()) if scheme.lower() == "bearer" else None
+        if caller is None:
             return error(401, "unauthorized", "send Authorization: Bearer TOKEN", **{"WWW-Authenticate": "Bearer"})
+        request[CALLER] = caller
     return await handler(request)
+
+
+def _caller(app: web.Application, token: str) -> Caller | None:
+    static = app[TOKEN]
+    if static and hmac.compare_digest(token.encode(), static.encode()):
+        return STATIC_TOKEN_CALLER
+    try:
+        identity = app[IDENTITIES].authenticate_api_token(token)
+    except StoreError as exc:
+        log.error("cannot check API tokens: %s", exc)
+        return None
+    if identity is None:
+        return None
+    return Caller(identity.username, None if identity.role is Role.ADMIN else identity.owner)
+
+
+def _visible(request: web.Request, farm_id: str, declared_owner: str | None) -> bool:
+    caller: Caller = request[CALLER]
+    return caller.owner is None or caller.owner == request.app[IDENTITIES].owner_of(farm_id, declared_owner)
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -108,7 +151,8 @@ async def _farms(request: web.Request) -> web.Response:
     owner = request.query.get("owner")
     if owner is not None and not 0 < len(owner) <= 128:
         return error(400, "invalid owner")
-    return web.json_response({"farms": request.app[REGISTRY].farms(owner)})
+    farms = [f for f in request.app[REGISTRY].farms(owner) if _visible(request, f["farm_id"], f["owner_id"])]
+    return web.json_response({"farms": farms})
 
 
 def _known_farm(request: web.Request) -> tuple[str, dict[str, Any]]:
@@ -123,6 +167,9 @@ def _known_farm(request: web.Request) -> tuple[str, dict[str, Any]]:
     if farm is None:
         raise web.HTTPNotFound(text=_json({"error": "farm not found", "detail": farm_id}),
                                content_type="application/json")
+    if not _visible(request, farm_id, farm["owner_id"]):
+        raise web.HTTPForbidden(text=_json({"error": "forbidden", "detail": "the farm of another owner"}),
+                                content_type="application/json")
     return farm_id, farm
 
 
@@ -204,6 +251,8 @@ async def _commands(request: web.Request) -> web.Response:
 
 
 async def _tailnet_devices(request: web.Request) -> web.Response:
+    if request[CALLER].owner is not None:
+        return error(403, "forbidden", "the tailnet's devices are for tokens that see every farm")
     tailnet = request.app[TAILNET]
     if tailnet is None:
         return web.json_response({"tailnet": None, "source": "off", "synced_at": None, "error": None,

@@ -60,9 +60,10 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
         return report
 
     if not settings.api_token:
-        log.warning("no API token configured (API_TOKEN): every /api request will be refused")
+        log.info("no static API token (API_TOKEN): /api accepts only tokens made by kubmesh token add")
     metrics = metrics_registry(DiscoveryCollector(registry, readings, broker, tailnet, history.size))
-    api = create_api(registry, audit, settings.api_token, health, history, metrics=metrics, tailnet=tailnet)
+    api = create_api(registry, audit, settings.api_token, health, history, identities, metrics=metrics,
+                     tailnet=tailnet)
     runner = web.AppRunner(api, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.api_host, settings.api_port).start()

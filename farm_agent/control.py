@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker.payloads import Ack, Clock, PayloadError, SetCommand, decode_set_command, format_ts
+from broker.topics import VALUE_NAME_PATTERN
 from farm_agent.link import ModbusFailure, ModbusLink, ModbusTimeout
 from farm_agent.profile import Profile, WritableSpec
 
@@ -142,8 +143,9 @@ class CommandHandler:
             "INSERT INTO commands VALUES (?, ?, ?, ?, ?, ?)",
             (ack.id, name, None if value is None else str(value), int(ack.ok), error, format_ts(ack.ts)),
         )
+        shown = name if VALUE_NAME_PATTERN.fullmatch(name) else repr(name)  # a topic level may hold a line break
         log.log(logging.INFO if ack.ok else logging.WARNING, "command %s %s=%s: %s",
-                ack.id or "-", name, value, "applied" if ack.ok else error)
+                ack.id or "-", shown, value, "applied" if ack.ok else error)
         return CommandResult(ack, applied)
 
     def close(self) -> None:

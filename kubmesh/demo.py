@@ -125,6 +125,7 @@ def run_demo(args: argparse.Namespace) -> int:
             env={
                 "MQTT_URL": str(broker_url.with_credentials(**credentials["mobile_web"].as_dict())),
                 "DISCOVERY_SERVICE_URL": f"http://127.0.0.1:{args.api_port}",
+                "DISCOVERY_API_TOKEN": api_token,  # the charts' history, asked server-side
                 "POLL_INTERVAL": str(args.poll_interval),
             },
             wait_port=args.web_port,

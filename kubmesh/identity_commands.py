@@ -1,4 +1,4 @@
-"""``kubmesh farm add|list|remove|rotate`` and ``kubmesh user add|list|remove``.
+"""``kubmesh farm|user|service add|list|remove|rotate`` and ``kubmesh token add|list|remove``.
 
 They edit the identity store of a data dir; a running broker picks the change
 up at the next connect. Secrets are printed once and never stored in clear.
@@ -18,6 +18,7 @@ import aiomqtt
 from broker.client import MqttUrl, MqttUrlError
 from broker.identities import (
     PERSON_ROLES,
+    SERVICE_ROLES,
     Credentials,
     IdentityError,
     IdentityStore,
@@ -45,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rotate = farm_commands.add_parser("rotate", help="give a farm a new token; the old one stops working")
     rotate.add_argument("farm_id")
     rotate.add_argument("--json", action="store_true")
-    rotate.set_defaults(func=_farm_rotate)
+    rotate.set_defaults(func=_rotate, roles={Role.FARM}, password=None)
     remove = farm_commands.add_parser(
         "remove", help="remove a farm identity and clear its retained topics and Home Assistant device"
     )
@@ -68,6 +69,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     uadd.add_argument("--password", help="set this password instead of generating one")
     uadd.add_argument("--json", action="store_true", help='print {"username", "password"}')
     uadd.set_defaults(func=_user_add)
+    urotate = user_commands.add_parser("rotate", help="give a user a new password; the old one stops working")
+    urotate.add_argument("username")
+    urotate.add_argument("--password", help="set this password instead of generating one")
+    urotate.add_argument("--json", action="store_true")
+    urotate.set_defaults(func=_rotate, roles=set(PERSON_ROLES))
     uremove = user_commands.add_parser("remove", help="remove a user")
     uremove.add_argument("username")
     uremove.set_defaults(func=_user_remove)
@@ -75,7 +81,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ulist.add_argument("--json", action="store_true")
     ulist.set_defaults(func=_list, roles=set(PERSON_ROLES))
 
-    for parser in (add, rotate, remove, listing, uadd, uremove, ulist):
+    service = subparsers.add_parser("service", help="manage the MQTT identities of services (for an external broker)")
+    service_commands = service.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sadd = service_commands.add_parser("add", help="create a service identity and print its token once")
+    sadd.add_argument("username")
+    sadd.add_argument("--role", required=True, choices=[r.value for r in sorted(SERVICE_ROLES)])
+    sadd.add_argument("--json", action="store_true", help='print {"username", "password"}')
+    sadd.set_defaults(func=_service_add)
+    srotate = service_commands.add_parser("rotate", help="give a service a new token")
+    srotate.add_argument("username")
+    srotate.add_argument("--json", action="store_true")
+    srotate.set_defaults(func=_rotate, roles=set(SERVICE_ROLES), password=None)
+    slist = service_commands.add_parser("list", help="list service identities")
+    slist.add_argument("--json", action="store_true")
+    slist.set_defaults(func=_list, roles=set(SERVICE_ROLES))
+
+    token = subparsers.add_parser("token", help="manage Bearer tokens of the discovery REST API")
+    token_commands = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tadd = token_commands.add_parser("add", help="issue a token acting for a user or service; printed once")
+    tadd.add_argument("username")
+    tadd.add_argument("--json", action="store_true", help='print {"username", "token_id", "token"}')
+    tadd.set_defaults(func=_token_add)
+    tlist = token_commands.add_parser("list", help="list tokens (never their secrets)")
+    tlist.add_argument("--json", action="store_true")
+    tlist.set_defaults(func=_token_list)
+    tremove = token_commands.add_parser("remove", help="revoke a token")
+    tremove.add_argument("token_id")
+    tremove.set_defaults(func=_token_remove)
+
+    for parser in (add, rotate, remove, listing, uadd, urotate, uremove, ulist, sadd, srotate, slist, tadd, tlist,
+                   tremove):
         parser.add_argument("--data-dir", help="the discovery node's data dir (default ./kubmesh-data)")
 
 
@@ -129,16 +164,66 @@ def _farm_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _farm_rotate(args: argparse.Namespace) -> int:
+def _rotate(args: argparse.Namespace) -> int:
     store = _store(args)
+    name = getattr(args, "farm_id", None) or args.username
     try:
-        identity = store.get(args.farm_id)
-        if identity is None or identity.role is not Role.FARM:
-            return _fail(f"no farm {args.farm_id!r}")
-        credentials = store.rotate(args.farm_id)
+        identity = store.get(name)
+        if identity is None or identity.role not in args.roles:
+            return _fail(f"no {_kind(args.roles)} {name!r}")
+        credentials = store.rotate(name, args.password)
     except (IdentityError, StoreError) as exc:
         return _fail(str(exc))
-    _print_credentials(credentials, args.json, farm=True)
+    _print_credentials(credentials, args.json, farm=identity.role is Role.FARM)
+    return 0
+
+
+def _kind(roles: set[Role]) -> str:
+    return "farm" if roles == {Role.FARM} else "service" if roles == set(SERVICE_ROLES) else "user"
+
+
+def _service_add(args: argparse.Namespace) -> int:
+    try:
+        credentials = _store(args).add(args.username, Role(args.role))
+    except (IdentityError, StoreError) as exc:
+        return _fail(str(exc))
+    _print_credentials(credentials, args.json, farm=False)
+    return 0
+
+
+def _token_add(args: argparse.Namespace) -> int:
+    try:
+        token = _store(args).add_api_token(args.username)
+    except (IdentityError, StoreError) as exc:
+        return _fail(str(exc))
+    token_id = token.split("_")[1]
+    if args.json:
+        print(json.dumps({"username": args.username, "token_id": token_id, "token": token}))
+    else:
+        print(f"token: {token}")
+        print("The token is shown once; it is stored only as a hash.", file=sys.stderr)
+    return 0
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    try:
+        tokens = _store(args).api_tokens()
+    except StoreError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps([t.model_dump(mode="json", exclude={"secret_hash"}) for t in tokens]))
+    else:
+        for token in tokens:
+            print(f"{token.token_id:<14} {token.username:<24} created {token.created:%Y-%m-%d %H:%M}")
+    return 0
+
+
+def _token_remove(args: argparse.Namespace) -> int:
+    try:
+        _store(args).remove_api_token(args.token_id)
+    except (IdentityError, StoreError) as exc:
+        return _fail(str(exc))
+    print(f"revoked {args.token_id}")
     return 0
 
 
@@ -206,7 +291,7 @@ def _list(args: argparse.Namespace) -> int:
     except StoreError as exc:
         return _fail(str(exc))
     if args.json:
-        print(json.dumps([i.model_dump(mode="json", exclude={"secret_hash"}) for i in rows]))
+        print(json.dumps([i.model_dump(mode="json", exclude={"secret_hash", "mosquitto_hash"}) for i in rows]))
     else:
         for identity in rows:
             print(f"{identity.username:<24} {identity.role.value:<10} owner={identity.owner or '-'}")

@@ -53,7 +53,7 @@ class ServiceSettings(BaseModel):
     def _valid_url(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                MqttUrl.parse(value)
+                MqttUrl.parse(value).ssl_context()
             except MqttUrlError as exc:
                 raise ValueError(str(exc)) from None
         return value

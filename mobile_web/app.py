@@ -5,14 +5,15 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask, Response, redirect, request, url_for
+from flask import Flask, Response, has_request_context, redirect, request, url_for
+from flask.sessions import SecureCookieSessionInterface
 from flask_babel import get_locale
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from broker.identities import IdentityStore
 from broker.topics import Topics
 from farm_agent.profile import load_profile
-from mobile_web import auth, farms, stream
+from mobile_web import auth, farms, history, pwa, stream
 from mobile_web.bridge import FarmBridge
 from mobile_web.extensions import babel, csrf, limiter
 from mobile_web.i18n import compile_catalogs
@@ -30,6 +31,7 @@ def create_app(
     settings: WebSettings, bridge: FarmBridge | None = None, test_config: dict[str, Any] | None = None
 ) -> Flask:
     app = Flask(__name__)
+    app.session_interface = _SessionInterface()
     app.config.update(
         SECRET_KEY=settings.session_secret(),
         SESSION_COOKIE_HTTPONLY=True,
@@ -38,6 +40,8 @@ def create_app(
         PERMANENT_SESSION_LIFETIME=timedelta(days=30),
         LOGIN_LIMIT=settings.login_limit,
         POLL_INTERVAL=settings.poll_interval,
+        DISCOVERY_URL=settings.discovery_url,
+        DISCOVERY_TOKEN=settings.discovery_token,
         BABEL_TRANSLATION_DIRECTORIES=str(compile_catalogs(settings.data_dir / "translations").resolve()),
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
         MAX_CONTENT_LENGTH=64 * 1024,
@@ -54,11 +58,21 @@ def create_app(
     app.register_blueprint(auth.bp)
     app.register_blueprint(farms.bp)
     app.register_blueprint(stream.bp)
+    app.register_blueprint(history.bp)
+    app.register_blueprint(pwa.bp)
     app.add_url_rule("/lang/<code>", "language", _set_language)
     app.after_request(_security_headers)
     install_tailnet_guard(app, settings)
     app.context_processor(lambda: {"current_user": auth.current_user(), "lang": str(get_locale() or "en")})
     return app
+
+
+class _SessionInterface(SecureCookieSessionInterface):
+    """Signed-cookie sessions whose cookie is ``Secure`` when the page came over HTTPS, or always with
+    ``secure_cookies``."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or (has_request_context() and request.is_secure)
 
 
 def _locale() -> str | None:
@@ -72,7 +86,8 @@ def _set_language(code: str) -> WerkzeugResponse:
     target = request.referrer if request.referrer and request.referrer.startswith(request.host_url) else None
     response = redirect(target or url_for("farms.index"))
     if code in LANGUAGES:
-        response.set_cookie("lang", code, max_age=365 * 86400, samesite="Lax", httponly=True)
+        response.set_cookie("lang", code, max_age=365 * 86400, samesite="Lax", httponly=True,
+                            secure=request.is_secure)
     return response
 
 

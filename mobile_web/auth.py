@@ -42,7 +42,7 @@ def current_user() -> User | None:
     if "user" not in g:
         g.user = None
         username = session.get("username")
-        if username:
+        if isinstance(username, str) and username:
             try:
                 identity: Identity | None = store().get(username)
             except StoreError:
@@ -51,6 +51,8 @@ def current_user() -> User | None:
                 g.user = User(identity.username, identity.role, identity.owner)
             else:
                 session.clear()
+        elif username is not None:
+            session.clear()
     return cast(User | None, g.user)
 
 
@@ -87,13 +89,24 @@ def login() -> Any:
         log.error("cannot check logins: %s", exc)
         identity = None
     if identity is None or not identity.role.is_person:
-        log.warning("failed login for %r from %s", username[:64], request.remote_addr)
+        # an unknown name may be a password typed into the wrong field: it is not logged
+        known = _known_username(username)
+        log.warning("failed login for %s from %s", repr(username) if known else "an unknown username",
+                    request.remote_addr)
         return render_template("login.html", error=_("Wrong username or password."), username=username), 401
     session.clear()
     session["username"] = identity.username
     session.permanent = True
     target = request.args.get("next") or ""
-    return redirect(target if target.startswith("/") and not target.startswith("//") else url_for("farms.index"))
+    local = target.startswith("/") and not target.startswith(("//", "/\\"))  # browsers read "/\host" as "//host"
+    return redirect(target if local else url_for("farms.index"))
+
+
+def _known_username(username: str) -> bool:
+    try:
+        return store().get(username) is not None
+    except StoreError:
+        return False
 
 
 @bp.post("/logout")

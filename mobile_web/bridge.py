@@ -3,9 +3,9 @@
 The bridge keeps the newest status, meta, heartbeat, state and alarms of each
 farm (what a page needs to render) and turns every message into a numbered
 event for the Server-Sent-Events streams. Each stream has a small bounded
-queue: a slow or dead browser loses its own oldest events, never holds up the
-others. The last events are kept so a browser that reconnects with
-``Last-Event-ID`` gets what it missed.
+queue and the hub never waits on one: a browser too slow (or dead) to empty its
+queue has its stream closed, never holds up the others. The last events are
+kept, so a browser that reconnects with ``Last-Event-ID`` gets what it missed.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class FarmView:
     state_received: float | None = None
     alarms: Alarms | None = None
     events: deque[Event] = field(default_factory=lambda: deque(maxlen=RECENT_EVENTS))
+    last_seen: float | None = None  # the newest sign of life: a heartbeat's or reading's own time
 
     @property
     def online(self) -> bool:
@@ -66,7 +67,7 @@ class FarmView:
 
 @dataclass(frozen=True)
 class StreamEvent:
-    id: int
+    id: str
     type: str
     farm_id: str | None
     data: str  # JSON
@@ -76,55 +77,93 @@ class StreamEvent:
 
 
 class Subscriber:
+    """One open stream's queue. ``None`` in the queue tells the stream to end."""
+
     def __init__(self, farm_id: str | None, size: int) -> None:
         self.farm_id = farm_id
-        self.queue: queue.Queue[StreamEvent] = queue.Queue(maxsize=size)
-        self.dropped = 0
+        self.queue: queue.Queue[StreamEvent | None] = queue.Queue(maxsize=size)
+        self.closed = False
 
     def wants(self, event: StreamEvent) -> bool:
         return self.farm_id is None or event.farm_id in (None, self.farm_id)
 
-    def offer(self, event: StreamEvent) -> None:
+    def offer(self, event: StreamEvent) -> bool:
+        """Queue ``event`` without ever waiting; a full queue closes the subscriber instead (returns False)."""
+        if self.closed:
+            return False
+        try:
+            self.queue.put_nowait(event)
+            return True
+        except queue.Full:
+            self.close()
+            return False
+
+    def close(self) -> None:
+        """End the stream: what is queued is dropped, the browser reconnects and catches up by Last-Event-ID."""
+        self.closed = True
         while True:
             try:
-                self.queue.put_nowait(event)
-                return
-            except queue.Full:
-                try:
-                    self.queue.get_nowait()
-                    self.dropped += 1
-                except queue.Empty:
-                    pass
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        self.queue.put_nowait(None)
 
 
 class Hub:
-    """Numbered events to many subscribers, with a replay buffer for reconnecting browsers."""
+    """Numbered events to many subscribers, with a replay buffer for reconnecting browsers.
 
-    def __init__(self, history: int = 200, queue_size: int = 64) -> None:
+    Event ids are ``EPOCH-N``: the epoch changes with every process start, so a browser
+    reconnecting to a restarted server (or one that missed more than the buffer holds) is told
+    to ``resync`` rather than silently missing events.
+    """
+
+    def __init__(self, history: int = 500, queue_size: int = 64) -> None:
         self._lock = threading.Lock()
+        self.epoch = format(time.time_ns() // 1_000_000, "x")
         self._next_id = 1
-        self._history: deque[StreamEvent] = deque(maxlen=history)
+        self._history: deque[tuple[int, StreamEvent]] = deque(maxlen=history)
         self._subscribers: set[Subscriber] = set()
         self.queue_size = queue_size
+        self.closed_slow = 0
 
     def publish(self, event_type: str, farm_id: str | None, data: dict[str, Any]) -> None:
         with self._lock:
-            event = StreamEvent(self._next_id, event_type, farm_id, json.dumps(data, ensure_ascii=False))
+            number = self._next_id
             self._next_id += 1
-            self._history.append(event)
+            event = StreamEvent(f"{self.epoch}-{number}", event_type, farm_id, json.dumps(data, ensure_ascii=False))
+            self._history.append((number, event))
             subscribers = [s for s in self._subscribers if s.wants(event)]
         for subscriber in subscribers:
-            subscriber.offer(event)
+            if not subscriber.offer(event):
+                self._drop_slow(subscriber)
 
-    def subscribe(self, farm_id: str | None = None, last_event_id: int | None = None) -> Subscriber:
+    def _drop_slow(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            if subscriber not in self._subscribers:
+                return
+            self._subscribers.discard(subscriber)
+            self.closed_slow += 1
+        log.info("closed a stream that fell %d events behind", self.queue_size)
+
+    def subscribe(self, farm_id: str | None = None, last_event_id: str | None = None) -> Subscriber:
+        """A new subscriber; with ``last_event_id`` it first gets what it missed, or a ``resync`` event."""
         subscriber = Subscriber(farm_id, self.queue_size)
         with self._lock:
-            if last_event_id is not None:
-                for event in self._history:
-                    if event.id > last_event_id and subscriber.wants(event):
-                        subscriber.offer(event)
+            if last_event_id:
+                self._replay(subscriber, last_event_id)
             self._subscribers.add(subscriber)
         return subscriber
+
+    def _replay(self, subscriber: Subscriber, last_event_id: str) -> None:
+        epoch, _, number_text = last_event_id.partition("-")
+        number = int(number_text) if number_text.isdigit() else -1
+        oldest = self._history[0][0] if self._history else self._next_id
+        missed = [event for n, event in self._history if n > number and subscriber.wants(event)]
+        if epoch != self.epoch or not oldest - 1 <= number < self._next_id or len(missed) >= self.queue_size:
+            subscriber.offer(StreamEvent(f"{self.epoch}-{self._next_id - 1}", "resync", None, "{}"))
+            return
+        for event in missed:
+            subscriber.offer(event)
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         with self._lock:
@@ -201,6 +240,9 @@ class FarmBridge:
         now = time.time()
         with self._lock:
             view = self.farms.setdefault(parsed.farm_id, FarmView(parsed.farm_id))
+            if isinstance(message, Heartbeat | Reading):
+                # their own ts, not arrival: retained ones arrive at connect time from a farm long gone
+                view.last_seen = max(view.last_seen or 0.0, min(message.ts.timestamp(), now))
             if isinstance(message, Status):
                 view.status, view.status_received = message, now
             elif isinstance(message, Meta):

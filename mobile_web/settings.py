@@ -15,6 +15,7 @@ class WebSettings(ServiceSettings):
     ENV: ClassVar[dict[str, str]] = {
         "SECRET_KEY": "secret_key",
         "DISCOVERY_SERVICE_URL": "discovery_url",
+        "DISCOVERY_API_TOKEN": "discovery_token",
         "POLL_INTERVAL": "poll_interval",
         "TAILNET_WHOIS": "tailnet_whois",
         "TAILSCALE_CLI": "tailscale_cli",
@@ -24,12 +25,14 @@ class WebSettings(ServiceSettings):
         "web.host": "host",
         "web.port": "port",
         "discovery.service_url": "discovery_url",
+        "discovery.api_token": "discovery_token",
     }
 
     host: str = "0.0.0.0"
     port: int = Field(5000, ge=0, le=65535)
     secret_key: str | None = None
-    discovery_url: str | None = None
+    discovery_url: str | None = None  # where the charts' history comes from (the discovery REST API)
+    discovery_token: str | None = None  # this service's bearer token for that API
     poll_interval: float = Field(5.0, gt=0)
     secure_cookies: bool = False  # set when served over HTTPS
     login_limit: str = "5 per minute"

@@ -5,14 +5,14 @@ from __future__ import annotations
 import queue
 from collections.abc import Iterator
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from broker.topics import InvalidTopic, check_farm_id
 from mobile_web.auth import current_user
-from mobile_web.farms import bridge
+from mobile_web.farms import bridge, owner_of
 
 bp = Blueprint("stream", __name__)
-HEARTBEAT_S = 15.0
+HEARTBEAT_S = 15.0  # a comment line this often keeps proxies and phones from closing an idle stream
 
 
 @bp.get("/events")
@@ -28,21 +28,24 @@ def events() -> Response:
             response = jsonify(error="invalid farm id")
             response.status_code = 400
             return response
-    last_id = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
-    subscriber = bridge().hub.subscribe(farm_id, int(last_id) if last_id and last_id.isdigit() else None)
+    last_id = (request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "")[:64] or None
+    heartbeat = float(current_app.config.get("SSE_HEARTBEAT_S", HEARTBEAT_S))
+    subscriber = bridge().hub.subscribe(farm_id, last_id)
 
     def stream() -> Iterator[str]:
         try:
             yield "retry: 3000\n\n"
             while True:
                 try:
-                    event = subscriber.queue.get(timeout=HEARTBEAT_S)
+                    event = subscriber.queue.get(timeout=heartbeat)
                 except queue.Empty:
-                    yield ": ping\n\n"  # keeps proxies and phones from closing an idle stream
+                    yield ": ping\n\n"
                     continue
+                if event is None:
+                    return  # closed as too slow: the browser reconnects with Last-Event-ID
                 if event.farm_id is not None:
                     view = bridge().view(event.farm_id)
-                    if view is not None and not user.sees(view.owner_id):
+                    if not user.sees(owner_of(view) if view else None):
                         continue
                 yield event.encode()
         finally:

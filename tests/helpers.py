@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -172,3 +174,32 @@ class MqttWatcher:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def web_login(port: int, username: str, password: str) -> str | None:
+    """Log in to a running mobile web; the session cookie (``session=…``), or None when refused."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/login")
+        page = connection.getresponse()
+        cookie = (page.getheader("Set-Cookie") or "").split(";")[0]
+        token = page.read().decode().split('name="csrf_token" value="')[1].split('"')[0]
+        form = urllib.parse.urlencode({"username": username, "password": password, "csrf_token": token})
+        connection.request("POST", "/login", form,
+                           {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"})
+        answer = connection.getresponse()
+        answer.read()
+        session = (answer.getheader("Set-Cookie") or "").split(";")[0]
+        return session if answer.status == 302 and answer.getheader("Location") == "/" else None
+    finally:
+        connection.close()
+
+
+def web_get(port: int, path: str, cookie: str) -> tuple[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path, headers={"Cookie": cookie})
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()

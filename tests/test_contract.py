@@ -118,6 +118,9 @@ def test_readings_refuse_non_finite_values() -> None:
         decode(Reading, b'{"ts": "2026-01-01T00:00:00Z", "seq": 1, "values": {"t": NaN}}')
     with pytest.raises(PayloadError):
         decode(Reading, b'{"ts": "2026-01-01T00:00:00Z", "seq": -1, "values": {}}')
+    with pytest.raises(PayloadError):  # a seq the history's SQLite INTEGER cannot hold
+        decode(Reading, b'{"ts": "2026-01-01T00:00:00Z", "seq": 9223372036854775808, "values": {}}')
+    assert decode(Reading, b'{"ts": "2026-01-01T00:00:00Z", "seq": 9223372036854775807, "values": {}}').seq
 
 
 @pytest.mark.parametrize(("payload", "value"), [(b"1", 1), (b"21.5", 21.5), (b'{"value": -5, "id": "x"}', -5)])

@@ -6,25 +6,45 @@ import http.client
 import http.cookiejar
 import json
 import re
+import socket
+import struct
 import subprocess
+import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
+from babel.messages.extract import DEFAULT_KEYWORDS, extract_from_dir
+from babel.messages.pofile import read_po
 from flask import Flask
 from flask.testing import FlaskClient
 
+import mobile_web
 from broker.identities import IdentityStore, Role
-from broker.payloads import AlarmItem, Alarms, DeviceInfo, Meta, ProfileSummary, Reading, Status, encode, utc_now
+from broker.payloads import (
+    AlarmItem,
+    Alarms,
+    DeviceInfo,
+    Event,
+    Meta,
+    ProfileSummary,
+    Reading,
+    Status,
+    encode,
+    utc_now,
+)
 from broker.topics import Topics
 from mobile_web.app import create_app
 from mobile_web.bridge import FarmBridge
 from mobile_web.settings import WebSettings
 from tests.conftest import RunningBroker
 from tests.helpers import ServiceProcess, free_port, wait_until
+from tests.history_stub import HistoryStub
 
 FARM = "farm-001"
 TOPICS = Topics()
@@ -55,13 +75,22 @@ def feed_farm(bridge: FarmBridge, farm_id: str = FARM, owner: str = "owner-a", *
 
 
 @pytest.fixture
-def web(data_dir: Path) -> Iterator[tuple[Flask, RecordingBridge, IdentityStore]]:
+def history_stub() -> Iterator[HistoryStub]:
+    stub = HistoryStub(token="history-token").start()
+    yield stub
+    stub.stop()
+
+
+@pytest.fixture
+def web(data_dir: Path, history_stub: HistoryStub) -> Iterator[tuple[Flask, RecordingBridge, IdentityStore]]:
     store = IdentityStore(data_dir)
     store.add("olga", Role.OPERATOR, password="operator-pass")
     store.add("vera", Role.VIEWER, password="viewer-pass")
     store.add("other", Role.VIEWER, owner="owner-b", password="other-pass")
     bridge = RecordingBridge()
-    app = create_app(WebSettings(data_dir=data_dir, login_limit="5 per minute"), bridge)
+    settings = WebSettings(data_dir=data_dir, login_limit="5 per minute", discovery_url=history_stub.url,
+                           discovery_token="history-token")
+    app = create_app(settings, bridge, {"SSE_HEARTBEAT_S": 0.2})
     yield app, bridge, store
 
 
@@ -189,41 +218,311 @@ def test_security_headers(web: tuple[Flask, RecordingBridge, IdentityStore]) -> 
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
-def test_sse_stream_of_a_real_server_delivers_a_new_reading(
-    broker: RunningBroker, tmp_path: Path, data_dir: Path
-) -> None:
+def session_cookie(port: int, username: str, password: str) -> str:
+    """Log in through the form of a real server, as a browser does; the Cookie header to send."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    login_page = opener.open(f"http://127.0.0.1:{port}/login", timeout=5).read().decode()
+    token = re.search(r'name="csrf_token" value="([^"]+)"', login_page).group(1)  # type: ignore[union-attr]
+    form = urllib.parse.urlencode({"username": username, "password": password, "csrf_token": token}).encode()
+    opener.open(f"http://127.0.0.1:{port}/login", data=form, timeout=5)
+    return "; ".join(f"{c.name}={c.value}" for c in jar)
+
+
+@pytest.fixture
+def web_process(broker: RunningBroker, tmp_path: Path, data_dir: Path) -> Iterator[tuple[ServiceProcess, int]]:
     service = broker.add("mobile_web", Role.MOBILE_WEB)
     broker.store.add("vera", Role.VIEWER, password="viewer-pass")
-    farm = broker.add(FARM, Role.FARM)
     port = free_port()
     process = ServiceProcess(
         ["mobile-web", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
         tmp_path / "web.log", env={"MQTT_URL": broker.url(service)},
     ).wait_port(port)
-    try:
-        jar = http.cookiejar.CookieJar()
-        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-        login_page = opener.open(f"http://127.0.0.1:{port}/login", timeout=5).read().decode()
-        token = re.search(r'name="csrf_token" value="([^"]+)"', login_page).group(1)  # type: ignore[union-attr]
-        form = urllib.parse.urlencode({"username": "vera", "password": "viewer-pass", "csrf_token": token}).encode()
-        opener.open(f"http://127.0.0.1:{port}/login", data=form, timeout=5)
-        cookie = "; ".join(f"{c.name}={c.value}" for c in jar)
+    yield process, port
+    process.stop()
 
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        connection.request("GET", f"/events?farm={FARM}", headers={"Cookie": cookie})
-        stream = connection.getresponse()
-        assert stream.status == 200 and stream.headers["Content-Type"].startswith("text/event-stream")
-        assert stream.readline() == b"retry: 3000\n"
 
-        reading = Reading(ts=utc_now(), seq=42, values={"temp_inside": 23.4}, status={"temp_inside": "ok"})
-        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-u", farm.username,
-                        "-P", farm.password, "-q", "1", "-t", TOPICS.state(FARM), "-m", encode(reading).decode()],
-                       check=True, timeout=10)
-        lines: list[bytes] = []
-        wait_until(lambda: lines.append(stream.readline()) or b"event: state\n" in lines, 10, what="SSE event")
-        data = json.loads(stream.readline().removeprefix(b"data: "))
-        assert data["farm"] == FARM and data["seq"] == 42 and data["values"]["temp_inside"] == 23.4
-        connection.close()
-        assert process.stop() == 0
-    finally:
-        process.stop()
+class FarmPublisher:
+    """A farm's connection, kept open until the test ends (the embedded broker may drop the last
+    messages of a client that disconnects right after publishing them)."""
+
+    def __init__(self, broker: RunningBroker, farm: Any) -> None:
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"{FARM}-test")
+        self.client.username_pw_set(farm.username, farm.password)
+        self.client.connect("127.0.0.1", broker.port, keepalive=30)
+        self.client.loop_start()
+
+    def readings(self, readings: list[Reading]) -> None:
+        for reading in readings:
+            self.client.publish(TOPICS.state(FARM), encode(reading), qos=1).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_sse_stream_of_a_real_server_delivers_a_new_reading(
+    broker: RunningBroker, web_process: tuple[ServiceProcess, int]
+) -> None:
+    process, port = web_process
+    farm = broker.add(FARM, Role.FARM)
+    cookie = session_cookie(port, "vera", "viewer-pass")
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", f"/events?farm={FARM}", headers={"Cookie": cookie})
+    stream = connection.getresponse()
+    assert stream.status == 200 and stream.headers["Content-Type"].startswith("text/event-stream")
+    assert stream.readline() == b"retry: 3000\n"
+
+    reading = Reading(ts=utc_now(), seq=42, values={"temp_inside": 23.4}, status={"temp_inside": "ok"})
+    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-u", farm.username,
+                    "-P", farm.password, "-q", "1", "-t", TOPICS.state(FARM), "-m", encode(reading).decode()],
+                   check=True, timeout=10)
+    lines: list[bytes] = []
+    wait_until(lambda: lines.append(stream.readline()) or b"event: state\n" in lines, 10, what="SSE event")
+    data = json.loads(stream.readline().removeprefix(b"data: "))
+    assert data["farm"] == FARM and data["seq"] == 42 and data["values"]["temp_inside"] == 23.4
+    connection.close()
+    assert process.stop() == 0
+
+
+def test_a_browser_that_stops_reading_is_cut_off_while_the_others_get_everything(
+    broker: RunningBroker, web_process: tuple[ServiceProcess, int]
+) -> None:
+    process, port = web_process
+    farm = broker.add(FARM, Role.FARM)
+    cookie = session_cookie(port, "vera", "viewer-pass")
+    request = f"GET /events?farm={FARM} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n".encode()
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read: its buffers fill at once
+    stalled.connect(("127.0.0.1", port))
+    stalled.sendall(request)
+    reader = socket.create_connection(("127.0.0.1", port), timeout=20)
+    reader.sendall(request)
+    received = b""
+    while b"retry: 3000" not in received:
+        received += reader.recv(65536)
+
+    count = 400  # about 500 kB of events: far more than the stalled socket's buffers and its 64-event queue
+    padding = {f"value_{i}": float(i) for i in range(50)}
+    farm_link = FarmPublisher(broker, farm)
+    publisher = threading.Thread(target=farm_link.readings, args=([
+        Reading(ts=utc_now(), seq=seq, values={"temp_inside": 20.0, **padding}) for seq in range(1, count + 1)],))
+    publisher.start()  # while this thread keeps reading, as a browser does
+
+    def all_received() -> bool:
+        nonlocal received
+        received += reader.recv(65536)
+        return f'"seq": {count},'.encode() in received
+
+    wait_until(all_received, 20, interval=0, what="every reading on the stream that keeps reading")
+    publisher.join(10)
+    seqs = [int(n) for n in re.findall(rb'"seq": (\d+),', received)]
+    assert seqs == list(range(1, count + 1))  # none lost, in order, though the other one stalled
+    wait_until(lambda: "closed a stream that fell 64 events behind" in process.output(), 10,
+               what="the stalled stream to be closed")
+    reader.close()
+    stalled.close()
+    farm_link.close()
+
+
+Web = tuple[Flask, RecordingBridge, IdentityStore]
+
+
+class Streams:
+    """``/events`` responses read chunk by chunk as the server yields them; closed last-opened first,
+    as each holds its own request context."""
+
+    def __init__(self) -> None:
+        self.opened: list[Any] = []
+
+    def open(self, client: FlaskClient, query: str = "", last_event_id: str | None = None) -> Iterator[str]:
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        response = client.get(f"/events{query}", headers=headers)
+        assert response.status_code == 200 and response.mimetype == "text/event-stream"
+        self.opened.append(response)
+        return (chunk.decode() if isinstance(chunk, bytes) else chunk for chunk in response.response)
+
+    def close(self) -> None:
+        for response in reversed(self.opened):
+            response.close()
+
+
+@pytest.fixture
+def streams() -> Iterator[Streams]:
+    opened = Streams()
+    yield opened
+    opened.close()
+
+
+def events_of(chunk: str) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in chunk.strip().splitlines() if not line.startswith(":"))
+
+
+def test_stream_sends_heartbeat_comments_while_idle(web: Web, streams: Streams) -> None:
+    app = web[0]
+    client = app.test_client()
+    log_in(client, "vera", "viewer-pass")
+    stream = streams.open(client)
+    assert next(stream) == "retry: 3000\n\n"
+    assert next(stream) == ": ping\n\n"  # SSE_HEARTBEAT_S is 0.2 s in these tests
+
+
+def test_reconnect_with_last_event_id_gets_what_was_missed(web: Web, streams: Streams) -> None:
+    app, bridge, _ = web
+    feed_farm(bridge)
+    client = app.test_client()
+    log_in(client, "vera", "viewer-pass")
+    stream = streams.open(client, f"?farm={FARM}")
+    next(stream)
+    bridge.handle(TOPICS.state(FARM), encode(Reading(ts=utc_now(), seq=2, values={"temp_inside": 20.0})))
+    seen = events_of(next(stream))
+    assert seen["event"] == "state"
+    for seq in (3, 4):  # published while the browser was away
+        bridge.handle(TOPICS.state(FARM), encode(Reading(ts=utc_now(), seq=seq, values={"temp_inside": 20.0})))
+    again = streams.open(client, f"?farm={FARM}", last_event_id=seen["id"])
+    next(again)
+    replayed = [json.loads(events_of(next(again))["data"])["seq"] for _ in range(2)]
+    assert replayed == [3, 4]
+    # an id from before a restart (another epoch), or garbage: the page is told to render afresh
+    for stale_id in ("0-1", "not-an-id"):
+        resync = streams.open(client, f"?farm={FARM}", last_event_id=stale_id)
+        next(resync)
+        assert events_of(next(resync))["event"] == "resync"
+
+
+def test_a_stalled_stream_is_closed_and_never_holds_up_the_others(web: Web, streams: Streams) -> None:
+    app, bridge, _ = web
+    feed_farm(bridge)
+    hub = bridge.hub
+    fast_client, slow_client = app.test_client(), app.test_client()
+    log_in(fast_client, "vera", "viewer-pass")
+    log_in(slow_client, "olga", "operator-pass")
+    fast, slow = streams.open(fast_client), streams.open(slow_client)
+    next(fast), next(slow)  # both subscribed; from now on the slow one never reads
+    assert hub.subscriber_count == 2
+    received: list[int] = []
+    for seq in range(10, 10 + 3 * hub.queue_size):
+        bridge.handle(TOPICS.state(FARM), encode(Reading(ts=utc_now(), seq=seq, values={"temp_inside": 20.0})))
+        received.append(json.loads(events_of(next(fast))["data"])["seq"])  # the fast one keeps up
+    assert received == list(range(10, 10 + 3 * hub.queue_size))
+    assert hub.subscriber_count == 1 and hub.closed_slow == 1  # the slow one was dropped once it filled up
+    with pytest.raises(StopIteration):  # and its stream ends, so the browser reconnects with Last-Event-ID
+        next(slow)
+
+
+def test_history_proxy_asks_discovery_with_its_token(web: Web, history_stub: HistoryStub) -> None:
+    app, bridge, _ = web
+    feed_farm(bridge)
+    client = app.test_client()
+    log_in(client, "vera", "viewer-pass")
+    answer = client.get(f"/farms/{FARM}/history?name=temp_inside&range=7d")
+    assert answer.status_code == 200
+    body = answer.get_json()
+    assert (body["farm"], body["name"], body["range"], body["unit"]) == (FARM, "temp_inside", "7d", "°C")
+    assert 80 <= len(body["points"]) <= 90 and {"ts", "value", "min", "max"} <= set(body["points"][0])
+    (asked,) = history_stub.requests
+    assert asked["farm"] == FARM and asked["authorization"] == "Bearer history-token"
+    query = asked["query"]
+    assert query["name"] == "temp_inside" and query["step"] == "7200"
+    span = datetime.fromisoformat(query["to"].replace("Z", "+00:00")) - datetime.fromisoformat(
+        query["from"].replace("Z", "+00:00"))
+    assert span == timedelta(days=7)
+    assert client.get(f"/farms/{FARM}/history?name=temp_inside").get_json()["points"]  # 24 h by default
+
+
+@pytest.mark.parametrize(("query", "status"), [
+    ("name=digital_outputs_1", 400),  # a bit field: nothing to draw
+    ("name=ventilation_scheme", 400),  # an enum
+    ("name=no_such_value", 400),
+    ("name=temp_inside&range=1y", 400),
+    ("", 400),
+])
+def test_history_proxy_refuses_bad_requests(web: Web, history_stub: HistoryStub, query: str, status: int) -> None:
+    app, bridge, _ = web
+    feed_farm(bridge)
+    client = app.test_client()
+    log_in(client, "vera", "viewer-pass")
+    answer = client.get(f"/farms/{FARM}/history?{query}")
+    assert answer.status_code == status and answer.get_json()["error"]
+    assert history_stub.requests == []
+
+
+def test_history_proxy_when_discovery_is_unreachable_or_unset(web: Web, data_dir: Path) -> None:
+    app, bridge, _ = web
+    feed_farm(bridge)
+    app.config["DISCOVERY_URL"] = f"http://127.0.0.1:{free_port()}"
+    client = app.test_client()
+    log_in(client, "vera", "viewer-pass")
+    assert client.get(f"/farms/{FARM}/history?name=temp_inside").status_code == 502
+    app.config["DISCOVERY_URL"] = None
+    assert client.get(f"/farms/{FARM}/history?name=temp_inside").status_code == 503
+    other = app.test_client()
+    log_in(other, "other", "other-pass")  # owner-b does not see owner-a's farm, nor its history
+    assert other.get(f"/farms/{FARM}/history?name=temp_inside").status_code == 404
+    assert app.test_client().get(f"/farms/{FARM}/history?name=temp_inside").status_code == 302
+
+
+def test_pwa_manifest_icons_service_worker_and_offline_page_need_no_session(web: Web) -> None:
+    client = web[0].test_client()
+    manifest = client.get("/manifest.webmanifest")
+    assert manifest.status_code == 200 and manifest.mimetype == "application/manifest+json"
+    body = manifest.get_json()
+    assert body["start_url"] == "/" and body["display"] == "standalone"
+    for icon in body["icons"]:
+        data = client.get(icon["src"]).data
+        if icon["type"] == "image/png":
+            width, height = struct.unpack(">II", data[16:24])
+            assert data[:8] == b"\x89PNG\r\n\x1a\n" and f"{width}x{height}" == icon["sizes"]
+    worker = client.get("/sw.js")
+    assert worker.status_code == 200 and worker.mimetype == "text/javascript"
+    assert worker.headers["Cache-Control"] == "no-cache"
+    shell = json.loads(re.search(r"const SHELL = (\[.*?\]);", worker.get_data(as_text=True)).group(1))  # type: ignore[union-attr]
+    assert "/offline" in shell and "/static/app.js" in shell
+    assert all(client.get(path).status_code == 200 for path in shell)
+    offline = client.get("/offline", headers={"Accept-Language": "ru"}).get_data(as_text=True)
+    assert "Нет сети" in offline and "csrf" not in offline
+
+
+def test_farm_page_marks_old_values_and_offline_farms_stale(web: Web) -> None:
+    app, bridge, _ = web
+    feed_farm(bridge)
+    client = app.test_client()
+    log_in(client, "vera", "viewer-pass")
+    page = client.get(f"/farms/{FARM}").get_data(as_text=True)
+    assert not re.search(r'<main id="farm"[^>]*class="stale"', page)
+    view = bridge.view(FARM)
+    assert view is not None and view.state_received is not None and view.status_received is not None
+    view.state_received -= 11  # two poll intervals (5 s) and a second ago
+    view.status_received -= 11
+    assert re.search(r'<main id="farm"[^>]*class="stale"', client.get(f"/farms/{FARM}").get_data(as_text=True))
+    feed_farm(bridge)
+    bridge.handle(TOPICS.status(FARM), encode(Status(state="offline", ts=utc_now())))
+    assert re.search(r'<main id="farm"[^>]*class="stale"', client.get(f"/farms/{FARM}").get_data(as_text=True))
+    listing = client.get("/", headers={"Accept-Language": "en"}).get_data(as_text=True)
+    assert re.search(r'class="card farm stale"', listing) and "offline" in listing
+
+
+def test_events_are_said_in_the_page_language(web: Web) -> None:
+    app, bridge, _ = web
+    feed_farm(bridge)
+    bridge.handle(TOPICS.events(FARM), encode(Event(ts=utc_now(), kind="alarm_raised", message="alarm raised: x",
+                                                    detail={"bit": 3, "label": "alarm bit 3"})))
+    bridge.handle(TOPICS.events(FARM), encode(Event(ts=utc_now(), kind="sensor_status", message="humidity: ok → break",
+                                                    detail={"name": "humidity", "from": "ok", "to": "break"})))
+    client = app.test_client()
+    log_in(client, "vera", "viewer-pass")
+    page = client.get(f"/farms/{FARM}", headers={"Accept-Language": "ru"}).get_data(as_text=True)
+    assert "Авария: авария, бит 3" in page and "Влажность: норма → обрыв датчика" in page
+
+
+def test_every_interface_string_has_a_russian_translation() -> None:
+    """Extracts the strings from the code and templates as ``pybabel extract`` does; each must be in ru."""
+    package = Path(mobile_web.__file__).parent
+    method_map = [("**.py", "python"), ("**/templates/**.html", "jinja2")]
+    keywords = {**DEFAULT_KEYWORDS, "lazy_gettext": None}
+    found = {message for _, _, message, *_ in extract_from_dir(package, method_map, keywords=keywords)}
+    with (package / "translations/ru/LC_MESSAGES/messages.po").open("rb") as source:
+        catalog = read_po(source, locale="ru")
+    untranslated = sorted(m for m in found if isinstance(m, str) and not (catalog.get(m) and catalog[m].string))
+    assert untranslated == []
+    assert len(found) > 60

@@ -1,18 +1,21 @@
-// kubmesh mobile web: live values over Server-Sent Events, commands with their acknowledgement.
+// kubmesh mobile web: live values over Server-Sent Events, commands with their acknowledgement,
+// history charts drawn as SVG, and the service worker that keeps the shell for offline use.
 "use strict";
 
 (function () {
   const body = document.body;
   const i18n = JSON.parse(body.dataset.i18n || "{}");
-  const pollInterval = parseFloat(body.dataset.pollInterval || "5");
   const csrfToken = (document.querySelector('meta[name="csrf-token"]') || {}).content;
+  const lang = document.documentElement.lang;
+  const SVG = "http://www.w3.org/2000/svg";
+  const SLACK_MS = 1500; // a reading in flight is not yet late
 
   function formatTime(date) {
     if (!date || isNaN(date.getTime()) || date.getTime() === 0) return "—";
     const seconds = Math.round((Date.now() - date.getTime()) / 1000);
-    if (seconds < 60) return Math.max(seconds, 0) + " s";
-    if (seconds < 3600) return Math.round(seconds / 60) + " min";
-    return date.toLocaleString(document.documentElement.lang);
+    if (seconds < 60) return i18n.seconds.replace("{n}", Math.max(seconds, 0));
+    if (seconds < 3600) return i18n.minutes.replace("{n}", Math.round(seconds / 60));
+    return date.toLocaleString(lang);
   }
 
   function refreshTimes() {
@@ -21,7 +24,7 @@
       el.textContent = ts ? formatTime(new Date(ts * 1000)) : "—";
     });
     document.querySelectorAll("time[data-ts-iso]").forEach((el) => {
-      el.textContent = new Date(el.dataset.tsIso).toLocaleTimeString(document.documentElement.lang);
+      el.textContent = new Date(el.dataset.tsIso).toLocaleTimeString(lang);
     });
   }
 
@@ -41,11 +44,28 @@
     });
   }
 
+  // A bit the profile gives no name arrives as "alarm bit N" (mobile_web/farms.py alarm_label).
+  function alarmLabel(kind, bit, label) {
+    if (label !== `${kind} bit ${bit}`) return label;
+    return (kind === "alarm" ? i18n.alarm_bit : i18n.warning_bit).replace("{bit}", bit);
+  }
+
+  // The server's rule (mobile_web/farms.py stale_after): values older than two poll intervals are
+  // stale, or two minutes while the heartbeat says the controller answers; an offline farm is stale.
+  function isStale(el) {
+    const updated = parseInt(el.dataset.updated || "0", 10) * 1000;
+    const twoPolls = parseFloat(el.dataset.twoPolls || "10");
+    const limit = el.dataset.heartbeatOk === "true" ? Math.max(twoPolls, parseFloat(el.dataset.grace)) : twoPolls;
+    return el.dataset.online !== "true" || updated === 0 || Date.now() - updated > limit * 1000 + SLACK_MS;
+  }
+
   function connect(url, handlers) {
     const source = new EventSource(url);
     const banner = document.getElementById("connection");
     source.onopen = () => { if (banner) banner.hidden = true; };
-    source.onerror = () => { if (banner) banner.hidden = false; };
+    source.onerror = () => { if (banner) banner.hidden = navigator.onLine === false; };
+    // the server restarted or this page missed more than it keeps: render afresh
+    source.addEventListener("resync", () => location.reload());
     Object.entries(handlers).forEach(([type, handler]) => {
       source.addEventListener(type, (event) => handler(JSON.parse(event.data)));
     });
@@ -55,21 +75,51 @@
   // ---- the farm list ------------------------------------------------------------------------------
   function farmList(main) {
     const card = (farm) => main.querySelector(`[data-farm="${CSS.escape(farm)}"]`);
+    const list = main.querySelector(".farms");
+
+    function markStale() {
+      main.querySelectorAll("[data-farm]").forEach((el) => el.classList.toggle("stale", isStale(el)));
+    }
+
+    function sortCards() {
+      const key = (li) => {
+        const el = li.querySelector("[data-farm]");
+        const alarms = parseInt(el.querySelector("[data-alarm-count]").textContent, 10) || 0;
+        return [-alarms, el.dataset.online === "true" ? 0 : 1, el.querySelector(".name").textContent];
+      };
+      const items = Array.from(list.children);
+      items.sort((a, b) => {
+        const [ka, kb] = [key(a), key(b)];
+        return ka[0] - kb[0] || ka[1] - kb[1] || ka[2].localeCompare(kb[2], lang);
+      });
+      items.forEach((li) => list.appendChild(li));
+    }
+
     connect(main.dataset.stream, {
       state: (data) => {
         const el = card(data.farm);
         if (!el) return;
         const temp = el.querySelector('[data-value="temp_inside"]');
         if (temp) temp.textContent = formatValue(temp, data.values.temp_inside);
-        el.querySelector("time[data-ts]").dataset.ts = Math.floor(Date.now() / 1000);
-        el.classList.remove("stale");
+        el.dataset.updated = Math.floor(Date.now() / 1000);
+        el.querySelector("time[data-ts]").dataset.ts = Math.floor(Date.parse(data.ts) / 1000);
+        markStale();
         refreshTimes();
+      },
+      heartbeat: (data) => {
+        const el = card(data.farm);
+        if (!el) return;
+        el.dataset.heartbeatOk = String(data.modbus === "ok");
+        el.querySelector("time[data-ts]").dataset.ts = Math.floor(Date.parse(data.ts) / 1000);
+        markStale();
       },
       status: (data) => {
         const el = card(data.farm);
         if (!el) { if (data.state === "online") location.reload(); return; }
+        el.dataset.online = String(data.state === "online");
         setPresence(el, data.state === "online");
-        el.classList.toggle("stale", data.state !== "online");
+        markStale();
+        sortCards();
       },
       alarms: (data) => {
         const el = card(data.farm);
@@ -78,60 +128,84 @@
         badge.textContent = data.active.length;
         badge.classList.toggle("hidden", data.active.length === 0);
         el.classList.toggle("alarming", data.active.length > 0);
+        sortCards();
       },
     });
+    setInterval(markStale, 1000);
   }
 
   // ---- one farm -----------------------------------------------------------------------------------
   function farmPage(main) {
-    let updated = parseInt(main.dataset.updated || "0", 10) * 1000;
-    let online = main.dataset.online === "true";
     const pending = new Map();
+    const eventTexts = JSON.parse(main.dataset.eventTexts || "{}");
 
     function markStale() {
-      const old = Date.now() - updated > 2 * pollInterval * 1000 + 1500;
-      main.classList.toggle("stale", !online || (old && updated > 0) || updated === 0);
+      main.classList.toggle("stale", isStale(main));
     }
 
     function renderAlarms(data) {
-      ["active", "latched", "warnings", "latched_warnings"].forEach((key) => {
-        const list = main.querySelector(`[data-alarm-list="${key}"] ul`);
-        if (!list) return;
-        list.replaceChildren();
+      let any = false;
+      const kinds = { active: "alarm", latched: "alarm", warnings: "warning", latched_warnings: "warning" };
+      Object.entries(kinds).forEach(([key, kind]) => {
+        const group = main.querySelector(`[data-alarm-list="${key}"]`);
+        if (!group) return;
         const items = data[key] || [];
-        if (!items.length) {
+        const list = group.querySelector("ul");
+        list.replaceChildren(...items.map((item) => {
           const li = document.createElement("li");
-          li.className = "muted";
-          li.textContent = i18n.none;
-          list.appendChild(li);
-        }
-        items.forEach((item) => {
-          const li = document.createElement("li");
-          li.textContent = item.label;
-          list.appendChild(li);
-        });
+          li.textContent = alarmLabel(kind, item.bit, item.label);
+          return li;
+        }));
+        group.hidden = items.length === 0;
+        any = any || items.length > 0;
       });
+      main.querySelector("[data-no-alarms]").hidden = any;
       main.querySelector("[data-alarms]").classList.toggle("alarming", (data.active || []).length > 0);
+    }
+
+    function valueLabel(name) {
+      const label = main.querySelector(`.value[data-name="${CSS.escape(name)}"] .label`);
+      return label ? label.textContent : name;
+    }
+
+    function eventText(event) {
+      const template = eventTexts[event.kind];
+      if (!template) return event.message;
+      const detail = Object.assign({}, event.detail || {});
+      if (/^(alarm|warning)_/.test(event.kind) && typeof detail.bit === "number") {
+        detail.label = alarmLabel(event.kind.split("_")[0], detail.bit, detail.label);
+      }
+      if (event.kind === "sensor_status") {
+        detail.name = valueLabel(detail.name);
+        detail.from = i18n[detail.from] || detail.from;
+        detail.to = i18n[detail.to] || detail.to;
+      }
+      return template.replace(/\{(\w+)\}/g, (whole, key) => (key in detail ? String(detail[key]) : whole));
     }
 
     connect(main.dataset.stream, {
       state: (data) => {
-        updated = Date.now();
+        main.dataset.updated = Math.floor(Date.now() / 1000);
         Object.entries(data.values).forEach(([name, value]) => {
           const box = main.querySelector(`.value[data-name="${CSS.escape(name)}"]`);
           if (!box) return;
           const status = (data.status || {})[name] || "ok";
           box.dataset.status = status;
-          box.querySelector("[data-value]").textContent = formatValue(box.querySelector("[data-value]"), value);
+          const valueEl = box.querySelector("[data-value]");
+          valueEl.textContent = status === "ok" ? formatValue(valueEl, value) : "—";
           box.querySelector("[data-status-text]").textContent = status === "ok" ? "" : i18n[status] || status;
         });
-        main.querySelector(".status-line time").dataset.ts = Math.floor(updated / 1000);
+        main.querySelector(".status-line time").dataset.ts = main.dataset.updated;
         refreshTimes();
         markStale();
       },
+      heartbeat: (data) => {
+        main.dataset.heartbeatOk = String(data.modbus === "ok");
+        markStale();
+      },
       status: (data) => {
-        online = data.state === "online";
-        setPresence(main, online);
+        main.dataset.online = String(data.state === "online");
+        setPresence(main, data.state === "online");
         markStale();
       },
       alarms: renderAlarms,
@@ -140,8 +214,8 @@
         list.querySelectorAll(".muted").forEach((el) => el.remove());
         const li = document.createElement("li");
         const time = document.createElement("time");
-        time.textContent = new Date(data.ts).toLocaleTimeString(document.documentElement.lang);
-        li.append(time, " " + data.message);
+        time.textContent = new Date(data.ts).toLocaleTimeString(lang);
+        li.append(time, " " + eventText(data));
         list.prepend(li);
         while (list.children.length > 20) list.lastElementChild.remove();
       },
@@ -163,11 +237,18 @@
         result.textContent = i18n.pending_cmd;
         result.className = "command-result pending";
         const value = parseFloat(form.elements.value.value);
-        const response = await fetch(`${location.pathname}/commands`, {
-          method: "POST",
-          headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken },
-          body: JSON.stringify({ name: form.dataset.command, value: value }),
-        });
+        let response;
+        try {
+          response = await fetch(`${location.pathname}/commands`, {
+            method: "POST",
+            headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken },
+            body: JSON.stringify({ name: form.dataset.command, value: value }),
+          });
+        } catch (error) {
+          result.textContent = i18n.refused + ": " + i18n.offline;
+          result.className = "command-result refused";
+          return;
+        }
         const answer = await response.json().catch(() => ({}));
         if (response.ok) {
           pending.set(answer.id, form);
@@ -178,13 +259,126 @@
       });
     });
 
+    const chart = main.querySelector("[data-chart]");
+    if (chart) historyChart(chart);
     setInterval(markStale, 1000);
     markStale();
+  }
+
+  // ---- the history chart: the discovery node's buckets (min–max band, average line) as SVG --------
+  function historyChart(section) {
+    const svg = section.querySelector("[data-chart-svg]");
+    const note = section.querySelector("[data-chart-note]");
+    const select = section.querySelector("[data-chart-name]");
+    const buttons = section.querySelectorAll("[data-range]");
+    let range = "24h";
+    let request = 0;
+
+    function el(name, attrs, text) {
+      const node = document.createElementNS(SVG, name);
+      Object.entries(attrs).forEach(([key, value]) => node.setAttribute(key, String(value)));
+      if (text !== undefined) node.textContent = text;
+      return node;
+    }
+
+    function draw(data) {
+      const points = data.points.map((p) => ({
+        t: Date.parse(p.ts), v: p.value, lo: p.min ?? p.value, hi: p.max ?? p.value,
+      }));
+      svg.replaceChildren();
+      section.dataset.points = String(points.length);
+      if (!points.length) {
+        note.textContent = i18n.no_history;
+        return;
+      }
+      const [w, h, left, right, top, bottom] = [360, 200, 44, 8, 10, 24];
+      const t0 = Math.min(...points.map((p) => p.t));
+      const t1 = Math.max(...points.map((p) => p.t));
+      let lo = Math.min(...points.map((p) => p.lo));
+      let hi = Math.max(...points.map((p) => p.hi));
+      if (hi - lo < 1e-9) { lo -= 1; hi += 1; }
+      const x = (t) => left + (t1 === t0 ? (w - left - right) / 2 : ((t - t0) / (t1 - t0)) * (w - left - right));
+      const y = (v) => top + (1 - (v - lo) / (hi - lo)) * (h - top - bottom);
+      const fmt = (v) => v.toFixed(data.decimals);
+
+      [lo, (lo + hi) / 2, hi].forEach((v) => {
+        svg.append(el("line", { x1: left, x2: w - right, y1: y(v), y2: y(v), class: "grid" }));
+        svg.append(el("text", { x: left - 4, y: y(v) + 4, class: "axis", "text-anchor": "end" }, fmt(v)));
+      });
+      const band = points.map((p) => `${x(p.t)},${y(p.hi)}`)
+        .concat(points.slice().reverse().map((p) => `${x(p.t)},${y(p.lo)}`));
+      svg.append(el("polygon", { points: band.join(" "), class: "band" }));
+      svg.append(el("polyline", { points: points.map((p) => `${x(p.t)},${y(p.v)}`).join(" "), class: "line" }));
+      const last = points[points.length - 1];
+      svg.append(el("circle", { cx: x(last.t), cy: y(last.v), r: 3.5, class: "dot" }));
+      const when = (t) => (range === "24h"
+        ? new Date(t).toLocaleTimeString(lang, { hour: "2-digit", minute: "2-digit" })
+        : new Date(t).toLocaleDateString(lang, { day: "numeric", month: "short" }));
+      svg.append(el("text", { x: left, y: h - 6, class: "axis", "text-anchor": "start" }, when(t0)));
+      svg.append(el("text", { x: w - right, y: h - 6, class: "axis", "text-anchor": "end" }, when(t1)));
+      note.textContent = `${select.selectedOptions[0].textContent}: ${fmt(last.v)} ${data.unit}`.trim();
+    }
+
+    async function load() {
+      const mine = ++request;
+      note.textContent = i18n.loading;
+      section.classList.add("loading");
+      const url = `${section.dataset.url}?name=${encodeURIComponent(select.value)}&range=${range}`;
+      let data = null;
+      try {
+        const response = await fetch(url, { headers: { Accept: "application/json" } });
+        if (response.ok) data = await response.json();
+      } catch (error) {
+        data = null;
+      }
+      if (mine !== request) return; // a newer choice was made meanwhile
+      section.classList.remove("loading");
+      if (data) {
+        draw(data);
+      } else {
+        svg.replaceChildren();
+        section.dataset.points = "0";
+        note.textContent = i18n.history_error;
+      }
+    }
+
+    select.addEventListener("change", load);
+    buttons.forEach((button) => button.addEventListener("click", () => {
+      range = button.dataset.range;
+      buttons.forEach((b) => b.setAttribute("aria-pressed", String(b === button)));
+      load();
+    }));
+    load();
+  }
+
+  // ---- offline: the notice, and the service worker that keeps the shell ---------------------------
+  function showOffline() {
+    const notice = document.getElementById("offline-notice");
+    if (notice && !document.getElementById("offline")) notice.hidden = navigator.onLine !== false;
+  }
+
+  function registerServiceWorker() {
+    if (!("serviceWorker" in navigator) || !body.dataset.serviceWorker) return;
+    // fails where the page is not a secure context (plain HTTP off localhost): the app works without it
+    navigator.serviceWorker.register(body.dataset.serviceWorker, { scope: "/" }).catch(() => {});
+    navigator.serviceWorker.ready.then((registration) => {
+      // the offline page was kept in the language of its day: keep it in this page's language
+      if (localStorage.getItem("kubmesh-offline-lang") === lang || !registration.active) return;
+      registration.active.postMessage("refresh-offline");
+      localStorage.setItem("kubmesh-offline-lang", lang);
+    });
   }
 
   document.addEventListener("DOMContentLoaded", () => {
     refreshTimes();
     setInterval(refreshTimes, 5000);
+    showOffline();
+    window.addEventListener("online", showOffline);
+    window.addEventListener("offline", showOffline);
+    document.querySelectorAll("[data-action=reload]").forEach((button) => {
+      button.addEventListener("click", () => location.reload());
+    });
+    registerServiceWorker();
     const list = document.getElementById("farm-list");
     if (list) farmList(list);
     const farm = document.getElementById("farm");
