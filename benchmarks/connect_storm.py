@@ -65,6 +65,7 @@ def measure(broker: BrokerUnderTest) -> StormResult:
         started = time.monotonic_ns()
         broker.start_again()
         listening = time.monotonic_ns()
+        pipe.send(started)
         _, reconnected, last_connect, published, last_publish, failures = receive(pipe)
         if failures:
             print(f"  {broker.name}: farms that did not come back: {failures}", file=sys.stderr)

@@ -387,60 +387,68 @@ def run_cycles(port: int, farms: list[Credentials], cycles: int, pipe: Connectio
 
 
 def run_storm(port: int, farms: list[Credentials], pipe: Connection) -> None:
-    """Child process: connect every farm; when the broker goes away, every farm reconnects at once
-    (retrying every 50 ms, as an agent does) and publishes a reading. Reports, in monotonic ns, when
-    the last farm was connected again and when the last one had its reading acknowledged."""
+    """Child process: connect every farm; whenever a farm's connection ends it reconnects at once
+    (retrying every 50 ms, as an agent does) and publishes a reading. Once told when the new broker
+    process started, it waits until every farm has had a reading acknowledged on a connection made
+    after that moment (a broker that is shutting down may still accept a few), and reports, in
+    monotonic ns, when the last farm was connected again and when its reading was acknowledged."""
     raise_open_files_limit()
     _use_uvloop()
 
     async def main() -> None:
+        loop = asyncio.get_running_loop()
         fleet = Fleet(port, farms)
         await fleet.connect_all()
         pipe.send(("connected", fleet.stats.connected, fleet.stats.connect_s))
-        first = list(fleet.connections)
-        connected_at: list[int] = []
-        published_at: list[int] = []
-        failures: list[str] = []
+        acks: list[list[tuple[int, int]]] = [[] for _ in farms]  # per farm: (connected, acknowledged)
+        restarted: list[int] = []
+        progress = asyncio.Event()
 
-        async def come_back(index: int, old: MqttConnection | None) -> None:
-            """Reconnect until a reading is acknowledged: a connection that ends first (the old
-            broker still closing its listener, say) is simply made again, as an agent would."""
-            if old is not None:
-                await old.closed
-            farm = farms[index]
-            packet = connect_packet(farm.username, farm.username, farm.password)
-            deadline = time.monotonic() + 60
-            last_error = ""
-            while time.monotonic() < deadline:
-                acked = asyncio.get_running_loop().create_future()
+        def back_since(started: int) -> list[tuple[int, int]]:
+            return [next((e for e in events if e[0] >= started), (0, 0)) for events in acks]
 
-                def on_packet(conn: MqttConnection, kind: int, flags: int, body: bytes,
+        async def stay_connected(index: int, old: MqttConnection | None) -> None:
+            packet = connect_packet(farms[index].username, farms[index].username, farms[index].password)
+            conn = old
+            while True:
+                if conn is not None:
+                    await conn.closed
+                acked: asyncio.Future[int] = loop.create_future()
+
+                def on_packet(c: MqttConnection, kind: int, flags: int, body: bytes,
                               acked: asyncio.Future[int] = acked) -> None:
                     if kind == PUBACK and not acked.done():
                         acked.set_result(time.monotonic_ns())
 
                 try:
                     conn = await open_connection(port, packet, on_packet)
-                except (OSError, ConnectionError, TimeoutError) as exc:
-                    last_error = repr(exc)
+                except (OSError, ConnectionError, TimeoutError):
+                    conn = None
                     await asyncio.sleep(0.05)
                     continue
                 connected = time.monotonic_ns()
                 conn.send(publish_packet(fleet.topics[index], conn.next_packet_id(), reading(0, connected)))
                 await asyncio.wait([acked, conn.closed], timeout=30, return_when=asyncio.FIRST_COMPLETED)
                 if acked.done():
-                    connected_at.append(connected)
-                    published_at.append(acked.result())
+                    acks[index].append((connected, acked.result()))
                     fleet.connections[index] = conn
-                    return
-                last_error = "connection ended before the PUBACK"
-                conn.leave()
-            failures.append(f"{farm.username}: {last_error}")
+                    progress.set()
 
-        await asyncio.gather(*(come_back(i, c) for i, c in enumerate(first)))
-        pipe.send(("storm", len(connected_at), max(connected_at, default=0), len(published_at),
-                   max(published_at, default=0), failures[:3]))
-        await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
+        tasks = [asyncio.create_task(stay_connected(i, c)) for i, c in enumerate(fleet.connections)]
+        restarted.append(await loop.run_in_executor(None, pipe.recv))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(e[1] for e in back_since(restarted[0])):
+            progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progress.wait(), 1)
+        back = [e for e in back_since(restarted[0]) if e[1]]
+        pipe.send(("storm", len(back), max((e[0] for e in back), default=0), len(back),
+                   max((e[1] for e in back), default=0), [f"{len(farms) - len(back)} farms not back"]
+                   if len(back) < len(farms) else []))
+        await loop.run_in_executor(None, pipe.recv)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await fleet.leave_all()
 
     asyncio.run(main())
