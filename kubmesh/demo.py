@@ -12,6 +12,8 @@ visibly; deployed agents report by exception (``--max-interval``).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -30,6 +32,7 @@ from broker.identities import Credentials, IdentityStore, Role
 FARMS = (("farm-001", "Птичник №1"), ("farm-002", "Теплица №2"))
 DEMO_OWNER = "demo-owner"
 STOP_TIMEOUT_S = 8.0
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 @dataclass
@@ -87,6 +90,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                 start_new_session=True,  # Ctrl-C reaches the demo only; it stops the children in order
+                preexec_fn=_die_with_parent,
             )
         children.append(Child(name, process, log_path))
         if wait_port is not None:
@@ -157,6 +161,12 @@ class _Interrupted(Exception):
 
 class _ChildFailed(Exception):
     pass
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: a SIGTERM when the demo dies, so a demo killed with SIGKILL leaves nothing running."""
+    with contextlib.suppress(OSError, AttributeError):  # Linux only; elsewhere the demo's own stop has to do
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _ports(args: argparse.Namespace) -> dict[str, int]:

@@ -44,8 +44,12 @@ def demo(tmp_path: Path):
         yield process, ports, json.loads(credentials_file.read_text()), output
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            process.terminate()  # the demo stops its children in order
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         log.close()
 
 
