@@ -69,8 +69,8 @@ def test_a_farm_is_confined_to_its_own_topics(bus: Bus) -> None:
         publish(bus, farm_a, "kub/farms/farm-a/set/reset_alarms", "1")  # a farm does not command itself
         publish(bus, farm_a, "kub/farms/farm-a/state", '{"own": true}')
         publish(bus, farm_b, "kub/farms/farm-b/state", '{"real": true}')
-        wait_until(lambda: admin.last("kub/farms/farm-a/state") and b_watch.last("kub/farms/farm-b/state"), 5,
-                   what="the farms' own publishes")
+        wait_until(lambda: admin.last("kub/farms/farm-a/state") and admin.last("kub/farms/farm-b/state")
+                   and b_watch.last("kub/farms/farm-b/state"), 5, what="the farms' own publishes")
         assert admin.payloads("kub/farms/farm-b/state") == [{"real": True}]
         assert b_watch.payloads("kub/farms/farm-b/state") == [{"real": True}]
         assert b_watch.payloads("kub/farms/farm-b/set/reset_alarms") == []
