@@ -16,8 +16,10 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -62,6 +64,7 @@ def error(status: int, message: str, detail: str | None = None, **headers: str) 
 DEFAULT_HISTORY_SPAN = timedelta(days=1)
 MAX_RAW_SPAN = timedelta(days=7)  # longer spans need a step
 MAX_BUCKETS = 10_000
+OPENAPI_FILE = Path(__file__).with_name("openapi.yaml")
 STEP_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 STEP_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -91,6 +94,7 @@ def create_api(
     app.router.add_get("/api/farms/{farm}/commands", _commands)
     app.router.add_get("/api/farms/{farm}/history", _history)
     app.router.add_get("/api/tailnet/devices", _tailnet_devices)
+    app.router.add_get("/openapi.json", _openapi)
     if metrics is not None:
         app[METRICS] = metrics
         app.router.add_get("/metrics", _metrics)
@@ -258,6 +262,16 @@ async def _tailnet_devices(request: web.Request) -> web.Response:
         return web.json_response({"tailnet": None, "source": "off", "synced_at": None, "error": None,
                                   "devices": [], "farms": {}})
     return web.json_response(tailnet.devices_report())
+
+
+def openapi_document() -> dict[str, Any]:
+    """The API described as OpenAPI 3 (``openapi.yaml`` beside this module), served at ``/openapi.json``."""
+    document: dict[str, Any] = yaml.safe_load(OPENAPI_FILE.read_text(encoding="utf-8"))
+    return document
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
 
 
 async def _metrics(request: web.Request) -> web.Response:
