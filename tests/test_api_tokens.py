@@ -65,8 +65,9 @@ def test_an_owner_scoped_token_sees_only_its_owners_farms(node: Discovery, data_
     assert farm_ids(node, anna) == ["farm-a1"]
     assert farm_ids(node, anna, "?owner=owner-b") == []
     assert node.get("/api/farms/farm-a1", token=anna)[0] == 200
-    for path in ("/api/farms/farm-b1", "/api/farms/farm-b1/commands"):
+    for path in ("/api/farms/farm-b1", "/api/farms/farm-b1/commands", "/api/farms/farm-b1/history?name=co2"):
         assert node.get(path, token=anna) == (403, {"error": "forbidden", "detail": "the farm of another owner"})
+    assert node.get("/api/tailnet/devices", token=anna)[0] == 403  # the whole tailnet is not one owner's
 
 
 @pytest.mark.parametrize(("role", "owner"), [(Role.ADMIN, "owner-a"), (Role.VIEWER, None), (Role.MOBILE_WEB, None)])
@@ -77,6 +78,7 @@ def test_admins_and_unscoped_identities_see_every_farm(
     token = issue(data_dir, "someone")
     assert farm_ids(node, token) == ["farm-a1", "farm-b1"]
     assert node.get("/api/farms/farm-b1", token=token)[0] == 200
+    assert node.get("/api/tailnet/devices", token=token)[0] == 200
     assert farm_ids(node, TOKEN) == ["farm-a1", "farm-b1"]  # the static API_TOKEN
 
 
