@@ -97,6 +97,7 @@ class KubBroker(PromiseKeepingBroker, TunedBroker):
     def __init__(self, config: dict[str, object]) -> None:
         super().__init__(config)
         self._subscriptions = _Subscriptions(self._subscriptions)  # type: ignore[has-type]
+        self.messages_received = 0  # every PUBLISH a client sent, for /metrics
 
     async def _handle_disconnect(
         self, client_session: Session, handler: BrokerProtocolHandler, disconnect_waiter: asyncio.Future[Any]
@@ -114,8 +115,6 @@ class KubBroker(PromiseKeepingBroker, TunedBroker):
             if not await self._handle_message_delivery(client_session, handler, received):
                 break
         await super()._handle_disconnect(client_session, handler, disconnect_waiter)
-
-    messages_received = 0  # every PUBLISH a client sent, for /metrics
 
     async def _handle_message_delivery(
         self, client_session: Session, handler: BrokerProtocolHandler, wait_deliver: asyncio.Future[Any]

@@ -7,8 +7,9 @@ so newer Tailscale versions adding fields change nothing.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 
 class _Lenient(BaseModel):
@@ -22,6 +23,11 @@ def _optional_time(value: object) -> object:
     return value
 
 
+# Tailscale sends null where a list or map is empty, and "" or the zero time where a moment is unknown
+Strings = Annotated[list[str], BeforeValidator(lambda value: value or [])]
+Moment = Annotated[datetime | None, BeforeValidator(_optional_time)]
+
+
 class Device(_Lenient):
     """One device of ``GET /tailnet/{tailnet}/devices``."""
 
@@ -29,23 +35,18 @@ class Device(_Lenient):
     node_id: str | None = Field(None, alias="nodeId")
     name: str = ""  # MagicDNS name, host.tailnet.ts.net
     hostname: str = ""
-    addresses: list[str] = Field(default_factory=list)
+    addresses: Strings = Field(default_factory=list)
     user: str | None = None
     os: str | None = None
     client_version: str | None = Field(None, alias="clientVersion")
-    last_seen: datetime | None = Field(None, alias="lastSeen")
+    last_seen: Moment = Field(None, alias="lastSeen")
     connected_to_control: bool | None = Field(None, alias="connectedToControl")
-    expires: datetime | None = None
+    expires: Moment = None
     key_expiry_disabled: bool = Field(False, alias="keyExpiryDisabled")
     authorized: bool = True
-    tags: list[str] = Field(default_factory=list)
+    tags: Strings = Field(default_factory=list)
 
-    _times = field_validator("last_seen", "expires", mode="before")(_optional_time)
 
-    @field_validator("tags", mode="before")
-    @classmethod
-    def _no_tags(cls, value: object) -> object:
-        return value or []
 
     @property
     def short_name(self) -> str:
@@ -56,10 +57,9 @@ class Device(_Lenient):
 class AuthKey(_Lenient):
     id: str
     key: str
-    created: datetime | None = None
-    expires: datetime | None = None
+    created: Moment = None
+    expires: Moment = None
 
-    _times = field_validator("created", "expires", mode="before")(_optional_time)
 
 
 class PeerStatus(_Lenient):
@@ -69,18 +69,13 @@ class PeerStatus(_Lenient):
     host_name: str = Field("", alias="HostName")
     dns_name: str = Field("", alias="DNSName")
     os: str = Field("", alias="OS")
-    tailscale_ips: list[str] = Field(default_factory=list, alias="TailscaleIPs")
-    tags: list[str] = Field(default_factory=list, alias="Tags")
+    tailscale_ips: Strings = Field(default_factory=list, alias="TailscaleIPs")
+    tags: Strings = Field(default_factory=list, alias="Tags")
     online: bool = Field(False, alias="Online")
-    last_seen: datetime | None = Field(None, alias="LastSeen")
-    key_expiry: datetime | None = Field(None, alias="KeyExpiry")
+    last_seen: Moment = Field(None, alias="LastSeen")
+    key_expiry: Moment = Field(None, alias="KeyExpiry")
 
-    _times = field_validator("last_seen", "key_expiry", mode="before")(_optional_time)
 
-    @field_validator("tags", "tailscale_ips", mode="before")
-    @classmethod
-    def _null_list(cls, value: object) -> object:
-        return value or []
 
 
 class TailnetInfo(_Lenient):
@@ -93,20 +88,13 @@ class LocalStatus(_Lenient):
 
     version: str = Field("", alias="Version")
     backend_state: str = Field("", alias="BackendState")
-    tailscale_ips: list[str] = Field(default_factory=list, alias="TailscaleIPs")
+    tailscale_ips: Strings = Field(default_factory=list, alias="TailscaleIPs")
     self_: PeerStatus | None = Field(None, alias="Self")
     current_tailnet: TailnetInfo | None = Field(None, alias="CurrentTailnet")
-    peer: dict[str, PeerStatus] = Field(default_factory=dict, alias="Peer")
+    peer: Annotated[dict[str, PeerStatus], BeforeValidator(lambda value: value or {})] = Field(
+        default_factory=dict, alias="Peer")
 
-    @field_validator("peer", mode="before")
-    @classmethod
-    def _no_peers(cls, value: object) -> object:
-        return value or {}
 
-    @field_validator("tailscale_ips", mode="before")
-    @classmethod
-    def _no_ips(cls, value: object) -> object:
-        return value or []
 
     @property
     def running(self) -> bool:
@@ -115,13 +103,9 @@ class LocalStatus(_Lenient):
 
 class PeerWhoIsNode(_Lenient):
     name: str = Field("", alias="Name")
-    tags: list[str] = Field(default_factory=list, alias="Tags")
-    addresses: list[str] = Field(default_factory=list, alias="Addresses")
+    tags: Strings = Field(default_factory=list, alias="Tags")
+    addresses: Strings = Field(default_factory=list, alias="Addresses")
 
-    @field_validator("tags", "addresses", mode="before")
-    @classmethod
-    def _null_list(cls, value: object) -> object:
-        return value or []
 
 
 class UserProfile(_Lenient):
