@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask, Response, has_request_context, redirect, request, url_for
+from flask import Flask, Response, has_request_context, jsonify, redirect, request, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_babel import get_locale
+from flask_babel import gettext as _
+from flask_wtf.csrf import CSRFError
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from broker.identities import IdentityStore
@@ -19,6 +22,8 @@ from mobile_web.extensions import babel, csrf, limiter
 from mobile_web.i18n import compile_catalogs
 from mobile_web.settings import WebSettings
 from mobile_web.tailnet_guard import install_tailnet_guard
+
+log = logging.getLogger("kubmesh.web")
 
 LANGUAGES = ("ru", "en")
 CSP = (
@@ -61,6 +66,7 @@ def create_app(
     app.register_blueprint(history.bp)
     app.register_blueprint(pwa.bp)
     app.add_url_rule("/lang/<code>", "language", _set_language)
+    app.register_error_handler(CSRFError, _expired_page)
     app.after_request(_security_headers)
     install_tailnet_guard(app, settings)
     app.context_processor(lambda: {"current_user": auth.current_user(), "lang": str(get_locale() or "en")})
@@ -89,6 +95,15 @@ def _set_language(code: str) -> WerkzeugResponse:
         response.set_cookie("lang", code, max_age=365 * 86400, samesite="Lax", httponly=True,
                             secure=request.is_secure)
     return response
+
+
+def _expired_page(error: CSRFError) -> tuple[Response | str, int]:
+    """A form or command without a valid CSRF token: said in words the user can act on."""
+    log.info("refused %s %s: %s", request.method, request.path, error.description)
+    message = _("This page has expired: reload it and try again.")
+    if request.is_json:
+        return jsonify(error=message), 400
+    return message, 400
 
 
 def _security_headers(response: Response) -> Response:

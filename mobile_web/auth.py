@@ -10,6 +10,7 @@ from typing import Any, TypeVar, cast
 
 from flask import Blueprint, Response, current_app, g, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
+from flask_wtf.csrf import generate_csrf
 
 from broker.identities import Identity, IdentityStore, Role, StoreError
 from mobile_web.extensions import limiter
@@ -97,6 +98,10 @@ def login() -> Any:
     session.clear()
     session["username"] = identity.username
     session.permanent = True
+    # The CSRF token goes into the very cookie that logs the user in. A request still in flight with
+    # that cookie (the service worker fetching the shell) answers with it again, and it must not
+    # take away a token that a page rendered meanwhile has handed to the browser.
+    generate_csrf()
     target = request.args.get("next") or ""
     local = target.startswith("/") and not target.startswith(("//", "/\\"))  # browsers read "/\host" as "//host"
     return redirect(target if local else url_for("farms.index"))

@@ -210,6 +210,35 @@ def test_commands_only_for_operators_with_csrf(web: tuple[Flask, RecordingBridge
     assert (farm_id, name, payload["value"], payload["id"]) == (FARM, "reset_alarms", 1, sent.get_json()["id"])
 
 
+def test_a_late_answer_carrying_the_login_cookie_keeps_the_page_token_valid(
+    web: tuple[Flask, RecordingBridge, IdentityStore]
+) -> None:
+    """Requests sent right after login (the service worker fetching the shell) answer with the login
+    cookie again, possibly after a page has rendered its CSRF token: that token must still work."""
+    app, bridge, _ = web
+    feed_farm(bridge)
+    operator = app.test_client()
+    log_in(operator, "olga", "operator-pass")
+    login_cookie = operator.get_cookie("session")
+    assert login_cookie is not None
+    token = csrf_token(operator, f"/farms/{FARM}")
+    operator.set_cookie("session", login_cookie.value)  # the late answer lands last
+    sent = operator.post(f"/farms/{FARM}/commands", json={"name": "reset_alarms", "value": 1},
+                         headers={"X-CSRFToken": token})
+    assert sent.status_code == 202, sent.get_data(as_text=True)
+
+    operator.delete_cookie("session")
+    expired = operator.post(f"/farms/{FARM}/commands", json={"name": "reset_alarms", "value": 1},
+                            headers={"X-CSRFToken": token})
+    assert expired.status_code in (302, 400)
+    stale = app.test_client()
+    log_in(stale, "olga", "operator-pass")
+    refused = stale.post(f"/farms/{FARM}/commands", json={"name": "reset_alarms", "value": 1},
+                         headers={"X-CSRFToken": "not-the-token"})
+    assert refused.status_code == 400 and "reload" in refused.get_json()["error"]
+    assert len(bridge.sent) == 1
+
+
 def test_security_headers(web: tuple[Flask, RecordingBridge, IdentityStore]) -> None:
     response = web[0].test_client().get("/login")
     assert "script-src 'self'" in response.headers["Content-Security-Policy"]
