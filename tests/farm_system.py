@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
+
+from broker.identities import Credentials
+from broker.payloads import Reading, encode, utc_now
+from broker.topics import Topics
 from tests.helpers import ServiceProcess, free_port, wait_until
 
 
@@ -81,3 +88,21 @@ class Agent:
 
     def stop(self) -> int:
         return self.process.stop() if self.process else 0
+
+
+def send_a_week_of_history(mqtt_port: int, admin: Credentials, farm_id: str) -> int:
+    """A week of readings every 15 minutes, sent on ``backlog`` as an agent replays them after an outage
+    (numbered far above a live agent's own), for a real discovery node to record; returns how many."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"history-replay-{farm_id}")
+    client.username_pw_set(admin.username, admin.password)
+    client.connect("127.0.0.1", mqtt_port)
+    client.loop_start()
+    now, step = utc_now(), timedelta(minutes=15)
+    readings = [Reading(ts=now - step * i, seq=1_000_000 + i, values={
+        "temp_inside": round(24 + 3 * math.sin(i / 8), 1), "humidity": round(60 + 10 * math.cos(i / 8), 1)})
+        for i in range(7 * 24 * 4, 0, -1)]
+    for reading in readings:
+        client.publish(Topics().backlog(farm_id), encode(reading), qos=1).wait_for_publish(10)
+    client.disconnect()
+    client.loop_stop()
+    return len(readings)

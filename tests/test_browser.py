@@ -4,12 +4,10 @@ screenshot in test-artifacts/ and fails on any JavaScript error or console error
 
 from __future__ import annotations
 
-import math
 import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -20,7 +18,7 @@ from broker.identities import Credentials, Role
 from broker.payloads import AlarmItem, Alarms, DeviceInfo, Meta, ProfileSummary, Reading, Status, encode, utc_now
 from broker.topics import Topics
 from tests.conftest import RunningBroker
-from tests.farm_system import Agent, Simulator
+from tests.farm_system import Agent, Simulator, send_a_week_of_history
 from tests.helpers import REPO, ServiceProcess, free_port, wait_until
 from tests.test_discovery import TOKEN, Discovery, start_discovery
 
@@ -303,26 +301,8 @@ def test_farm_list_puts_alarms_first_and_reorders_live(page: Page, site: Site) -
     farm.loop_stop()
 
 
-def send_a_week_of_history(site: Site) -> int:
-    """A week of readings every 15 minutes, sent on ``backlog`` as an agent replays them after an outage
-    (numbered far above the live agent's own), recorded by the real discovery node; returns how many."""
-    admin = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="history-replay")
-    admin.username_pw_set(site.broker.admin.username, site.broker.admin.password)
-    admin.connect("127.0.0.1", site.broker.port)
-    admin.loop_start()
-    now, step = utc_now(), timedelta(minutes=15)
-    readings = [Reading(ts=now - step * i, seq=1_000_000 + i, values={
-        "temp_inside": round(24 + 3 * math.sin(i / 8), 1), "humidity": round(60 + 10 * math.cos(i / 8), 1)})
-        for i in range(7 * 24 * 4, 0, -1)]
-    for reading in readings:
-        admin.publish(Topics().backlog(FARM), encode(reading), qos=1).wait_for_publish(10)
-    admin.disconnect()
-    admin.loop_stop()
-    return len(readings)
-
-
 def test_history_chart_of_a_chosen_value(page: Page, site: Site) -> None:
-    sent = send_a_week_of_history(site)
+    sent = send_a_week_of_history(site.broker.port, site.broker.admin, FARM)
     wait_until(lambda: site.discovery.get(f"/api/farms/{FARM}")[1]["history"]["readings"] >= sent, 20,
                what="the week of history stored by the discovery node")
     log_in(page, site, site.viewer)

@@ -43,8 +43,9 @@ from mobile_web.app import create_app
 from mobile_web.bridge import FarmBridge
 from mobile_web.settings import WebSettings
 from tests.conftest import RunningBroker
+from tests.farm_system import send_a_week_of_history
 from tests.helpers import ServiceProcess, free_port, wait_until
-from tests.history_stub import HistoryStub
+from tests.test_discovery import TOKEN, Discovery, start_discovery
 
 FARM = "farm-001"
 TOPICS = Topics()
@@ -62,34 +63,58 @@ class RecordingBridge(FarmBridge):
         return True
 
 
-def feed_farm(bridge: FarmBridge, farm_id: str = FARM, owner: str = "owner-a", **values: Any) -> None:
+def farm_announcement(farm_id: str, owner: str) -> list[tuple[str, bytes]]:
+    """A farm's retained ``status`` and ``meta``, as its agent publishes them on connecting."""
     now = utc_now()
-    bridge.handle(TOPICS.status(farm_id), encode(Status(state="online", ts=now)))
-    bridge.handle(TOPICS.meta(farm_id), encode(Meta(
+    return [(TOPICS.status(farm_id), encode(Status(state="online", ts=now))), (TOPICS.meta(farm_id), encode(Meta(
         farm_id=farm_id, name=f"Ферма {farm_id}", owner_id=owner, device=DeviceInfo(model="KUB-1063"),
         agent_version="test", poll_interval_s=5, profile=ProfileSummary(name="KUB-1063", values=[]), ts=now,
-    )))
+    )))]
+
+
+def feed_farm(bridge: FarmBridge, farm_id: str = FARM, owner: str = "owner-a", **values: Any) -> None:
+    now = utc_now()
+    for topic, payload in farm_announcement(farm_id, owner):
+        bridge.handle(topic, payload)
     readings = {"temp_inside": 21.5, "humidity": 61.0, "co2": 900} | values
     status = {name: ("ok" if value is not None else "break") for name, value in readings.items()}
     bridge.handle(TOPICS.state(farm_id), encode(Reading(ts=now, seq=1, values=readings, status=status)))
 
 
-@pytest.fixture
-def history_stub() -> Iterator[HistoryStub]:
-    stub = HistoryStub(token="history-token").start()
-    yield stub
-    stub.stop()
+@pytest.fixture(scope="module")
+def history_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Discovery]:
+    """A real discovery node holding a week of one farm's readings, for the history proxy."""
+    tmp_path = tmp_path_factory.mktemp("history-node")
+    node = start_discovery(tmp_path, tmp_path / "data")
+    try:
+        wait_until(lambda: node.get("/health")[1]["broker"] == "connected", 10, what="discovery connected")
+        admin = node.store.add("replay-admin", Role.ADMIN)
+        announce = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        announce.username_pw_set(admin.username, admin.password)
+        announce.connect("127.0.0.1", node.mqtt_port)
+        announce.loop_start()
+        for topic, payload in farm_announcement(FARM, "owner-a"):
+            announce.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+        announce.disconnect()
+        announce.loop_stop()
+        wait_until(lambda: node.get(f"/api/farms/{FARM}")[0] == 200, 10, what="the farm registered")
+        sent = send_a_week_of_history(node.mqtt_port, admin, FARM)
+        wait_until(lambda: node.get(f"/api/farms/{FARM}")[1]["history"]["readings"] >= sent, 30,
+                   what="the week of history stored by the discovery node")
+        yield node
+    finally:
+        node.process.stop()
 
 
 @pytest.fixture
-def web(data_dir: Path, history_stub: HistoryStub) -> Iterator[tuple[Flask, RecordingBridge, IdentityStore]]:
+def web(data_dir: Path, history_node: Discovery) -> Iterator[tuple[Flask, RecordingBridge, IdentityStore]]:
     store = IdentityStore(data_dir)
     store.add("olga", Role.OPERATOR, password="operator-pass")
     store.add("vera", Role.VIEWER, password="viewer-pass")
     store.add("other", Role.VIEWER, owner="owner-b", password="other-pass")
     bridge = RecordingBridge()
-    settings = WebSettings(data_dir=data_dir, login_limit="5 per minute", discovery_url=history_stub.url,
-                           discovery_token="history-token")
+    settings = WebSettings(data_dir=data_dir, login_limit="5 per minute",
+                           discovery_url=f"http://127.0.0.1:{history_node.api_port}", discovery_token=TOKEN)
     app = create_app(settings, bridge, {"SSE_HEARTBEAT_S": 0.2})
     yield app, bridge, store
 
@@ -439,7 +464,7 @@ def test_a_stalled_stream_is_closed_and_never_holds_up_the_others(web: Web, stre
         next(slow)
 
 
-def test_history_proxy_asks_discovery_with_its_token(web: Web, history_stub: HistoryStub) -> None:
+def test_history_proxy_asks_discovery_with_its_token(web: Web) -> None:
     app, bridge, _ = web
     feed_farm(bridge)
     client = app.test_client()
@@ -448,15 +473,17 @@ def test_history_proxy_asks_discovery_with_its_token(web: Web, history_stub: His
     assert answer.status_code == 200
     body = answer.get_json()
     assert (body["farm"], body["name"], body["range"], body["unit"]) == (FARM, "temp_inside", "7d", "°C")
-    assert 80 <= len(body["points"]) <= 90 and {"ts", "value", "min", "max"} <= set(body["points"][0])
-    (asked,) = history_stub.requests
-    assert asked["farm"] == FARM and asked["authorization"] == "Bearer history-token"
-    query = asked["query"]
-    assert query["name"] == "temp_inside" and query["step"] == "7200"
-    span = datetime.fromisoformat(query["to"].replace("Z", "+00:00")) - datetime.fromisoformat(
-        query["from"].replace("Z", "+00:00"))
-    assert span == timedelta(days=7)
-    assert client.get(f"/farms/{FARM}/history?name=temp_inside").get_json()["points"]  # 24 h by default
+    # a week of readings every 15 min, asked for in 2 h buckets: 84 of them, give or take the ends
+    assert 84 <= len(body["points"]) <= 86 and {"ts", "value", "min", "max"} <= set(body["points"][0])
+    assert all(21 <= p["min"] <= p["value"] <= p["max"] <= 27 for p in body["points"])
+    span = datetime.fromisoformat(body["points"][-1]["ts"]) - datetime.fromisoformat(body["points"][0]["ts"])
+    assert timedelta(days=6, hours=20) <= span <= timedelta(days=7)
+    day = client.get(f"/farms/{FARM}/history?name=humidity").get_json()  # 24 h by default
+    assert 94 <= len(day["points"]) <= 96 and all(50 <= p["value"] <= 70 for p in day["points"])
+
+    app.config["DISCOVERY_TOKEN"] = "not-the-token"  # discovery refuses it: the page hears "not available"
+    refused = client.get(f"/farms/{FARM}/history?name=temp_inside")
+    assert refused.status_code == 502 and refused.get_json()["error"]
 
 
 @pytest.mark.parametrize(("query", "status"), [
@@ -466,14 +493,13 @@ def test_history_proxy_asks_discovery_with_its_token(web: Web, history_stub: His
     ("name=temp_inside&range=1y", 400),
     ("", 400),
 ])
-def test_history_proxy_refuses_bad_requests(web: Web, history_stub: HistoryStub, query: str, status: int) -> None:
+def test_history_proxy_refuses_bad_requests(web: Web, query: str, status: int) -> None:
     app, bridge, _ = web
     feed_farm(bridge)
     client = app.test_client()
     log_in(client, "vera", "viewer-pass")
     answer = client.get(f"/farms/{FARM}/history?{query}")
     assert answer.status_code == status and answer.get_json()["error"]
-    assert history_stub.requests == []
 
 
 def test_history_proxy_when_discovery_is_unreachable_or_unset(web: Web, data_dir: Path) -> None:
