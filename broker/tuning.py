@@ -28,15 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
 import logging
-import ssl
 import weakref
 from typing import Any, ClassVar
 
 from amqtt.broker import Broker
-from amqtt.contexts import Action, ListenerType
+from amqtt.contexts import Action
 from amqtt.session import Session
 from transitions import MachineError
 
@@ -196,49 +194,13 @@ class TunedBroker(Broker):
         await self.heap.stop()
         await super().shutdown()
 
-    async def _create_server_instance(
-        self,
-        listener_name: str,
-        listener_type: ListenerType,
-        address: str | None,
-        port: int,
-        ssl_context: ssl.SSLContext | None,
-    ) -> Any:
-        """amqtt listens with asyncio's default backlog of 100: when thousands of farms reconnect
-        at once, the rest of their SYNs are dropped and retried by the kernel a second or more later."""
-        if listener_type is not ListenerType.TCP:
-            return await super()._create_server_instance(listener_name, listener_type, address, port, ssl_context)
-        return await asyncio.start_server(
-            functools.partial(self.stream_connected, listener_name=listener_name),
-            address, port, reuse_address=True, ssl=ssl_context, backlog=LISTEN_BACKLOG,
-        )
-
-    async def _broadcast_loop(self) -> None:
-        """amqtt's loop wraps every message in a task and waits on it beside the shutdown future;
-        this one awaits amqtt's own step directly and is cancelled at shutdown."""
-        running = self._tasks_queue
-        while True:
-            while running and running[0].done():
-                task = running.popleft()
-                if not task.cancelled() and task.exception() is not None:
-                    log.warning("delivery failed: %r", task.exception())
-            await self._run_broadcast(running)
-
-    async def _shutdown_broadcast_loop(self) -> None:
-        if self._broadcast_task is not None:
-            self._broadcast_task.cancel()
-        await super()._shutdown_broadcast_loop()
-
     async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
         if self._acl is None:
             return await super()._topic_filtering(session, topic, action)
         return self._acl.check(session, topic, action)
 
-    async def retain_message(
-        self,
-        source_session: Session | None,
-        topic_name: str | None,
-        data: bytes | bytearray | None,
-        qos: int | None = None,
-    ) -> None:
-        await super().retain_message(None, topic_name, data, qos)
+    def may(self, session: Session, topic: str, action: Action) -> bool:
+        """The ACL's decision without a task; every topic is allowed when no topic plug-in is configured."""
+        if self._acl is not None:
+            return self._acl.check(session, topic, action)
+        return not self.plugins_manager.is_topic_filtering_enabled()
