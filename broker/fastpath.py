@@ -42,7 +42,7 @@ from transitions import MachineError
 
 from broker.amqtt_fixes import KEEPALIVE_GRACE, retained_qos
 from broker.topic_index import FilterIndex
-from broker.tuning import LISTEN_BACKLOG, TunedBroker
+from broker.tuning import LISTEN_BACKLOG, LeanSession, TunedBroker
 
 log = logging.getLogger("kubmesh.broker")
 
@@ -53,6 +53,7 @@ SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT = 8, 10, 12, 14
 ACCEPTED, BAD_PROTOCOL, ID_REJECTED, BAD_CREDENTIALS, NOT_AUTHORIZED = 0, 1, 2, 4, 5
 PINGRESP_PACKET = b"\xd0\x00"
 REFUSED = 0x80
+FILTERS = "kubmesh.filters"  # a session's attribute: the topic filters it subscribed to
 
 
 class ProtocolError(Exception):
@@ -445,7 +446,7 @@ def _parse_connect(body: bytes) -> Session | int:
     will, will_qos = bool(flags & 0x04), flags >> 3 & 3
     if will_qos == 3 or (not will and (will_qos or flags & 0x20)):
         raise ProtocolError("will QoS or retain without a will, or will QoS 3 (§3.1.2.6)")
-    session = Session()
+    session = LeanSession()
     raw, pos = _string(body, pos)
     session.client_id = _text(raw)
     session.clean_session = bool(flags & 0x02)
@@ -521,6 +522,7 @@ class FastPathBroker(TunedBroker):
         self._subscriptions: dict[str, list[tuple[Session, int]]] = Subscriptions(self._subscriptions, self.filters)
         self._connections: set[BrokerConnection] = set()
         self._steps: set[asyncio.Future[Any]] = set()
+        self._stock_listeners = False
 
     async def _create_server_instance(
         self,
@@ -538,6 +540,7 @@ class FastPathBroker(TunedBroker):
             or int(self.listeners_config[listener_name].get("max_connections", -1)) > 0
         )
         if stock:
+            self._stock_listeners = True
             return await super()._create_server_instance(listener_name, listener_type, address, port, ssl_context)
         return await asyncio.get_running_loop().create_server(
             lambda: BrokerConnection(self, listener_name),
@@ -607,6 +610,42 @@ class FastPathBroker(TunedBroker):
         if session.transitions.is_connected():
             session.transitions.disconnect()
         self.fire(BrokerEvents.CLIENT_DISCONNECTED, client_id=session.client_id, client_session=session)
+        if session.clean_session or session.is_anonymous:  # nothing of it outlives the connection (§3.1.2.4)
+            del self._sessions[session.client_id or ""]
+            self.drop_subscriptions(session)
+            session.clear_queues()
+
+    async def _session_monitor(self) -> None:
+        """amqtt looks at every session every second to drop those of clean sessions that ended; the
+        lean connections drop theirs as they end, so that walk is left to amqtt's own listeners and
+        to session expiry."""
+        if self._stock_listeners or self.config.session_expiry_interval is not None:
+            await super()._session_monitor()
+
+    # subscriptions
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        code = await super().add_subscription(subscription, session)
+        if code != REFUSED:
+            session.attributes.setdefault(FILTERS, set()).add(subscription[0])
+        return code
+
+    def _del_subscription(self, a_filter: str, session: Session) -> int:
+        session.attributes.get(FILTERS, set()).discard(a_filter)
+        return super()._del_subscription(a_filter, session)
+
+    async def _del_all_subscriptions(self, session: Session) -> None:
+        self.drop_subscriptions(session)
+
+    def drop_subscriptions(self, session: Session) -> None:
+        """Every subscription of a session, found from its own list rather than by walking the table."""
+        mine = session.attributes.pop(FILTERS, None)
+        if mine is None and not isinstance(session, LeanSession):
+            mine = list(dict.keys(self._subscriptions))  # a session from elsewhere: look everywhere
+        for topic_filter in mine or ():
+            super()._del_subscription(topic_filter, session)
+            if topic_filter in self._subscriptions and not dict.__getitem__(self._subscriptions, topic_filter):
+                del self._subscriptions[topic_filter]
 
     def send_will(self, session: Session) -> None:
         topic, data, qos = session.will_topic or "", bytes(session.will_message or b""), session.will_qos or 0
@@ -657,12 +696,15 @@ class FastPathBroker(TunedBroker):
 
     def deliver_queued(self, session: Session, connection: BrokerConnection) -> None:
         """What came for a persistent session while it was offline: live messages, so RETAIN 0 (§3.3.1.3)."""
-        queue = session.retained_messages
+        queue = vars(session).get("retained_messages")  # not session.retained_messages: a LeanSession would make one
+        if queue is None:
+            return
         while not queue.empty():
             message = queue.get_nowait()
             data = bytes(message.data)
             qos = message.qos or 0
             connection.send(message.topic, data, qos, publish_head(message.topic.encode(), len(data), qos, False))
+        session.retained_messages = queue  # empty now: a LeanSession lets it go
 
     def store_retained(self, topic: str, data: bytes, qos: int | None) -> None:
         """§3.3.1.3: kept for later subscribers, without the session that sent it; empty clears it."""

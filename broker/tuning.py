@@ -111,6 +111,43 @@ def patch_session_state() -> None:
     Session._init_states = _lean_init_states
 
 
+class _QueueWhenNeeded:
+    """A session's message queue, made when first used and dropped again while empty.
+
+    An empty ``asyncio.Queue`` holds four deques, about 3 KB; every amqtt session has two, and a
+    farm's session rarely needs either (the offline queue of a persistent session, the stock
+    handler's delivery queue). Setting an empty queue drops it: an empty queue and none behave the same.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, session: Session | None, owner: type | None = None) -> Any:
+        if session is None:
+            return self
+        queue = session.__dict__.get(self.name)
+        if queue is None:
+            queue = session.__dict__[self.name] = asyncio.Queue()
+        return queue
+
+    def __set__(self, session: Session, queue: asyncio.Queue[Any]) -> None:
+        if queue.empty():
+            session.__dict__.pop(self.name, None)
+        else:
+            session.__dict__[self.name] = queue
+
+
+class LeanSession(Session):
+    """amqtt's session with its two queues made only when used (:class:`_QueueWhenNeeded`)."""
+
+    retained_messages = _QueueWhenNeeded()
+    delivered_message_queue = _QueueWhenNeeded()
+
+    def clear_queues(self) -> None:
+        self.__dict__.pop("retained_messages", None)
+        self.__dict__.pop("delivered_message_queue", None)
+
+
 class HeapFreezer:
     """Keeps the cyclic garbage collector off the broker's long-lived objects.
 
