@@ -101,8 +101,8 @@ class BrokerConnection(asyncio.Protocol):
     """One client connection of a :class:`FastPathBroker`; what amqtt keeps as the session's handler."""
 
     __slots__ = (
-        "_buffer", "_busy", "_deadline", "_ended", "_keepalive", "_last_packet", "_loop", "broker", "listener",
-        "session", "transport",
+        "_buffer", "_busy", "_deadline", "_ended", "_keepalive", "_last_packet", "_loop", "_pending", "broker",
+        "listener", "session", "transport",
     )
 
     def __init__(self, broker: FastPathBroker, listener: str) -> None:
@@ -117,6 +117,7 @@ class BrokerConnection(asyncio.Protocol):
         self._keepalive = 0.0
         self._last_packet = 0.0
         self._deadline: asyncio.TimerHandle | None = None
+        self._pending: list[bytes] | None = None
 
     # the transport's callbacks
 
@@ -346,8 +347,19 @@ class BrokerConnection(asyncio.Protocol):
     # packets out
 
     def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self._ended:
-            self.transport.write(data)
+        """Packets written in one turn of the event loop leave together, in one send, at its end."""
+        if self._ended:
+            return
+        if self._pending is None:
+            self._pending = [data]
+            self.broker.flush_soon(self)
+        else:
+            self._pending.append(data)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def send(self, topic: str, data: bytes, qos: int, head: bytes) -> None:
         """One delivery: ``head`` is :func:`publish_head` of this message at this QoS."""
@@ -407,6 +419,7 @@ class BrokerConnection(asyncio.Protocol):
     def _end(self, clean: bool) -> None:
         if self._ended:
             return
+        self.flush()
         self._ended = True
         if self._deadline is not None:
             self._deadline.cancel()
@@ -523,6 +536,7 @@ class FastPathBroker(TunedBroker):
         self._connections: set[BrokerConnection] = set()
         self._steps: set[asyncio.Future[Any]] = set()
         self._stock_listeners = False
+        self._to_flush: list[BrokerConnection] = []
 
     async def _create_server_instance(
         self,
@@ -562,6 +576,18 @@ class FastPathBroker(TunedBroker):
         if connection in self._connections:
             self._connections.discard(connection)
             self._servers[connection.listener].conn_count -= 1
+
+    def flush_soon(self, connection: BrokerConnection) -> None:
+        """Send what ``connection`` was given once this turn of the event loop is over: a subscriber to
+        many farms gets every message of the turn in one send, not one send (and one wake-up) each."""
+        self._to_flush.append(connection)
+        if len(self._to_flush) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        connections, self._to_flush = self._to_flush, []
+        for connection in connections:
+            connection.flush()
 
     def track(self, step: asyncio.Future[Any]) -> None:
         self._steps.add(step)
