@@ -124,6 +124,8 @@ class BrokerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.broker.connection_opened(self)
+        if self._ended:  # refused: the listener is full
+            return
         self._busy = False
         self._deadline = self._loop.call_later(CONNECT_TIMEOUT_S, self._connect_timed_out)
 
@@ -320,8 +322,8 @@ class BrokerConnection(asyncio.Protocol):
         )
         self.resend_inflight()
         broker.deliver_queued(self.session, self)
-        if present:
-            for topic_filter in list(broker._subscriptions):
+        if present:  # as amqtt does: a resumed session gets the retained messages of its subscriptions
+            for topic_filter in list(self.session.attributes.get(FILTERS, ())):
                 await broker._publish_retained_messages_for_subscription((topic_filter, 0), self.session)
 
     async def _subscribe(self, session: Session, body: bytes) -> None:
@@ -524,8 +526,8 @@ class FastPathBroker(TunedBroker):
     """amqtt's broker with its TCP and TLS listeners served by :class:`BrokerConnection`.
 
     The ACL comes from the single topic plug-in :class:`broker.plugins.TopicAclPlugin` (through
-    ``TunedBroker``); a broker with other topic plug-ins, or a listener with ``max_connections``,
-    keeps amqtt's own connection handling.
+    ``TunedBroker``); a broker with other topic plug-ins, or a websocket listener, keeps amqtt's
+    own connection handling.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -548,12 +550,7 @@ class FastPathBroker(TunedBroker):
     ) -> Any:
         """The listeners take a backlog of LISTEN_BACKLOG: when thousands of farms reconnect at once,
         asyncio's 100 would drop the rest of their SYNs, for the kernel to retry a second or more later."""
-        stock = (
-            listener_type is not ListenerType.TCP
-            or self._acl is None
-            or int(self.listeners_config[listener_name].get("max_connections", -1)) > 0
-        )
-        if stock:
+        if listener_type is not ListenerType.TCP or self._acl is None:
             self._stock_listeners = True
             return await super()._create_server_instance(listener_name, listener_type, address, port, ssl_context)
         return await asyncio.get_running_loop().create_server(
@@ -569,13 +566,15 @@ class FastPathBroker(TunedBroker):
     # connections
 
     def connection_opened(self, connection: BrokerConnection) -> None:
+        limit = int(self.listeners_config[connection.listener].get("max_connections", -1))
+        if limit > 0 and sum(1 for c in self._connections if c.listener == connection.listener) >= limit:
+            log.warning("refusing a connection on listener %r: it has its %d connections", connection.listener, limit)
+            connection._end(clean=True)
+            return
         self._connections.add(connection)
-        self._servers[connection.listener].conn_count += 1
 
     def connection_closed(self, connection: BrokerConnection) -> None:
-        if connection in self._connections:
-            self._connections.discard(connection)
-            self._servers[connection.listener].conn_count -= 1
+        self._connections.discard(connection)
 
     def flush_soon(self, connection: BrokerConnection) -> None:
         """Send what ``connection`` was given once this turn of the event loop is over: a subscriber to
