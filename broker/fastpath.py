@@ -52,6 +52,7 @@ CONNECT, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 3, 4, 5, 6, 7
 SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT = 8, 10, 12, 14
 ACCEPTED, BAD_PROTOCOL, ID_REJECTED, BAD_CREDENTIALS, NOT_AUTHORIZED = 0, 1, 2, 4, 5
 PINGRESP_PACKET = b"\xd0\x00"
+MAX_CONNECT = 10 + 5 * (2 + 65535)  # its fixed fields and five strings of at most 65,535 bytes (§3.1)
 REFUSED = 0x80
 FILTERS = "kubmesh.filters"  # a session's attribute: the topic filters it subscribed to
 
@@ -101,8 +102,8 @@ class BrokerConnection(asyncio.Protocol):
     """One client connection of a :class:`FastPathBroker`; what amqtt keeps as the session's handler."""
 
     __slots__ = (
-        "_buffer", "_busy", "_deadline", "_ended", "_keepalive", "_last_packet", "_loop", "_pending", "broker",
-        "listener", "session", "transport",
+        "_buffer", "_busy", "_deadline", "_ended", "_keepalive", "_last_packet", "_loop", "_need", "_pending",
+        "broker", "listener", "session", "transport",
     )
 
     def __init__(self, broker: FastPathBroker, listener: str) -> None:
@@ -118,6 +119,7 @@ class BrokerConnection(asyncio.Protocol):
         self._last_packet = 0.0
         self._deadline: asyncio.TimerHandle | None = None
         self._pending: list[bytes] | None = None
+        self._need = 0  # the size of the packet the buffer holds the start of, once its header is there
 
     # the transport's callbacks
 
@@ -133,7 +135,7 @@ class BrokerConnection(asyncio.Protocol):
         self._last_packet = self._loop.time()
         if self._busy or self._buffer:
             self._buffer += data
-            if not self._busy:
+            if not self._busy and len(self._buffer) >= self._need:  # a large packet is cut out once, when whole
                 self._drain()
             return
         rest = self._feed(data)
@@ -159,6 +161,7 @@ class BrokerConnection(asyncio.Protocol):
     def _feed(self, data: bytes) -> bytes:
         """Handle every whole packet in ``data``; returns what is left (a part packet, or all after a CONNECT)."""
         pos, end = 0, len(data)
+        self._need = 0
         try:
             while pos + 1 < end and not self._ended:
                 length = data[pos + 1]
@@ -176,14 +179,18 @@ class BrokerConnection(asyncio.Protocol):
                         multiplier *= 128
                         if multiplier > 128**3:
                             raise ProtocolError("a remaining length of more than four bytes")
+                if self.session is None and length > MAX_CONNECT:
+                    raise ProtocolError(f"a first packet of {length} bytes, more than a CONNECT can hold")
                 stop = start + length
                 if stop > end:
+                    self._need = stop - pos
                     return data[pos:]
                 header = data[pos]
                 pos = stop
                 self._packet(header >> 4, header & 0x0F, data[start:stop])
                 if self._busy:
                     return data[pos:]
+            return b"" if self._ended else data[pos:]  # a lone first byte waits for its length
         except (ProtocolError, IndexError) as exc:
             log.warning("closing the connection of %s: %s", self._who(), exc or "a packet shorter than its fields")
             self._end(clean=False)

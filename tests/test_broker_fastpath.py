@@ -150,3 +150,19 @@ def test_a_refused_connect_leaves_the_client_with_that_id_connected(broker: Runn
     admin.send(publish_packet(TOPICS.set("farm-kept", "reset_alarms").encode(), 1, b'{"value": 1}', retain=False))
     _, body = live.next(PUBLISH)
     assert body.endswith(b'{"value": 1}')
+
+
+def test_a_large_message_arriving_in_many_reads_is_delivered_whole(broker: RunningBroker, reader: RawClient) -> None:
+    sender = _connected(broker, "big", broker.admin.username, broker.admin.password)
+    assert sender.next(CONNACK)[1] == b"\x00\x00"
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    sender.send(publish_packet(b"raw/big", 5, payload, retain=False))
+    assert sender.next(PUBACK)[1] == b"\x00\x05"
+    _, body = reader.next(PUBLISH)
+    assert body[:9] == b"\x00\x07raw/big" and body[11:] == payload
+
+
+def test_a_first_packet_larger_than_any_connect_is_refused_at_its_header(broker: RunningBroker) -> None:
+    client = RawClient(broker.port)
+    client.send(b"\x10\xff\xff\xff\x7f")  # a CONNECT announcing 256 MB
+    assert client.closed_by_broker()
