@@ -52,6 +52,7 @@ CONNECT, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 3, 4, 5, 6, 7
 SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT = 8, 10, 12, 14
 ACCEPTED, BAD_PROTOCOL, ID_REJECTED, BAD_CREDENTIALS, NOT_AUTHORIZED = 0, 1, 2, 4, 5
 PINGRESP_PACKET = b"\xd0\x00"
+MAX_INFLIGHT = 65_535  # QoS 1 and 2 deliveries a client has not acknowledged: one per packet id
 MAX_CONNECT = 10 + 5 * (2 + 65535)  # its fixed fields and five strings of at most 65,535 bytes (§3.1)
 REFUSED = 0x80
 FILTERS = "kubmesh.filters"  # a session's attribute: the topic filters it subscribed to
@@ -370,15 +371,22 @@ class BrokerConnection(asyncio.Protocol):
         if pending and self.transport is not None and not self.transport.is_closing():
             self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
-    def send(self, topic: str, data: bytes, qos: int, head: bytes) -> None:
+    def send(self, topic: str, data: bytes, qos: int, head: bytes, retain: bool = False) -> None:
         """One delivery: ``head`` is :func:`publish_head` of this message at this QoS."""
         if not qos:
             self._write(head + data)
             return
         session = self.session
         assert session is not None
+        if len(session.inflight_out) + len(session.inflight_in) >= MAX_INFLIGHT:  # no packet id left
+            if not session.clean_session:  # it waits with what comes while the session is offline
+                session.retained_messages.put_nowait(RetainedApplicationMessage(None, topic, data, qos))
+            if self.transport is not None and not self.transport.is_closing():
+                log.warning("closing the connection of %s: %d messages unacknowledged", self._who(), MAX_INFLIGHT)
+                self.transport.abort()  # it ends in connection_lost, after the delivery under way
+            return
         packet_id = session.next_packet_id
-        session.inflight_out[packet_id] = OutgoingApplicationMessage(packet_id, topic, qos, data, False)
+        session.inflight_out[packet_id] = OutgoingApplicationMessage(packet_id, topic, qos, data, retain)
         self._write(head + bytes((packet_id >> 8, packet_id & 0xFF)) + data)
 
     def resend_inflight(self) -> None:
@@ -396,7 +404,7 @@ class BrokerConnection(asyncio.Protocol):
         """amqtt's handler call for one message to this client (retained messages, plug-ins)."""
         payload = bytes(data)
         qos = qos or 0
-        self.send(topic, payload, qos, publish_head(topic.encode(), len(payload), qos, retain))
+        self.send(topic, payload, qos, publish_head(topic.encode(), len(payload), qos, retain), retain)
 
     # the end
 
@@ -799,7 +807,7 @@ class FastPathBroker(TunedBroker):
                 continue
             data, message_qos = bytes(retained.data), retained_qos(qos, retained.qos)
             if isinstance(handler, BrokerConnection):
-                handler.send(topic, data, message_qos, publish_head(topic.encode(), len(data), message_qos, True))
+                handler.send(topic, data, message_qos, publish_head(topic.encode(), len(data), message_qos, True), True)
             else:
                 tasks.append(asyncio.ensure_future(handler.mqtt_publish(topic, data, message_qos, retain=True)))
         if tasks:
