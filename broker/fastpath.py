@@ -28,75 +28,48 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import ssl
-from collections.abc import Iterator
 from typing import Any
 
 from amqtt.broker import RetainedApplicationMessage
 from amqtt.contexts import Action, ListenerType
 from amqtt.events import BrokerEvents
 from amqtt.session import IncomingApplicationMessage, OutgoingApplicationMessage, Session
-from amqtt.utils import gen_client_id
 from transitions import MachineError
 
-from broker.amqtt_fixes import KEEPALIVE_GRACE, retained_qos
-from broker.topic_index import FilterIndex
+from broker.amqtt_fixes import retained_qos
+from broker.mqtt_packets import (
+    ACCEPTED,
+    CONNECT,
+    DISCONNECT,
+    MAX_CONNECT,
+    NOT_AUTHORIZED,
+    PINGREQ,
+    PINGRESP_PACKET,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    SUBSCRIBE,
+    UNSUBSCRIBE,
+    ProtocolError,
+    ack,
+    parse_connect,
+    publish_head,
+    read_string,
+    read_text,
+    remaining_length,
+)
+from broker.topic_index import FilterIndex, Subscriptions
 from broker.tuning import LISTEN_BACKLOG, LeanSession, TunedBroker
 
 log = logging.getLogger("kubmesh.broker")
 
 CONNECT_TIMEOUT_S = 10.0  # a connection that sends no CONNECT within this is closed
-PROTOCOL_LEVEL = 4  # MQTT 3.1.1
-CONNECT, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 3, 4, 5, 6, 7
-SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT = 8, 10, 12, 14
-ACCEPTED, BAD_PROTOCOL, ID_REJECTED, BAD_CREDENTIALS, NOT_AUTHORIZED = 0, 1, 2, 4, 5
-PINGRESP_PACKET = b"\xd0\x00"
 MAX_INFLIGHT = 65_535  # QoS 1 and 2 deliveries a client has not acknowledged: one per packet id
-MAX_CONNECT = 10 + 5 * (2 + 65535)  # its fixed fields and five strings of at most 65,535 bytes (§3.1)
 REFUSED = 0x80
 FILTERS = "kubmesh.filters"  # a session's attribute: the topic filters it subscribed to
-
-
-class ProtocolError(Exception):
-    """A packet MQTT 3.1.1 does not allow; the connection is closed (§4.8)."""
-
-
-def _length(n: int) -> bytes:
-    """MQTT's remaining length: seven bits a byte, least significant first."""
-    if n < 128:
-        return bytes((n,))
-    out = bytearray()
-    while True:
-        digit, n = n & 0x7F, n >> 7
-        out.append(digit | 0x80 if n else digit)
-        if not n:
-            return bytes(out)
-
-
-def _ack(kind: int, packet_id: int) -> bytes:
-    return bytes((kind, 2, packet_id >> 8, packet_id & 0xFF))
-
-
-def publish_head(topic: bytes, size: int, qos: int, retain: bool, dup: bool = False) -> bytes:
-    """A PUBLISH packet up to its packet id: what every copy of one message at one QoS shares."""
-    remaining = 2 + len(topic) + (2 if qos else 0) + size
-    flags = 0x30 | qos << 1 | retain | (0x08 if dup else 0)
-    return bytes((flags,)) + _length(remaining) + len(topic).to_bytes(2, "big") + topic
-
-
-def _string(body: bytes, pos: int) -> tuple[bytes, int]:
-    end = pos + 2 + (body[pos] << 8 | body[pos + 1])
-    if end > len(body):
-        raise ProtocolError("a string runs past the end of its packet")
-    return body[pos + 2:end], end
-
-
-def _text(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ProtocolError("a string is not UTF-8 (§1.5.3)") from exc
 
 
 class BrokerConnection(asyncio.Protocol):
@@ -217,7 +190,7 @@ class BrokerConnection(asyncio.Protocol):
             message = session.inflight_out.get(packet_id)
             if message is not None:
                 message.pubrec_packet = True  # the next step on reconnect is PUBREL
-            self._write(_ack(0x62, packet_id))
+            self._write(ack(0x62, packet_id))
         elif kind == PUBREL:
             packet_id = body[0] << 8 | body[1]
             incoming = session.inflight_in.pop(packet_id, None)
@@ -225,7 +198,7 @@ class BrokerConnection(asyncio.Protocol):
                 session, incoming.topic, incoming.data, 2, incoming.retain
             ):
                 raise ProtocolError(f"a PUBLISH to the invalid topic {incoming.topic!r}")
-            self._write(_ack(0x70, packet_id))
+            self._write(ack(0x70, packet_id))
         elif kind == PUBCOMP:
             session.inflight_out.pop(body[0] << 8 | body[1], None)
         elif kind == SUBSCRIBE:
@@ -243,8 +216,8 @@ class BrokerConnection(asyncio.Protocol):
 
     def _publish(self, session: Session, flags: int, body: bytes) -> None:
         qos = flags >> 1 & 3
-        topic_raw, pos = _string(body, 0)
-        topic = _text(topic_raw)
+        topic_raw, pos = read_string(body, 0)
+        topic = read_text(topic_raw)
         if not qos:
             if not self.broker.publish_received(session, topic, body[pos:], 0, bool(flags & 1)):
                 raise ProtocolError(f"a PUBLISH to the invalid topic {topic!r}")
@@ -256,24 +229,24 @@ class BrokerConnection(asyncio.Protocol):
         if qos == 1:
             if not self.broker.publish_received(session, topic, data, 1, bool(flags & 1)):
                 raise ProtocolError(f"a PUBLISH to the invalid topic {topic!r}")
-            self._write(_ack(0x40, packet_id))
+            self._write(ack(0x40, packet_id))
             return
         if packet_id not in session.inflight_in:  # a DUP of one not yet released is acknowledged again only
             session.inflight_in[packet_id] = IncomingApplicationMessage(packet_id, topic, 2, data, bool(flags & 1))
-        self._write(_ack(0x50, packet_id))
+        self._write(ack(0x50, packet_id))
 
     def _unsubscribe(self, session: Session, body: bytes) -> None:
         packet_id = body[0] << 8 | body[1]
         pos, filters = 2, []
         while pos < len(body):
-            raw, pos = _string(body, pos)
-            filters.append(_text(raw))
+            raw, pos = read_string(body, pos)
+            filters.append(read_text(raw))
         if not filters:
             raise ProtocolError("UNSUBSCRIBE without a topic filter (§3.10.3)")
         for topic_filter in filters:
             self.broker._del_subscription(topic_filter, session)
             self.broker.fire(BrokerEvents.CLIENT_UNSUBSCRIBED, client_id=session.client_id, topic=topic_filter)
-        self._write(_ack(0xB0, packet_id))
+        self._write(ack(0xB0, packet_id))
 
     # the steps that wait: the connection's later packets wait with them
 
@@ -302,7 +275,7 @@ class BrokerConnection(asyncio.Protocol):
             self._drain()
 
     async def _connect(self, body: bytes) -> None:
-        connect = _parse_connect(body)
+        connect = parse_connect(body)
         if isinstance(connect, int):
             self._refuse(connect)
             return
@@ -338,17 +311,17 @@ class BrokerConnection(asyncio.Protocol):
         packet_id = body[0] << 8 | body[1]
         pos, wanted = 2, []
         while pos < len(body):
-            raw, pos = _string(body, pos)
+            raw, pos = read_string(body, pos)
             qos = body[pos]
             pos += 1
             if qos > 2:
                 raise ProtocolError("a subscription with QoS 3 (§3.8.3)")
-            wanted.append((_text(raw), qos))
+            wanted.append((read_text(raw), qos))
         if not wanted:
             raise ProtocolError("SUBSCRIBE without a topic filter (§3.8.3)")
         broker = self.broker
         codes = [await broker.add_subscription(subscription, session) for subscription in wanted]
-        self._write(bytes((0x90,)) + _length(2 + len(codes)) + packet_id.to_bytes(2, "big") + bytes(codes))
+        self._write(bytes((0x90,)) + remaining_length(2 + len(codes)) + packet_id.to_bytes(2, "big") + bytes(codes))
         for (topic_filter, qos), code in zip(wanted, codes, strict=True):
             if code != REFUSED:
                 broker.fire(BrokerEvents.CLIENT_SUBSCRIBED, client_id=session.client_id, topic=topic_filter, qos=qos)
@@ -394,7 +367,7 @@ class BrokerConnection(asyncio.Protocol):
         assert self.session is not None
         for packet_id, message in list(self.session.inflight_out.items()):
             if message.qos == 2 and message.pubrec_packet is not None:
-                self._write(_ack(0x62, packet_id))
+                self._write(ack(0x62, packet_id))
                 continue
             data = bytes(message.data)
             head = publish_head(message.topic.encode(), len(data), message.qos or 0, message.retain, dup=True)
@@ -459,82 +432,6 @@ class BrokerConnection(asyncio.Protocol):
             return repr(self.session.client_id)
         peer = self.transport.get_extra_info("peername") if self.transport else None
         return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "a client"
-
-
-def _parse_connect(body: bytes) -> Session | int:
-    """The session a CONNECT asks for, or the CONNACK code that refuses it (§3.1)."""
-    name, pos = _string(body, 0)
-    if name != b"MQTT":
-        raise ProtocolError(f"the protocol name {name!r} is not MQTT (§3.1.2.1)")
-    level, flags = body[pos], body[pos + 1]
-    keepalive = body[pos + 2] << 8 | body[pos + 3]
-    pos += 4
-    if level != PROTOCOL_LEVEL:
-        return BAD_PROTOCOL
-    if flags & 0x01:
-        raise ProtocolError("the reserved CONNECT flag is set (§3.1.2.3)")
-    will, will_qos = bool(flags & 0x04), flags >> 3 & 3
-    if will_qos == 3 or (not will and (will_qos or flags & 0x20)):
-        raise ProtocolError("will QoS or retain without a will, or will QoS 3 (§3.1.2.6)")
-    session = LeanSession()
-    raw, pos = _string(body, pos)
-    session.client_id = _text(raw)
-    session.clean_session = bool(flags & 0x02)
-    if will:
-        raw, pos = _string(body, pos)
-        session.will_topic = _text(raw)
-        if not session.will_topic or "+" in session.will_topic or "#" in session.will_topic:
-            raise ProtocolError(f"the will topic {session.will_topic!r} is not a topic name (§4.7)")
-        session.will_message, pos = _string(body, pos)
-        session.will_flag, session.will_qos, session.will_retain = True, will_qos, bool(flags & 0x20)
-    if flags & 0x80:
-        raw, pos = _string(body, pos)
-        session.username = _text(raw)
-    elif flags & 0x40:
-        return BAD_CREDENTIALS  # a password without a username (§3.1.2.9)
-    if flags & 0x40:
-        raw, pos = _string(body, pos)
-        session.password = raw.decode("utf-8", "replace")
-    if not session.client_id:
-        if not session.clean_session:
-            return ID_REJECTED  # §3.1.3-8
-        session.client_id = gen_client_id()
-    session.keep_alive = math.ceil(keepalive * KEEPALIVE_GRACE)
-    return session
-
-
-class Subscriptions(dict[str, list[tuple[Session, int]]]):
-    """amqtt's subscription table, with its filters kept in a :class:`FilterIndex` as they come and go.
-
-    amqtt walks the table across awaits (retained messages on connect, its own broadcast), so it
-    is walked over snapshots: a client subscribing or leaving meanwhile raised "dictionary changed
-    size during iteration".
-    """
-
-    def __init__(self, table: dict[str, list[tuple[Session, int]]], index: FilterIndex) -> None:
-        super().__init__(table)
-        self.index = index
-        for topic_filter in table:
-            index.add(topic_filter)
-
-    def __setitem__(self, topic_filter: str, subscribers: list[tuple[Session, int]]) -> None:
-        if topic_filter not in self:
-            self.index.add(topic_filter)
-        super().__setitem__(topic_filter, subscribers)
-
-    def __delitem__(self, topic_filter: str) -> None:
-        super().__delitem__(topic_filter)
-        self.index.remove(topic_filter)
-
-    def clear(self) -> None:
-        super().clear()
-        self.index.clear()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self.keys()))
-
-    def items(self) -> list[tuple[str, list[tuple[Session, int]]]]:  # type: ignore[override]
-        return [(topic, list(subscribers)) for topic, subscribers in super().items()]
 
 
 class FastPathBroker(TunedBroker):

@@ -2,12 +2,15 @@
 
 amqtt tries every subscription's filter against every message, a cost that grows with the number
 of filters (each farm subscribes to its own commands). :class:`FilterIndex` walks only the levels
-of the topic, and remembers the answer per topic until a filter is added or removed.
+of the topic, and remembers the answer per topic until a filter is added or removed;
+:class:`Subscriptions`, amqtt's subscription table, keeps it up to date.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+
+from amqtt.session import Session
 
 MEMO_LIMIT = 100_000
 
@@ -94,3 +97,37 @@ def _walk(node: _Level, levels: list[str], index: int, matched: list[str]) -> No
     child = children.get("+")
     if child is not None:
         _walk(child, levels, index + 1, matched)
+
+
+class Subscriptions(dict[str, list[tuple[Session, int]]]):
+    """amqtt's subscription table, with its filters kept in a :class:`FilterIndex` as they come and go.
+
+    amqtt walks the table across awaits (retained messages on connect, its own broadcast), so it
+    is walked over snapshots: a client subscribing or leaving meanwhile raised "dictionary changed
+    size during iteration".
+    """
+
+    def __init__(self, table: dict[str, list[tuple[Session, int]]], index: FilterIndex) -> None:
+        super().__init__(table)
+        self.index = index
+        for topic_filter in table:
+            index.add(topic_filter)
+
+    def __setitem__(self, topic_filter: str, subscribers: list[tuple[Session, int]]) -> None:
+        if topic_filter not in self:
+            self.index.add(topic_filter)
+        super().__setitem__(topic_filter, subscribers)
+
+    def __delitem__(self, topic_filter: str) -> None:
+        super().__delitem__(topic_filter)
+        self.index.remove(topic_filter)
+
+    def clear(self) -> None:
+        super().clear()
+        self.index.clear()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.keys()))
+
+    def items(self) -> list[tuple[str, list[tuple[Session, int]]]]:  # type: ignore[override]
+        return [(topic, list(subscribers)) for topic, subscribers in super().items()]
