@@ -3,6 +3,10 @@
 Store-and-forward is only as good as the broker under it; tests/test_broker_promises.py runs each
 promise against this broker and against Mosquitto.
 
+The embedded broker's TCP and TLS listeners are served by ``broker.fastpath.BrokerConnection``,
+which keeps promises 1 to 3 and 5 itself; the overrides of amqtt's handler below (1, 2, 3) serve
+the listeners amqtt still handles itself (websockets), and the take-over (4) serves both.
+
 1. Keepalive (§3.1.2.10). amqtt's reader times out after the keepalive but its broker handler
    ignores the timeout, so a half-open connection (a cut LTE link, a killed NAT entry) stays
    "connected" for ever and its will is never sent. :class:`KeepaliveHandler` closes the
@@ -22,8 +26,8 @@ promise against this broker and against Mosquitto.
    delivered. The old connection is closed first, without its will (the client is alive), and
    the new one starts once it is gone.
 5. Retained QoS (§3.8.4). A retained message goes out at the lower of its own and the
-   subscription's QoS; that rule is applied in ``broker.server.KubBroker``'s retained delivery via
-   :func:`retained_qos`.
+   subscription's QoS; that rule is applied in ``broker.fastpath.FastPathBroker``'s retained
+   delivery via :func:`retained_qos`.
 """
 
 from __future__ import annotations

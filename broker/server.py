@@ -5,18 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from amqtt.broker import Broker, BrokerProtocolHandler
-from amqtt.contexts import Action
-from amqtt.session import Session
+from amqtt.broker import Broker
 from pydantic import field_validator, model_validator
 
-from broker.amqtt_fixes import PromiseKeepingBroker, retained_qos
+from broker.amqtt_fixes import PromiseKeepingBroker
+from broker.fastpath import FastPathBroker
 from broker.plugins import IdentityAuthPlugin, TopicAclPlugin
-from broker.tuning import TunedBroker
 from kubmesh.settings import ServiceSettings
 
 log = logging.getLogger("kubmesh.broker")
@@ -66,88 +63,9 @@ class BrokerSettings(ServiceSettings):
         return self.tls_certfile is not None and self.tls_keyfile is not None
 
 
-class _Subscriptions(dict[str, list[tuple[Session, int]]]):
-    """amqtt's subscription table, walked over a snapshot.
-
-    amqtt 0.12.1 walks the table across awaits (the ACL check of every
-    delivery, retained messages on connect), so a client subscribing or
-    leaving meanwhile raised "dictionary changed size during iteration": the
-    message was lost for every subscriber not yet served.
-    """
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self.keys()))
-
-    def items(self) -> list[tuple[str, list[tuple[Session, int]]]]:  # type: ignore[override]
-        return [(topic, list(subscribers)) for topic, subscribers in super().items()]
-
-
-class KubBroker(PromiseKeepingBroker, TunedBroker):
-    """amqtt's broker, with retained messages delivered only as MQTT says.
-
-    amqtt 0.12.1 checks the RECEIVE permission for live deliveries but sends
-    retained messages to any subscription that matches, so a viewer of one
-    owner subscribing to ``kub/#`` would read every farm's retained state; and
-    on connect it walks every client's subscription filters, sending a new
-    client retained messages for filters it never subscribed to. Its
-    subscription table is walked over snapshots (:class:`_Subscriptions`), and
-    a client's last messages are delivered even when it disconnects at once.
-    """
-
-    def __init__(self, config: dict[str, object]) -> None:
-        super().__init__(config)
-        self._subscriptions = _Subscriptions(self._subscriptions)  # type: ignore[has-type]
-        self.messages_received = 0  # every PUBLISH a client sent, for /metrics
-
-    async def _handle_disconnect(
-        self, client_session: Session, handler: BrokerProtocolHandler, disconnect_waiter: asyncio.Future[Any]
-    ) -> None:
-        """Deliver what the client published before it left, then end its session.
-
-        amqtt acknowledges a PUBLISH when it queues it and clears the queue when
-        the client disconnects, so ``mosquitto_pub -q 1`` to a busy broker could
-        lose a command the broker had already acknowledged.
-        """
-        queue = client_session.delivered_message_queue
-        while not queue.empty():
-            received: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            received.set_result(queue.get_nowait())
-            if not await self._handle_message_delivery(client_session, handler, received):
-                break
-        await super()._handle_disconnect(client_session, handler, disconnect_waiter)
-
-    async def _handle_message_delivery(
-        self, client_session: Session, handler: BrokerProtocolHandler, wait_deliver: asyncio.Future[Any]
-    ) -> bool:
-        # counted here rather than by a plug-in on broker_message_received, which costs a task per message
-        self.messages_received += 1
-        return await super()._handle_message_delivery(client_session, handler, wait_deliver)
-
-    async def _publish_retained_messages_for_subscription(
-        self, subscription: tuple[str, int], session: Session
-    ) -> None:
-        topic_filter, qos = subscription
-        handler = self._get_handler(session)
-        if handler is None:
-            return
-        subscribers = self._subscriptions.get(topic_filter, [])
-        granted = [sub_qos for subscriber, sub_qos in subscribers if subscriber.client_id == session.client_id]
-        if not granted:
-            return
-        qos = granted[0]  # on connect amqtt passes QoS 0 for a persistent session's filters
-        tasks = []
-        for topic, retained in list(self._retained_messages.items()):
-            if not self._matches(topic, topic_filter):
-                continue
-            if not await self._topic_filtering(session, topic=topic, action=Action.RECEIVE):
-                continue
-            tasks.append(
-                asyncio.ensure_future(
-                    handler.mqtt_publish(retained.topic, retained.data, retained_qos(qos, retained.qos), retain=True)
-                )
-            )
-        if tasks:
-            await asyncio.wait(tasks)
+class KubBroker(FastPathBroker, PromiseKeepingBroker):
+    """amqtt's broker with kubmesh's tuning (``broker.tuning``), its lean connections
+    (``broker.fastpath``) and the MQTT promises amqtt breaks kept (``broker.amqtt_fixes``)."""
 
 
 def broker_config(settings: BrokerSettings) -> dict[str, object]:

@@ -1,25 +1,30 @@
-"""What makes amqtt 0.12.1 hold thousands of farms: its hot path, its memory and Python's runtime.
+"""What makes amqtt 0.12.1 hold thousands of farms: its memory and Python's runtime.
 
 Measured with ``benchmarks/fleet_latency.py``, ``broker_memory.py`` and ``connect_storm.py``
-(figures in ``benchmarks/RESULTS.md``); each change below is there because a figure moved.
+(figures in ``benchmarks/RESULTS.md``); each change below is there because a figure moved. The
+per-connection and per-message path, where most of the gap to Mosquitto was (seven tasks and four
+queues per client, tasks per message), is ``broker/fastpath.py``; with it, at 2,000 farms × 1
+message/s the broker needs 6 % of a core (43 % before) and 5.7 KB per farm (39.4 KB).
 
 - **ACL without tasks.** amqtt asks its topic plug-ins through one asyncio task per plug-in per
   check, and checks every publish and every delivery. :class:`TunedBroker` calls the ACL
-  plug-in's cached decision (``broker.plugins.AclCache``) directly.
-- **Dead sessions freed.** A retained message keeps a reference to the session that published
-  it, so every farm that ever published a retained ``state`` kept its whole session (protocol
-  handler, queues, state machine: some 50 KB) after it left. :class:`TunedBroker` keeps retained
-  messages without it (nothing in amqtt reads it back).
+  plug-in's cached decision (``broker.plugins.AclCache``) directly (:meth:`TunedBroker.may`).
+- **Dead sessions freed.** A retained message kept a reference to the session that published
+  it, so every farm that ever published a retained ``state`` kept its whole session after it
+  left; the broker keeps retained messages without it (``FastPathBroker.store_retained``).
 - **Lean sessions.** Every amqtt ``Session`` builds its own ``transitions.Machine`` (about 13 KB,
-  with reference cycles through bound methods, so freed only by the cyclic garbage collector).
-  :func:`patch_session_state` gives sessions a small state object with the same interface.
+  with reference cycles through bound methods, so freed only by the cyclic garbage collector):
+  :func:`patch_session_state` gives sessions a small state object with the same interface. And
+  two ``asyncio.Queue`` (some 6 KB together) that a farm rarely uses: :class:`LeanSession` makes
+  them when first used.
 - **Garbage collection for a long-lived heap.** Python's collector walks every tracked object in a
   full collection; with thousands of sessions that is a pause of half a second every few seconds.
   :class:`HeapFreezer` moves what has survived into the permanent generation (``gc.freeze``) at
   start and then periodically after a young-generation sweep, and raises the first threshold so
   that young collections are rarer.
-- **Connect storms.** The listeners take a backlog of 4096 connections instead of asyncio's 100,
-  so farms reconnecting all at once after a restart are not dropped and retried by the kernel.
+- **Connect storms.** The listeners take a backlog of :data:`LISTEN_BACKLOG` connections instead
+  of asyncio's 100, so farms reconnecting all at once after a restart are not dropped and retried
+  by the kernel (``FastPathBroker._create_server_instance``).
 - **Event loop.** uvloop, when installed, runs the broker's sockets with less overhead than the
   stock loop (:func:`use_fast_event_loop`).
 """
@@ -28,15 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
 import logging
-import ssl
 import weakref
 from typing import Any, ClassVar
 
 from amqtt.broker import Broker
-from amqtt.contexts import Action, ListenerType
+from amqtt.contexts import Action
 from amqtt.session import Session
 from transitions import MachineError
 
@@ -113,6 +116,43 @@ def patch_session_state() -> None:
     Session._init_states = _lean_init_states
 
 
+class _QueueWhenNeeded:
+    """A session's message queue, made when first used and dropped again while empty.
+
+    An empty ``asyncio.Queue`` holds four deques, about 3 KB; every amqtt session has two, and a
+    farm's session rarely needs either (the offline queue of a persistent session, the stock
+    handler's delivery queue). Setting an empty queue drops it: an empty queue and none behave the same.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, session: Session | None, owner: type | None = None) -> Any:
+        if session is None:
+            return self
+        queue = session.__dict__.get(self.name)
+        if queue is None:
+            queue = session.__dict__[self.name] = asyncio.Queue()
+        return queue
+
+    def __set__(self, session: Session, queue: asyncio.Queue[Any]) -> None:
+        if queue.empty():
+            session.__dict__.pop(self.name, None)
+        else:
+            session.__dict__[self.name] = queue
+
+
+class LeanSession(Session):
+    """amqtt's session with its two queues made only when used (:class:`_QueueWhenNeeded`)."""
+
+    retained_messages = _QueueWhenNeeded()
+    delivered_message_queue = _QueueWhenNeeded()
+
+    def clear_queues(self) -> None:
+        self.__dict__.pop("retained_messages", None)
+        self.__dict__.pop("delivered_message_queue", None)
+
+
 class HeapFreezer:
     """Keeps the cyclic garbage collector off the broker's long-lived objects.
 
@@ -178,7 +218,7 @@ class HeapFreezer:
 
 
 class TunedBroker(Broker):
-    """amqtt's broker with the ACL checked without tasks and retained messages that let sessions go."""
+    """amqtt's broker with the ACL checked without tasks, lean session state and the heap kept frozen."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         patch_session_state()
@@ -196,49 +236,13 @@ class TunedBroker(Broker):
         await self.heap.stop()
         await super().shutdown()
 
-    async def _create_server_instance(
-        self,
-        listener_name: str,
-        listener_type: ListenerType,
-        address: str | None,
-        port: int,
-        ssl_context: ssl.SSLContext | None,
-    ) -> Any:
-        """amqtt listens with asyncio's default backlog of 100: when thousands of farms reconnect
-        at once, the rest of their SYNs are dropped and retried by the kernel a second or more later."""
-        if listener_type is not ListenerType.TCP:
-            return await super()._create_server_instance(listener_name, listener_type, address, port, ssl_context)
-        return await asyncio.start_server(
-            functools.partial(self.stream_connected, listener_name=listener_name),
-            address, port, reuse_address=True, ssl=ssl_context, backlog=LISTEN_BACKLOG,
-        )
-
-    async def _broadcast_loop(self) -> None:
-        """amqtt's loop wraps every message in a task and waits on it beside the shutdown future;
-        this one awaits amqtt's own step directly and is cancelled at shutdown."""
-        running = self._tasks_queue
-        while True:
-            while running and running[0].done():
-                task = running.popleft()
-                if not task.cancelled() and task.exception() is not None:
-                    log.warning("delivery failed: %r", task.exception())
-            await self._run_broadcast(running)
-
-    async def _shutdown_broadcast_loop(self) -> None:
-        if self._broadcast_task is not None:
-            self._broadcast_task.cancel()
-        await super()._shutdown_broadcast_loop()
-
     async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
         if self._acl is None:
             return await super()._topic_filtering(session, topic, action)
         return self._acl.check(session, topic, action)
 
-    async def retain_message(
-        self,
-        source_session: Session | None,
-        topic_name: str | None,
-        data: bytes | bytearray | None,
-        qos: int | None = None,
-    ) -> None:
-        await super().retain_message(None, topic_name, data, qos)
+    def may(self, session: Session, topic: str, action: Action) -> bool:
+        """The ACL's decision without a task; every topic is allowed when no topic plug-in is configured."""
+        if self._acl is not None:
+            return self._acl.check(session, topic, action)
+        return not self.plugins_manager.is_topic_filtering_enabled()
