@@ -68,6 +68,8 @@ log = logging.getLogger("kubmesh.broker")
 
 CONNECT_TIMEOUT_S = 10.0  # a connection that sends no CONNECT within this is closed
 MAX_INFLIGHT = 65_535  # QoS 1 and 2 deliveries a client has not acknowledged: one per packet id
+MAX_UNREAD_BYTES = 64 * 1024 * 1024  # written to a client and not yet taken by its socket: it stopped reading
+MAX_QUEUED_OFFLINE = 100_000  # messages kept for one offline persistent session; later ones are dropped
 REFUSED = 0x80
 FILTERS = "kubmesh.filters"  # a session's attribute: the topic filters it subscribed to
 
@@ -341,8 +343,15 @@ class BrokerConnection(asyncio.Protocol):
 
     def flush(self) -> None:
         pending, self._pending = self._pending, None
-        if pending and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        transport = self.transport
+        if pending and transport is not None and not transport.is_closing():
+            transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            if transport.get_write_buffer_size() > MAX_UNREAD_BYTES:
+                # a client that stopped reading would hold the broker's memory without bound; its
+                # unacknowledged QoS 1 and 2 messages stay in a persistent session and go again later
+                log.warning("closing the connection of %s: it left %d bytes unread", self._who(),
+                            transport.get_write_buffer_size())
+                transport.abort()
 
     def send(self, topic: str, data: bytes, qos: int, head: bytes, retain: bool = False) -> None:
         """One delivery: ``head`` is :func:`publish_head` of this message at this QoS."""
@@ -353,7 +362,7 @@ class BrokerConnection(asyncio.Protocol):
         assert session is not None
         if len(session.inflight_out) + len(session.inflight_in) >= MAX_INFLIGHT:  # no packet id left
             if not session.clean_session:  # it waits with what comes while the session is offline
-                session.retained_messages.put_nowait(RetainedApplicationMessage(None, topic, data, qos))
+                self.broker.queue_offline(session, topic, data, qos)
             if self.transport is not None and not self.transport.is_closing():
                 log.warning("closing the connection of %s: %d messages unacknowledged", self._who(), MAX_INFLIGHT)
                 self.transport.abort()  # it ends in connection_lost, after the delivery under way
@@ -445,6 +454,7 @@ class FastPathBroker(TunedBroker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.messages_received = 0  # every PUBLISH a client sent, for /metrics
+        self.offline_dropped = 0  # messages for offline persistent sessions beyond MAX_QUEUED_OFFLINE
         self.filters = FilterIndex()
         self._subscriptions: dict[str, list[tuple[Session, int]]] = Subscriptions(self._subscriptions, self.filters)
         self._connections: set[BrokerConnection] = set()
@@ -597,8 +607,11 @@ class FastPathBroker(TunedBroker):
     def publish_received(self, session: Session, topic: str, data: bytes, qos: int, retain: bool) -> bool:
         """A client's PUBLISH: routed if the ACL allows it; False for a topic no client may publish to."""
         self.messages_received += 1
-        if not topic or "#" in topic or "+" in topic or topic.startswith("$"):
-            return False  # §4.7.3, §3.3.2.2, §4.7.2
+        if not topic or "#" in topic or "+" in topic:
+            return False  # §4.7.3, §3.3.2.2
+        if topic.startswith("$"):  # the broker's own topics (§4.7.2): acknowledged and dropped, as Mosquitto does
+            log.info("dropped a PUBLISH of %r to the broker's topic %r", session.client_id, topic)
+            return True
         if self.may(session, topic, Action.PUBLISH):
             self.deliver(topic, data, qos)
             if retain:
@@ -620,7 +633,7 @@ class FastPathBroker(TunedBroker):
                     continue
                 if target.transitions.state != "connected":
                     if granted and not target.clean_session and not target.is_anonymous:
-                        target.retained_messages.put_nowait(RetainedApplicationMessage(None, topic, data, granted))
+                        self.queue_offline(target, topic, data, granted)
                     continue
                 handler = sessions.get(target.client_id or "", (None, None))[1]
                 if isinstance(handler, BrokerConnection):
@@ -630,6 +643,19 @@ class FastPathBroker(TunedBroker):
                     handler.send(topic, data, granted, head)
                 elif handler is not None:
                     self.track(asyncio.ensure_future(handler.mqtt_publish(topic, data, granted, retain=False)))
+
+    def queue_offline(self, session: Session, topic: str, data: bytes, qos: int) -> None:
+        """A QoS 1 or 2 message kept for a persistent session until it reconnects, up to
+        MAX_QUEUED_OFFLINE of them (as Mosquitto's ``max_queued_messages``); beyond that it is dropped,
+        counted and logged at the first drop of each thousand."""
+        queue = session.retained_messages
+        if queue.qsize() < MAX_QUEUED_OFFLINE:
+            queue.put_nowait(RetainedApplicationMessage(None, topic, data, qos))
+            return
+        self.offline_dropped += 1
+        if self.offline_dropped % 1000 == 1:
+            log.warning("dropped a message on %s for the offline session %r: %d queued already (%d dropped so far)",
+                        topic, session.client_id, MAX_QUEUED_OFFLINE, self.offline_dropped)
 
     def deliver_queued(self, session: Session, connection: BrokerConnection) -> None:
         """What came for a persistent session while it was offline: live messages, so RETAIN 0 (§3.3.1.3)."""

@@ -1,4 +1,5 @@
-"""What the embedded broker is doing, for ``/metrics``: clients, messages, ACL refusals, retained messages.
+"""What the embedded broker is doing, for ``/metrics``: clients, messages, ACL refusals, retained
+messages, messages dropped for offline sessions.
 
 Messages are counted by :class:`broker.server.KubBroker`; the ACL refusals are
 the :class:`broker.plugins.TopicAclPlugin`'s own counter.
@@ -17,6 +18,7 @@ class BrokerStats:
     messages_received: int
     acl_refusals: int
     retained: int
+    offline_dropped: int
 
 
 def broker_stats(broker: KubBroker) -> BrokerStats:
@@ -27,4 +29,5 @@ def broker_stats(broker: KubBroker) -> BrokerStats:
         messages_received=broker.messages_received,
         acl_refusals=getattr(acl, "refusals", 0),
         retained=len(broker.retained_messages),
+        offline_dropped=broker.offline_dropped,
     )

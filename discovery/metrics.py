@@ -72,6 +72,8 @@ class DiscoveryCollector(Collector):
                                       value=stats.messages_received)
             yield CounterMetricFamily("kubmesh_broker_acl_refusals", "Publishes, subscriptions and deliveries "
                                       "the topic ACL refused", value=stats.acl_refusals)
+            yield CounterMetricFamily("kubmesh_broker_offline_dropped", "Messages dropped for offline persistent "
+                                      "sessions that had their queue full", value=stats.offline_dropped)
             yield GaugeMetricFamily("kubmesh_broker_retained_messages", "Retained messages held",
                                     value=stats.retained)
         if self.tailnet is not None:

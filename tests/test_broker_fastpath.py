@@ -14,9 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks.mqtt_load import PacketReader, connect_packet, publish_packet, subscribe_packet
+from broker import fastpath
 from broker.identities import Role
 from broker.topic_index import FilterIndex
 from broker.topics import Topics
+from broker.tuning import LeanSession
 from tests.conftest import RunningBroker
 
 CONNACK, PUBLISH, PUBACK, SUBACK = 2, 3, 4, 9
@@ -51,8 +53,12 @@ def test_the_filter_index_matches_as_amqtt_does(table: list[str], names: list[st
 class RawClient:
     """A blocking socket speaking MQTT bytes, to send what a library would not."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    def __init__(self, port: int, receive_buffer: int | None = None) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if receive_buffer is not None:  # set before connecting: the kernel then keeps it this small
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(5)
+        self.sock.connect(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = PacketReader()
         self.packets: list[tuple[int, int, bytes]] = []
@@ -166,3 +172,60 @@ def test_a_first_packet_larger_than_any_connect_is_refused_at_its_header(broker:
     client = RawClient(broker.port)
     client.send(b"\x10\xff\xff\xff\x7f")  # a CONNECT announcing 256 MB
     assert client.closed_by_broker()
+
+
+def test_a_subscriber_that_stops_reading_is_closed_and_the_others_get_everything(
+    broker: RunningBroker, reader: RawClient
+) -> None:
+    admin = broker.admin
+    stalled = RawClient(broker.port, receive_buffer=16 * 1024)
+    stalled.send(connect_packet("stalled", admin.username, admin.password) + subscribe_packet("raw/#", qos=0))
+    assert stalled.next(CONNACK)[1] == b"\x00\x00" and stalled.next(SUBACK)[1][2] == 0
+    sender = _connected(broker, "flood", admin.username, admin.password)
+    assert sender.next(CONNACK)[1] == b"\x00\x00"
+    payload = b"x" * (1024 * 1024)
+    for packet_id in range(1, 81):  # 80 MiB: more than the broker holds for a client that does not read
+        sender.send(publish_packet(b"raw/flood", packet_id, payload, retain=False))
+        assert sender.next(PUBACK)[1] == packet_id.to_bytes(2, "big")
+        _, body = reader.next(PUBLISH)
+        assert body.endswith(payload)
+    try:
+        while stalled.sock.recv(1 << 20):
+            pass
+        ended = True
+    except ConnectionResetError:
+        ended = True
+    except TimeoutError:
+        ended = False
+    assert ended, "the broker still holds the connection of a client that stopped reading"
+    log = broker.process.output()
+    assert "'stalled'" in log and "unread" in log
+    sender.send(publish_packet(b"raw/after", 99, b"still serving", retain=False))
+    assert sender.next(PUBACK)[1] == b"\x00\x63"
+    assert reader.next(PUBLISH)[1].endswith(b"still serving")
+
+
+def test_an_offline_session_keeps_a_bounded_queue_and_counts_what_it_drops(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastpath, "MAX_QUEUED_OFFLINE", 3)
+    broker = types.SimpleNamespace(offline_dropped=0)
+    session = LeanSession()
+    for n in range(5):
+        fastpath.FastPathBroker.queue_offline(broker, session, "kub/farms/f/state", b"%d" % n, 1)  # type: ignore[arg-type]
+    kept = [session.retained_messages.get_nowait().data for _ in range(session.retained_messages.qsize())]
+    assert kept == [b"0", b"1", b"2"] and broker.offline_dropped == 2
+
+
+def test_a_publish_to_the_brokers_own_topics_is_acknowledged_and_dropped(broker: RunningBroker) -> None:
+    admin = broker.admin
+    watcher = _connected(broker, "watcher", admin.username, admin.password)
+    assert watcher.next(CONNACK)[1] == b"\x00\x00"
+    watcher.send(subscribe_packet("$SYS/#", qos=1, packet_id=1) + subscribe_packet("raw/#", qos=1, packet_id=2))
+    assert watcher.next(SUBACK)[1][:2] == b"\x00\x01" and watcher.next(SUBACK)[1][:2] == b"\x00\x02"
+    sender = _connected(broker, "sys-writer", admin.username, admin.password)
+    assert sender.next(CONNACK)[1] == b"\x00\x00"
+    sender.send(publish_packet(b"$SYS/broker/uptime", 4, b"forged", retain=False))
+    assert sender.next(PUBACK)[1] == b"\x00\x04"  # acknowledged, and the connection stays
+    sender.send(publish_packet(b"raw/after", 5, b"next", retain=False))
+    assert sender.next(PUBACK)[1] == b"\x00\x05"
+    _, body = watcher.next(PUBLISH)
+    assert body.startswith(b"\x00\x09raw/after")  # the forged one never reached a subscriber
