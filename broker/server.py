@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from amqtt.broker import Broker
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from broker.amqtt_fixes import PromiseKeepingBroker
 from broker.fastpath import FastPathBroker
@@ -29,6 +29,7 @@ class BrokerSettings(ServiceSettings):
         "MQTT_TLS_PORT": "mqtt_tls_port",
         "MQTT_TLS_CERTFILE": "tls_certfile",
         "MQTT_TLS_KEYFILE": "tls_keyfile",
+        "MQTT_SESSION_EXPIRY": "session_expiry_s",
     }
     YAML: ClassVar[dict[str, str]] = {
         **ServiceSettings.YAML,
@@ -37,6 +38,7 @@ class BrokerSettings(ServiceSettings):
         "mqtt.tls_port": "mqtt_tls_port",
         "mqtt.certfile": "tls_certfile",
         "mqtt.keyfile": "tls_keyfile",
+        "mqtt.session_expiry": "session_expiry_s",
     }
 
     mqtt_host: str = "0.0.0.0"
@@ -44,6 +46,7 @@ class BrokerSettings(ServiceSettings):
     mqtt_tls_port: int = 8883
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
+    session_expiry_s: int = Field(default=7 * 86400, ge=0)  # an offline persistent session's life; 0: for ever
 
     @field_validator("tls_certfile", "tls_keyfile")
     @classmethod
@@ -87,6 +90,7 @@ def broker_config(settings: BrokerSettings) -> dict[str, object]:
         }
     return {
         "listeners": listeners,
+        "session_expiry_interval": settings.session_expiry_s or None,
         "plugins": {
             f"{IdentityAuthPlugin.__module__}.{IdentityAuthPlugin.__name__}": store,
             f"{TopicAclPlugin.__module__}.{TopicAclPlugin.__name__}": store,

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 import types
 from collections.abc import Iterator
+from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
 from amqtt.broker import Broker
 from hypothesis import given
@@ -15,11 +18,12 @@ from hypothesis import strategies as st
 
 from benchmarks.mqtt_load import PacketReader, connect_packet, publish_packet, subscribe_packet
 from broker import fastpath
-from broker.identities import Role
+from broker.identities import IdentityStore, Role
 from broker.topic_index import FilterIndex
 from broker.topics import Topics
 from broker.tuning import LeanSession
 from tests.conftest import RunningBroker
+from tests.helpers import ServiceProcess, free_port, wait_until
 
 CONNACK, PUBLISH, PUBACK, SUBACK = 2, 3, 4, 9
 TOPICS = Topics()
@@ -229,3 +233,69 @@ def test_a_publish_to_the_brokers_own_topics_is_acknowledged_and_dropped(broker:
     assert sender.next(PUBACK)[1] == b"\x00\x05"
     _, body = watcher.next(PUBLISH)
     assert body.startswith(b"\x00\x09raw/after")  # the forged one never reached a subscriber
+
+
+class PersistentClient:
+    """A paho client with a persistent session: whether the broker still had it, and what it receives."""
+
+    def __init__(self, port: int, client_id: str, username: str, password: str) -> None:
+        self.present: list[bool] = []
+        self.received: list[bytes] = []
+        self.subscribed: list[int] = []
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311,
+                                  clean_session=False)
+        self.client.username_pw_set(username, password)
+        self.client.on_connect = lambda _c, _u, flags, _rc, _p: self.present.append(flags.session_present)
+        self.client.on_message = lambda _c, _u, message: self.received.append(message.payload)
+        self.client.on_subscribe = lambda _c, _u, mid, _codes, _p: self.subscribed.append(mid)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        wait_until(lambda: self.present, 5, what=f"{client_id} connected")
+
+    @property
+    def session_present(self) -> bool:
+        return self.present[0]
+
+    def subscribe(self, topic: str) -> None:
+        mid = self.client.subscribe(topic, qos=1)[1]
+        wait_until(lambda: mid in self.subscribed, 5, what=f"subscribed to {topic}")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_an_offline_persistent_session_expires(data_dir: Path, tmp_path: Path) -> None:
+    admin = IdentityStore(data_dir).add("admin", Role.ADMIN)
+    port = free_port()
+    process = ServiceProcess(
+        ["broker", "--data-dir", str(data_dir), "--mqtt-host", "127.0.0.1", "--mqtt-port", str(port)],
+        tmp_path / "broker.log", env={"MQTT_SESSION_EXPIRY": "2"},
+    ).wait_port(port)
+    clients: list[PersistentClient] = []
+
+    def persistent(client_id: str) -> PersistentClient:
+        clients.append(PersistentClient(port, client_id, admin.username, admin.password))
+        return clients[-1]
+
+    try:
+        for client_id in ("kept", "expired"):
+            client = persistent(client_id)
+            client.subscribe("raw/expiry")
+            client.close()
+        kept = persistent("kept")  # back within the expiry: its session is there
+        assert kept.session_present
+        kept.close()
+        time.sleep(3)  # the behaviour under test is a time limit: 2 s offline, then the session goes
+        sender = persistent("sender")
+        sender.client.publish("raw/expiry", b"after", qos=1).wait_for_publish(5)
+        again = persistent("expired")
+        assert not again.session_present  # it expired, with its subscription: nothing was queued for it
+        again.subscribe("raw/expiry")
+        sender.client.publish("raw/expiry", b"live", qos=1).wait_for_publish(5)
+        wait_until(lambda: again.received, 5, what="a live message on the new session")
+        assert again.received == [b"live"]
+    finally:
+        for client in clients:
+            client.close()
+        process.stop()
