@@ -126,6 +126,11 @@ class Hub:
         self.queue_size = queue_size
         self.closed_slow = 0
 
+    def last_id(self) -> str:
+        """The id of the newest event: a page rendered now streams from here, missing nothing."""
+        with self._lock:
+            return f"{self.epoch}-{self._next_id - 1}"
+
     def publish(self, event_type: str, farm_id: str | None, data: dict[str, Any]) -> None:
         with self._lock:
             number = self._next_id

@@ -220,12 +220,13 @@ def command(farm_id: str) -> tuple[Response, int]:
 @bp.get("/farms/<farm_id>")
 @login_required
 def farm(farm_id: str) -> str:
+    since = bridge().hub.last_id()  # taken before the view: what changes after it reaches the page's stream
     view = visible_view(farm_id)
     user = current_user()
     assert user is not None
     rows = value_rows(view)
     return render_template(
-        "farm.html", view=view, rows=rows, stale=is_stale(view), user=user,
+        "farm.html", view=view, since=since, rows=rows, stale=is_stale(view), user=user,
         writable=profile().writable if user.may_command else [], language=language(),
         chart_rows=[row for row in rows if profile().values_by_name[row.name].type in CHARTABLE_TYPES],
         two_polls=two_polls(view), heartbeat_ok=heartbeat_ok(view), grace=BY_EXCEPTION_GRACE_S,

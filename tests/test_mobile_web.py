@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import http.client
 import http.cookiejar
 import json
@@ -442,6 +443,21 @@ def test_reconnect_with_last_event_id_gets_what_was_missed(web: Web, streams: St
         resync = streams.open(client, f"?farm={FARM}", last_event_id=stale_id)
         next(resync)
         assert events_of(next(resync))["event"] == "resync"
+
+
+def test_what_changes_between_the_page_and_its_stream_is_not_missed(web: Web, streams: Streams) -> None:
+    app, bridge, _ = web
+    feed_farm(bridge)
+    client = app.test_client()
+    log_in(client, "vera", "viewer-pass")
+    page = client.get(f"/farms/{FARM}").get_data(as_text=True)
+    stream_url = html.unescape(re.search(r'data-stream="([^"]+)"', page).group(1))  # type: ignore[union-attr]
+    # an alarm latched after the page was rendered, before the browser opened the page's stream
+    bridge.handle(TOPICS.alarms(FARM), encode(Alarms(ts=utc_now(), latched=[AlarmItem(bit=2, label="alarm bit 2")])))
+    stream = streams.open(client, stream_url.removeprefix("/events"))
+    next(stream)
+    first = events_of(next(stream))
+    assert first["event"] == "alarms" and json.loads(first["data"])["latched"][0]["bit"] == 2
 
 
 def test_a_stalled_stream_is_closed_and_never_holds_up_the_others(web: Web, streams: Streams) -> None:
