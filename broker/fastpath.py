@@ -455,6 +455,7 @@ class FastPathBroker(TunedBroker):
         super().__init__(*args, **kwargs)
         self.messages_received = 0  # every PUBLISH a client sent, for /metrics
         self.offline_dropped = 0  # messages for offline persistent sessions beyond MAX_QUEUED_OFFLINE
+        self._shutting_down = False
         self.filters = FilterIndex()
         self._subscriptions: dict[str, list[tuple[Session, int]]] = Subscriptions(self._subscriptions, self.filters)
         self._connections: set[BrokerConnection] = set()
@@ -481,6 +482,7 @@ class FastPathBroker(TunedBroker):
         )
 
     async def shutdown(self) -> None:
+        self._shutting_down = True
         for connection in list(self._connections):
             connection._end(clean=True)
         await super().shutdown()
@@ -568,6 +570,14 @@ class FastPathBroker(TunedBroker):
         to session expiry."""
         if self._stock_listeners or self.config.session_expiry_interval is not None:
             await super()._session_monitor()
+
+    async def _cleanup_session(self, client_id: str) -> None:
+        session = self._sessions.get(client_id, (None, None))[0]
+        expiry = self.config.session_expiry_interval
+        if (session is not None and expiry is not None and not session.clean_session and session.last_disconnect_time
+                and session.transitions.state == "disconnected" and not self._shutting_down):
+            log.info("dropped the session of %r: offline for more than %d s", client_id, expiry)
+        await super()._cleanup_session(client_id)
 
     # subscriptions
 
