@@ -11,11 +11,9 @@ last cycle within 10 % of the RSS after the first (the retained readings stay, a
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import sys
 import time
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -24,9 +22,11 @@ from benchmarks.mqtt_load import (
     BROKERS,
     BrokerUnderTest,
     broker_under_test,
+    child_process,
     make_farms,
     raise_open_files_limit,
     ratio,
+    receive,
     run_cycles,
 )
 
@@ -52,13 +52,6 @@ class MemoryResult:
         return self.left_kb[-1] / self.left_kb[0] - 1
 
 
-def receive(pipe: Connection) -> tuple[object, ...]:
-    if not pipe.poll(PIPE_TIMEOUT_S):
-        raise RuntimeError(f"the fleet did not answer within {PIPE_TIMEOUT_S:.0f} s")
-    answer: tuple[object, ...] = pipe.recv()
-    return answer
-
-
 def settled_rss(broker: BrokerUnderTest) -> int:
     time.sleep(SETTLE_S)
     return broker.rss_kb()
@@ -66,24 +59,16 @@ def settled_rss(broker: BrokerUnderTest) -> int:
 
 def measure(broker: BrokerUnderTest, cycles: int) -> MemoryResult:
     result = MemoryResult(broker.name, len(broker.farms), idle_kb=settled_rss(broker))
-    context = multiprocessing.get_context("fork")
-    pipe, child_end = context.Pipe()
-    fleet = context.Process(target=run_cycles, args=(broker.port, broker.farms, cycles, child_end), daemon=True)
-    fleet.start()
-    try:
+    with child_process(run_cycles, broker.port, broker.farms, cycles) as pipe:
         for _ in range(cycles):
-            _, connected, _connect_s = receive(pipe)
+            _, connected, _connect_s = receive(pipe, "fleet", PIPE_TIMEOUT_S)
             if connected != len(broker.farms):
                 print(f"  {broker.name}: only {connected} of {len(broker.farms)} farms connected", file=sys.stderr)
             result.connected_kb.append(settled_rss(broker))
             pipe.send("leave")
-            receive(pipe)
+            receive(pipe, "fleet", PIPE_TIMEOUT_S)
             result.left_kb.append(settled_rss(broker))
             pipe.send("next")
-    finally:
-        fleet.join(30)
-        if fleet.is_alive():
-            fleet.kill()
     return result
 
 

@@ -12,11 +12,9 @@ connected again and when the last one's reading was acknowledged.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import sys
 import time
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -25,9 +23,11 @@ from benchmarks.mqtt_load import (
     BROKERS,
     BrokerUnderTest,
     broker_under_test,
+    child_process,
     make_farms,
     raise_open_files_limit,
     ratio,
+    receive,
     run_storm,
 )
 
@@ -45,20 +45,9 @@ class StormResult:
     all_published_s: float
 
 
-def receive(pipe: Connection) -> tuple[object, ...]:
-    if not pipe.poll(PIPE_TIMEOUT_S):
-        raise RuntimeError(f"the fleet did not answer within {PIPE_TIMEOUT_S:.0f} s")
-    answer: tuple[object, ...] = pipe.recv()
-    return answer
-
-
 def measure(broker: BrokerUnderTest) -> StormResult:
-    context = multiprocessing.get_context("fork")
-    pipe, child_end = context.Pipe()
-    fleet = context.Process(target=run_storm, args=(broker.port, broker.farms, child_end), daemon=True)
-    fleet.start()
-    try:
-        _, connected, _ = receive(pipe)
+    with child_process(run_storm, broker.port, broker.farms) as pipe:
+        _, connected, _ = receive(pipe, "fleet", PIPE_TIMEOUT_S)
         if connected != len(broker.farms):
             raise RuntimeError(f"{broker.name}: only {connected} of {len(broker.farms)} farms connected at first")
         broker.stop()
@@ -66,17 +55,13 @@ def measure(broker: BrokerUnderTest) -> StormResult:
         broker.start_again()
         listening = time.monotonic_ns()
         pipe.send(started)
-        _, reconnected, last_connect, published, last_publish, failures = receive(pipe)
+        _, reconnected, last_connect, published, last_publish, failures = receive(pipe, "fleet", PIPE_TIMEOUT_S)
         if failures:
             print(f"  {broker.name}: farms that did not come back: {failures}", file=sys.stderr)
         pipe.send("leave")
-    finally:
-        fleet.join(30)
-        if fleet.is_alive():
-            fleet.kill()
-    return StormResult(broker.name, len(broker.farms), (listening - started) / 1e9, int(reconnected),  # type: ignore[call-overload]
-                       (int(last_connect) - started) / 1e9, int(published),  # type: ignore[call-overload]
-                       (int(last_publish) - started) / 1e9)  # type: ignore[call-overload]
+    return StormResult(broker.name, len(broker.farms), (listening - started) / 1e9, int(reconnected),
+                       (int(last_connect) - started) / 1e9, int(published),
+                       (int(last_publish) - started) / 1e9)
 
 
 def main() -> None:

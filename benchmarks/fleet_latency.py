@@ -13,7 +13,7 @@ in the measuring window. Both brokers run in the same run on the same machine, o
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import os
 import sys
 import time
 from array import array
@@ -26,10 +26,12 @@ from benchmarks.mqtt_load import (
     BROKERS,
     BrokerUnderTest,
     broker_under_test,
+    child_process,
     make_farms,
     percentile,
     raise_open_files_limit,
     ratio,
+    receive,
     run_fleet,
     run_subscriber,
 )
@@ -59,52 +61,31 @@ class LatencyResult:
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    import os
-
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def receive(pipe: multiprocessing.connection.Connection, what: str, more_s: float = 0.0) -> object:
-    if not pipe.poll(PIPE_TIMEOUT_S + more_s):
-        raise RuntimeError(f"no answer from the {what} within {PIPE_TIMEOUT_S + more_s:.0f} s")
-    return pipe.recv()
-
-
 def measure(broker: BrokerUnderTest, seconds: float, warmup: float) -> LatencyResult:
-    context = multiprocessing.get_context("fork")
-    sub_pipe, sub_end = context.Pipe()
-    fleet_pipe, fleet_end = context.Pipe()
-    subscriber = context.Process(target=run_subscriber, args=(broker.port, broker.reader, sub_end), daemon=True)
-    fleet = context.Process(target=run_fleet, args=(broker.port, broker.farms, fleet_end), daemon=True)
-    subscriber.start()
-    try:
-        _, granted = receive(sub_pipe, "subscriber")  # type: ignore[misc]
+    with child_process(run_subscriber, broker.port, broker.reader) as sub_pipe:
+        _, granted = receive(sub_pipe, "subscriber", PIPE_TIMEOUT_S)
         if granted not in (0, 1):
             raise RuntimeError(f"{broker.name} refused the subscription (code {granted})")
-        fleet.start()
-        _, connected, failed, connect_s, errors = receive(fleet_pipe, "fleet")  # type: ignore[misc]
-        if failed:
-            print(f"  {broker.name}: {failed} farms could not connect, e.g. {errors}", file=sys.stderr)
-        start = time.monotonic_ns() + int(warmup * 1e9)
-        window = (start, start + int(seconds * 1e9))
-        sub_pipe.send(window)
-        fleet_pipe.send((window, window[1]))
-        time.sleep(max(0.0, (start - time.monotonic_ns()) / 1e9))
-        cpu_before = cpu_seconds(broker.process.pid)
-        _, _sent, sent_in_window, _acked = receive(fleet_pipe, "fleet", seconds)  # type: ignore[misc]
-        cpu = cpu_seconds(broker.process.pid) - cpu_before
-        rss_mb = broker.rss_kb() / 1024
-        time.sleep(DRAIN_S)
-        sub_pipe.send("stop")
-        _received, in_window, raw = receive(sub_pipe, "subscriber")  # type: ignore[misc]
-        fleet_pipe.send("leave")
-    finally:
-        for process in (fleet, subscriber):
-            if process.pid is None:
-                continue
-            process.join(30)
-            if process.is_alive():
-                process.kill()
+        with child_process(run_fleet, broker.port, broker.farms) as fleet_pipe:
+            _, connected, failed, connect_s, errors = receive(fleet_pipe, "fleet", PIPE_TIMEOUT_S)
+            if failed:
+                print(f"  {broker.name}: {failed} farms could not connect, e.g. {errors}", file=sys.stderr)
+            start = time.monotonic_ns() + int(warmup * 1e9)
+            window = (start, start + int(seconds * 1e9))
+            sub_pipe.send(window)
+            fleet_pipe.send((window, window[1]))
+            time.sleep(max(0.0, (start - time.monotonic_ns()) / 1e9))
+            cpu_before = cpu_seconds(broker.process.pid)
+            _, _sent, sent_in_window, _acked = receive(fleet_pipe, "fleet", PIPE_TIMEOUT_S + seconds)
+            cpu = cpu_seconds(broker.process.pid) - cpu_before
+            rss_mb = broker.rss_kb() / 1024
+            time.sleep(DRAIN_S)
+            sub_pipe.send("stop")
+            _received, in_window, raw = receive(sub_pipe, "subscriber", PIPE_TIMEOUT_S)
+            fleet_pipe.send("leave")
     latencies = array("q")
     latencies.frombytes(raw)
     ordered = sorted(latencies)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import resource
 import shutil
@@ -28,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -307,6 +309,28 @@ class Subscriber:
                 self.latencies_us.append((now - sent) // 1000)
         elif kind == SUBACK and not self.suback.done():
             self.suback.set_result(body[2])
+
+
+def receive(pipe: Connection, what: str, timeout_s: float = 120.0) -> Any:
+    """The next report of a child process, or an error naming it when none comes in time."""
+    if not pipe.poll(timeout_s):
+        raise RuntimeError(f"no answer from the {what} within {timeout_s:.0f} s")
+    return pipe.recv()
+
+
+@contextmanager
+def child_process(target: Callable[..., None], *args: object) -> Iterator[Connection]:
+    """``target(*args, pipe)`` in a forked process while the block runs; yields this side's end of the pipe."""
+    context = multiprocessing.get_context("fork")
+    pipe, child_end = context.Pipe()
+    process = context.Process(target=target, args=(*args, child_end), daemon=True)
+    process.start()
+    try:
+        yield pipe
+    finally:
+        process.join(30)
+        if process.is_alive():
+            process.kill()
 
 
 def _use_uvloop() -> None:
