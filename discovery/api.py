@@ -9,6 +9,7 @@ another owner's farm answers 403. Tokens are compared in constant time.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -264,6 +265,7 @@ async def _tailnet_devices(request: web.Request) -> web.Response:
     return web.json_response(tailnet.devices_report())
 
 
+@functools.cache
 def openapi_document() -> dict[str, Any]:
     """The API described as OpenAPI 3 (``openapi.yaml`` beside this module), served at ``/openapi.json``."""
     document: dict[str, Any] = yaml.safe_load(OPENAPI_FILE.read_text(encoding="utf-8"))

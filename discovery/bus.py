@@ -53,6 +53,7 @@ class DiscoveryBus:
         self._unacked: list[tuple[int, int]] = []  # (mid, qos) of messages handled but not yet committed
         self.topics = topics
         self.plugins = plugins
+        self._buffering = [plugin for plugin in plugins if isinstance(plugin, Buffering)]
         self.keepalive = keepalive
         self.connected = False
 
@@ -112,9 +113,8 @@ class DiscoveryBus:
         """Write what the plug-ins buffer, then acknowledge the messages it came from, in order."""
         if not self._unacked:
             return
-        for plugin in self.plugins:
-            if isinstance(plugin, Buffering):
-                plugin.flush()
+        for plugin in self._buffering:
+            plugin.flush()
         for mid, qos in self._unacked:
             acknowledge(client, mid, qos)
         self._unacked.clear()

@@ -93,7 +93,6 @@ class HistoryRecorder:
         self.clock = clock
         self.retention = retention or Retention()
         self.batch = batch
-        self.dropped = 0
         self._db = connect(path)
         self._db.executescript(SCHEMA)
         self._stored = int(self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])  # kept up to date after
@@ -113,7 +112,6 @@ class HistoryRecorder:
             farm_id = self.topics.parse(topic).farm_id
             reading = decode(Reading, payload)
         except (InvalidTopic, PayloadError) as exc:
-            self.dropped += 1
             log.warning("dropped a reading on %s: %s", topic, exc)
             return
         self._pending.append((farm_id, reading.seq, reading.ts.timestamp(), json.dumps(reading.values)))

@@ -75,7 +75,6 @@ class FarmState:
     last_published: float = 0.0  # monotonic time of the last published reading
     polls_unchanged: int = 0
     bytes_published: int = 0
-    replayed: int = 0  # backlog readings the broker acknowledged since start
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -295,7 +294,6 @@ class FarmAgent:
             await asyncio.gather(*(client.publish(topic, queued.payload, qos=1) for queued in batch))
             self.queue.remove([queued.seq for queued in batch])
             sent += len(batch)
-            self.state.replayed += len(batch)
             self.state.bytes_published += sum(len(queued.payload) + len(topic) for queued in batch)
             if rate > 0:
                 await asyncio.sleep(max(0.0, started + sent / rate - time.monotonic()))

@@ -34,7 +34,7 @@ class AgentCollector(Collector):
         yield _one(GaugeMetricFamily, "kubmesh_mqtt_connected", "1 while the broker session is up", labels,
                    int(state.mqtt_connected))
         yield _one(GaugeMetricFamily, "kubmesh_backlog_readings", "Readings waiting to be sent", labels,
-                   agent.heartbeat().backlog)
+                   len(agent.queue))
         yield _one(CounterMetricFamily, "kubmesh_published_bytes", "Bytes published to the broker", labels,
                    state.bytes_published)
         if state.reading is not None:

@@ -154,6 +154,12 @@ def is_stale(view: FarmView) -> bool:
     return time.time() - latest > stale_after(view)
 
 
+def chartable(name: str) -> bool:
+    """A value the history chart can draw: a number (enums and bit fields have no line)."""
+    spec = profile().values_by_name.get(name)
+    return spec is not None and spec.type in CHARTABLE_TYPES
+
+
 def owner_of(view: FarmView) -> str | None:
     """The owner given at ``kubmesh farm add`` when the farm has an identity here, else the one its agent declares."""
     try:
@@ -228,7 +234,7 @@ def farm(farm_id: str) -> str:
     return render_template(
         "farm.html", view=view, since=since, rows=rows, stale=is_stale(view), user=user,
         writable=profile().writable if user.may_command else [], language=language(),
-        chart_rows=[row for row in rows if profile().values_by_name[row.name].type in CHARTABLE_TYPES],
+        chart_rows=[row for row in rows if chartable(row.name)],
         two_polls=two_polls(view), heartbeat_ok=heartbeat_ok(view), grace=BY_EXCEPTION_GRACE_S,
         event_text=event_text, event_texts=event_texts(), alarm_label=alarm_label, alarm_kinds=ALARM_KINDS,
         status_texts=SENSOR_STATUS_TEXTS,

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from broker.payloads import Timestamp, format_ts, utc_now
 from mobile_web.auth import login_required
-from mobile_web.farms import CHARTABLE_TYPES, profile, visible_view
+from mobile_web.farms import chartable, profile, visible_view
 
 log = logging.getLogger("kubmesh.web.history")
 bp = Blueprint("history", __name__)
@@ -84,11 +84,6 @@ def fetch_history(base_url: str, token: str | None, farm_id: str, name: str, ran
 
 def _error(status: int, message: str) -> tuple[Response, int]:
     return jsonify(error=message), status
-
-
-def chartable(name: str) -> bool:
-    spec = profile().values_by_name.get(name)
-    return spec is not None and spec.type in CHARTABLE_TYPES
 
 
 @bp.get("/farms/<farm_id>/history")

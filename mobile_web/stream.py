@@ -43,7 +43,7 @@ def events() -> Response:
                     continue
                 if event is None:
                     return  # closed as too slow: the browser reconnects with Last-Event-ID
-                if event.farm_id is not None:
+                if event.farm_id is not None and user.owner is not None:  # an owner's user sees only theirs
                     view = bridge().view(event.farm_id)
                     if not user.sees(owner_of(view) if view else None):
                         continue

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from broker.identities import Credentials, IdentityStore, Role
+from tests.farm_system import Simulator
 from tests.helpers import ServiceProcess, free_port, port_open, wait_until
 
 
@@ -50,6 +51,14 @@ def broker(data_dir: Path, tmp_path: Path) -> Iterator[RunningBroker]:
     running = RunningBroker(port, data_dir, store, process, admin)
     yield running
     running.process.stop()  # a test may have restarted it
+
+
+@pytest.fixture
+def simulator(tmp_path: Path) -> Iterator[Simulator]:
+    """``kubmesh simulate``: a KUB-1063 on Modbus TCP, with its control API."""
+    sim = Simulator(tmp_path).start()
+    yield sim
+    sim.stop()
 
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"

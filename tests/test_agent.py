@@ -17,13 +17,6 @@ FARM = "farm-007"
 
 
 @pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[Simulator]:
-    sim = Simulator(tmp_path).start()
-    yield sim
-    sim.stop()
-
-
-@pytest.fixture
 def farm(broker: RunningBroker, simulator: Simulator, tmp_path: Path) -> Iterator[tuple[Agent, MqttWatcher]]:
     credentials = broker.add(FARM, Role.FARM, owner="owner-a")
     agent = Agent(tmp_path, broker.data_dir, FARM, broker.url(credentials), simulator.modbus_url).start()

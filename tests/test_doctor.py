@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,13 +32,6 @@ def lines(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
         name = rest.split("  ")[0].strip()
         found[name] = status
     return found
-
-
-@pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[Simulator]:
-    sim = Simulator(tmp_path).start()
-    yield sim
-    sim.stop()
 
 
 @pytest.fixture

@@ -15,11 +15,9 @@ import subprocess
 import sys
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
-import pytest
 
 from broker.identities import IdentityStore, Role
 from farm_agent.homeassistant import config_topic
@@ -32,13 +30,6 @@ from tests.test_discovery import TOKEN, Discovery
 FARM = "farm-001"
 PASSWORDS = {FARM: "farm-secret", "discovery": "discovery-secret", "mobile_web": "web-secret",
              "homeassistant": "ha-secret"}
-
-
-@pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[Simulator]:
-    sim = Simulator(tmp_path).start()
-    yield sim
-    sim.stop()
 
 
 def web_stream(port: int, username: str, password: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +104,6 @@ def test_templates_render_values_and_make_null_unknown() -> None:
 
 
 # ---- the real thing: an agent process announcing its farm ---------------------------------------------------
-
-@pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[Simulator]:
-    sim = Simulator(tmp_path).start()
-    yield sim
-    sim.stop()
-
 
 def ha_configs(watcher: MqttWatcher, retained_only: bool = False) -> list[dict[str, Any]]:
     topic = config_topic("homeassistant", FARM)

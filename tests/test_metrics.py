@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.identities import Role
@@ -24,13 +22,6 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         text = response.read().decode()
     return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
-@pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[Simulator]:
-    sim = Simulator(tmp_path).start()
-    yield sim
-    sim.stop()
 
 
 def test_metrics_of_discovery_and_agent_are_prometheus_text(

@@ -69,7 +69,6 @@ class TailscaleManager:
         self.local_error: str | None = None
         self.problem: SyncProblem | None = None
         self.failures = 0
-        self.syncs = 0
         self.next_attempt: datetime | None = None
 
     @property
@@ -92,9 +91,7 @@ class TailscaleManager:
         await self._read_local()
         try:
             devices = await self._devices()
-        except TailscaleApiError as exc:
-            return self._failed(exc)
-        except TailscaleCliError as exc:
+        except (TailscaleApiError, TailscaleCliError) as exc:
             return self._failed(exc)
         farm_ids = self.farm_ids()
         now = self.clock()
@@ -104,7 +101,6 @@ class TailscaleManager:
             log.info("tailnet sync works again after %d failure(s)", self.failures)
         self.problem = None
         self.failures = 0
-        self.syncs += 1
         flagged = {r["farm_id"]: r["flags"] for r in records if r["farm_id"] and r["flags"]}
         for farm_id, farm_flags in flagged.items():
             log.warning("farm %s on the tailnet: %s", farm_id, ", ".join(farm_flags))
