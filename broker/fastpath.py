@@ -525,15 +525,19 @@ class FastPathBroker(TunedBroker):
         """amqtt's session rules for an authenticated CONNECT: the session the connection continues."""
         client_id = incoming.client_id or ""
         session = incoming
-        if incoming.clean_session:
-            await self._delete_session(client_id)
-        elif client_id in self._sessions:
-            session = self._sessions[client_id][0]
+        stored, old_connection = self._sessions.get(client_id, (None, None))
+        if (stored is not None and not incoming.clean_session and not stored.clean_session
+                and stored.username == incoming.username):  # §3.1.2.4: the same client resumes its session
+            session = stored
             for name in ("will_flag", "will_message", "will_topic", "will_qos", "will_retain", "keep_alive",
-                         "username", "password", "remote_address", "remote_port", "ssl_object"):
+                         "password", "remote_address", "remote_port", "ssl_object"):
                 setattr(session, name, getattr(incoming, name))
-            session.clean_session = False
             await self._take_over(session)
+        elif stored is not None:  # a clean start, a clean session's id, or another user's: nothing carries over
+            if isinstance(old_connection, BrokerConnection) and old_connection is not connection:
+                stored.will_flag = False  # taken over (§3.1.4-2), not lost: no will
+                old_connection._end(clean=True)
+            await self._delete_session(client_id)
         try:
             session.transitions.connect()
         except MachineError:  # the old connection did not end in time: end it now, without its will
@@ -582,14 +586,21 @@ class FastPathBroker(TunedBroker):
     # subscriptions
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        topic_filter = subscription[0]
         code = await super().add_subscription(subscription, session)
         if code != REFUSED:
-            session.attributes.setdefault(FILTERS, set()).add(subscription[0])
+            session.attributes.setdefault(FILTERS, set()).add(topic_filter)
+            # §3.8.4: a repeated subscription replaces the old one, with its QoS (amqtt keeps the old QoS)
+            subscribers = dict.__getitem__(self._subscriptions, topic_filter)
+            subscribers[:] = [(s, code if s.client_id == session.client_id else q) for s, q in subscribers]
         return code
 
     def _del_subscription(self, a_filter: str, session: Session) -> int:
         session.attributes.get(FILTERS, set()).discard(a_filter)
-        return super()._del_subscription(a_filter, session)
+        deleted = super()._del_subscription(a_filter, session)
+        if a_filter in self._subscriptions and not dict.__getitem__(self._subscriptions, a_filter):
+            del self._subscriptions[a_filter]  # and out of the filter index: nothing left to deliver to
+        return deleted
 
     async def _del_all_subscriptions(self, session: Session) -> None:
         self.drop_subscriptions(session)
@@ -600,9 +611,7 @@ class FastPathBroker(TunedBroker):
         if mine is None and not isinstance(session, LeanSession):
             mine = list(dict.keys(self._subscriptions))  # a session from elsewhere: look everywhere
         for topic_filter in mine or ():
-            super()._del_subscription(topic_filter, session)
-            if topic_filter in self._subscriptions and not dict.__getitem__(self._subscriptions, topic_filter):
-                del self._subscriptions[topic_filter]
+            self._del_subscription(topic_filter, session)
 
     def send_will(self, session: Session) -> None:
         topic, data, qos = session.will_topic or "", bytes(session.will_message or b""), session.will_qos or 0

@@ -292,3 +292,40 @@ def test_an_offline_persistent_session_expires(data_dir: Path, tmp_path: Path) -
         for client in clients:
             client.close()
         process.stop()
+
+
+def test_a_persistent_session_is_resumed_only_by_the_user_that_made_it(broker: RunningBroker) -> None:
+    other = broker.add("other-admin", Role.ADMIN)
+    owner = PersistentClient(broker.port, "shared-id", broker.admin.username, broker.admin.password)
+    owner.subscribe("raw/private")
+    owner.close()
+    back = PersistentClient(broker.port, "shared-id", broker.admin.username, broker.admin.password)
+    assert back.session_present
+    back.close()
+    intruder = PersistentClient(broker.port, "shared-id", other.username, other.password)
+    try:
+        assert not intruder.session_present  # the session, its subscriptions and its queue are not another's
+    finally:
+        intruder.close()
+
+
+def test_a_repeated_subscription_takes_the_new_qos(broker: RunningBroker, reader: RawClient) -> None:
+    reader.send(subscribe_packet("raw/#", packet_id=7, qos=0))  # the fixture subscribed at QoS 1
+    assert reader.next(SUBACK)[1] == b"\x00\x07\x00"
+    sender = _connected(broker, "qos-sender", broker.admin.username, broker.admin.password)
+    assert sender.next(CONNACK)[1] == b"\x00\x00"
+    sender.send(publish_packet(b"raw/qos", 3, b"one copy at QoS 0", retain=False))
+    assert sender.next(PUBACK)[1] == b"\x00\x03"
+    flags, body = reader.next(PUBLISH)
+    assert flags >> 1 & 3 == 0 and body == b"\x00\x07raw/qosone copy at QoS 0"
+
+
+def test_a_second_connection_with_the_same_client_id_takes_over(broker: RunningBroker) -> None:
+    admin = broker.admin
+    first = _connected(broker, "twice", admin.username, admin.password)
+    assert first.next(CONNACK)[1] == b"\x00\x00"
+    second = _connected(broker, "twice", admin.username, admin.password)
+    assert second.next(CONNACK)[1] == b"\x00\x00"
+    assert first.closed_by_broker()  # §3.1.4-2, clean sessions too
+    second.send(b"\xc0\x00")  # PINGREQ: the new one is served
+    second.next(13)
