@@ -162,7 +162,7 @@ class HeapFreezer:
     full collection and ``gc.freeze()``; every ``every_s``, a collection of the young generations
     only and a freeze of what survived, so full collections never walk the sessions. What leaves
     later is still freed, by reference counting: sessions hold no cycles (see
-    :func:`patch_session_state`, and ``TunedBroker.retain_message``). Every ``sweep_every_s`` one
+    :func:`patch_session_state`, and ``FastPathBroker.store_retained``). Every ``sweep_every_s`` one
     full collection over everything, frozen or not, bounds what an unforeseen cycle could hold.
     """
 
