@@ -185,12 +185,14 @@ class HistoryRecorder:
         """How many readings are stored, and how many ``seq`` numbers are missing between them (and where)."""
         self.flush()
         with self._lock:
-            count, first, last, gaps, missing = self._db.execute(
-                "SELECT COUNT(*), MIN(seq), MAX(seq), "
-                "COALESCE(SUM(seq - prev > 1), 0), COALESCE(SUM(MAX(seq - prev - 1, 0)), 0) "
-                "FROM (SELECT seq, LAG(seq) OVER (ORDER BY seq) AS prev FROM readings WHERE farm_id = ?)",
-                (farm_id,),
-            ).fetchone()
+            count, first, last = self._db.execute(
+                "SELECT COUNT(*), MIN(seq), MAX(seq) FROM readings WHERE farm_id = ?", (farm_id,)).fetchone()
+            # a gap begins after every stored seq whose successor is missing (the last one excepted)
+            gaps = self._db.execute(
+                "SELECT COUNT(*) FROM readings AS r WHERE farm_id = ? AND seq < ? AND NOT EXISTS "
+                "(SELECT 1 FROM readings WHERE farm_id = r.farm_id AND seq = r.seq + 1)", (farm_id, last),
+            ).fetchone()[0] if count else 0
+        missing = last - first + 1 - count if count else 0  # seq is the key: each one stored at most once
         return {"readings": count, "first_seq": first, "last_seq": last, "gaps": gaps, "missing": missing}
 
     def close(self) -> None:
