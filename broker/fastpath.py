@@ -447,8 +447,8 @@ class FastPathBroker(TunedBroker):
     """amqtt's broker with its TCP and TLS listeners served by :class:`BrokerConnection`.
 
     The ACL comes from the single topic plug-in :class:`broker.plugins.TopicAclPlugin` (through
-    ``TunedBroker``); a broker with other topic plug-ins, or a websocket listener, keeps amqtt's
-    own connection handling.
+    ``TunedBroker``); the broker refuses to start with another kind of listener (websockets) or
+    without that plug-in, rather than serve it with amqtt's own handler.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -460,7 +460,6 @@ class FastPathBroker(TunedBroker):
         self._subscriptions: dict[str, list[tuple[Session, int]]] = Subscriptions(self._subscriptions, self.filters)
         self._connections: set[BrokerConnection] = set()
         self._steps: set[asyncio.Future[Any]] = set()
-        self._stock_listeners = False
         self._to_flush: list[BrokerConnection] = []
 
     async def _create_server_instance(
@@ -474,8 +473,7 @@ class FastPathBroker(TunedBroker):
         """The listeners take a backlog of LISTEN_BACKLOG: when thousands of farms reconnect at once,
         asyncio's 100 would drop the rest of their SYNs, for the kernel to retry a second or more later."""
         if listener_type is not ListenerType.TCP or self._acl is None:
-            self._stock_listeners = True
-            return await super()._create_server_instance(listener_name, listener_type, address, port, ssl_context)
+            raise ValueError(f"listener {listener_name!r}: the broker serves MQTT over TCP or TLS, with its topic ACL")
         return await asyncio.get_running_loop().create_server(
             lambda: BrokerConnection(self, listener_name),
             address, port, reuse_address=True, ssl=ssl_context, backlog=LISTEN_BACKLOG,
@@ -525,7 +523,7 @@ class FastPathBroker(TunedBroker):
         """amqtt's session rules for an authenticated CONNECT: the session the connection continues."""
         client_id = incoming.client_id or ""
         session = incoming
-        stored, old_connection = self._sessions.get(client_id, (None, None))
+        stored = self._sessions.get(client_id, (None, None))[0]
         if (stored is not None and not incoming.clean_session and not stored.clean_session
                 and stored.username == incoming.username):  # §3.1.2.4: the same client resumes its session
             session = stored
@@ -534,10 +532,7 @@ class FastPathBroker(TunedBroker):
                 setattr(session, name, getattr(incoming, name))
             await self._take_over(session)
         elif stored is not None:  # a clean start, a clean session's id, or another user's: nothing carries over
-            if isinstance(old_connection, BrokerConnection) and old_connection is not connection:
-                stored.will_flag = False  # taken over (§3.1.4-2), not lost: no will
-                old_connection._end(clean=True)
-            await self._delete_session(client_id)
+            await self._delete_session(client_id)  # its live connection, if any, is ended without its will
         try:
             session.transitions.connect()
         except MachineError:  # the old connection did not end in time: end it now, without its will
@@ -570,9 +565,8 @@ class FastPathBroker(TunedBroker):
 
     async def _session_monitor(self) -> None:
         """amqtt looks at every session every second to drop those of clean sessions that ended; the
-        lean connections drop theirs as they end, so that walk is left to amqtt's own listeners and
-        to session expiry."""
-        if self._stock_listeners or self.config.session_expiry_interval is not None:
+        lean connections drop theirs as they end, so that walk is left to session expiry."""
+        if self.config.session_expiry_interval is not None:
             await super()._session_monitor()
 
     async def _cleanup_session(self, client_id: str) -> None:
@@ -660,8 +654,6 @@ class FastPathBroker(TunedBroker):
                     if head is None:
                         head = heads[granted] = publish_head(topic.encode(), len(data), granted, False)
                     handler.send(topic, data, granted, head)
-                elif handler is not None:
-                    self.track(asyncio.ensure_future(handler.mqtt_publish(topic, data, granted, retain=False)))
 
     def queue_offline(self, session: Session, topic: str, data: bytes, qos: int) -> None:
         """A QoS 1 or 2 message kept for a persistent session until it reconnects, up to
@@ -715,7 +707,7 @@ class FastPathBroker(TunedBroker):
         data: bytes | bytearray | None,
         force_qos: int | None = None,
     ) -> None:
-        """amqtt's broadcast (plug-ins, amqtt's own connections), delivered at once; without a QoS,
+        """amqtt's broadcast (its plug-ins), delivered at once; without a QoS,
         at the subscription's, as amqtt does."""
         if topic:
             self.deliver(topic, bytes(data or b""), 2 if force_qos is None else force_qos)
@@ -733,7 +725,7 @@ class FastPathBroker(TunedBroker):
         """
         topic_filter, qos = subscription
         handler = self._sessions.get(session.client_id or "", (None, None))[1]
-        if handler is None:
+        if not isinstance(handler, BrokerConnection):
             return
         granted = [q for subscriber, q in dict.get(self._subscriptions, topic_filter, ())
                    if subscriber.client_id == session.client_id]
@@ -741,17 +733,11 @@ class FastPathBroker(TunedBroker):
             return
         qos = granted[0]  # on connect amqtt passes QoS 0 for a persistent session's filters
         literal = topic_filter.split("+", 1)[0].split("#", 1)[0]
-        tasks = []
         for topic, retained in list(self._retained_messages.items()):
             if not topic.startswith(literal) or not self._matches(topic, topic_filter):
                 continue
             if not self.may(session, topic, Action.RECEIVE):
                 continue
             data, message_qos = bytes(retained.data), retained_qos(qos, retained.qos)
-            if isinstance(handler, BrokerConnection):
-                handler.send(topic, data, message_qos, publish_head(topic.encode(), len(data), message_qos, True), True)
-            else:
-                tasks.append(asyncio.ensure_future(handler.mqtt_publish(topic, data, message_qos, retain=True)))
-        if tasks:
-            await asyncio.wait(tasks)
+            handler.send(topic, data, message_qos, publish_head(topic.encode(), len(data), message_qos, True), True)
 
