@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.cookiejar
 import re
 import resource
 import statistics
@@ -39,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from broker.identities import Credentials, IdentityStore, Role
 from broker.payloads import DeviceInfo, Meta, ProfileSummary, Reading, Status, encode, utc_now
 from broker.topics import Topics
-from tests.helpers import ServiceProcess, free_port, wait_until
+from tests.helpers import ServiceProcess, free_port, wait_until, web_login
 
 FARM = "farm-bench"
 TOPICS = Topics()
@@ -63,18 +62,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
-
-
-def log_in(port: int, username: str, password: str) -> str:
-    """A session through the login form (with its CSRF token), as a browser gets one; the Cookie header."""
-    jar = http.cookiejar.CookieJar()
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-    page = opener.open(f"http://127.0.0.1:{port}/login", timeout=10).read().decode()
-    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    assert match, "no CSRF token on the login page"
-    form = urllib.parse.urlencode({"username": username, "password": password, "csrf_token": match.group(1)})
-    opener.open(f"http://127.0.0.1:{port}/login", data=form.encode(), timeout=10)
-    return "; ".join(f"{cookie.name}={cookie.value}" for cookie in jar)
 
 
 class Publisher:
@@ -263,7 +250,8 @@ def main() -> int:
         publisher = Publisher(mqtt_port, farm)
         try:
             publisher.announce()
-            cookie = log_in(web_port, viewer.username, "bench-viewer-pass")
+            cookie = web_login(web_port, viewer.username, "bench-viewer-pass")
+            assert cookie is not None, "the web login refused"
             wait_until(lambda: urllib.request.urlopen(urllib.request.Request(
                 f"http://127.0.0.1:{web_port}/farms/{FARM}", headers={"Cookie": cookie}), timeout=5).status == 200,
                 20, what="the mobile web knowing the farm")

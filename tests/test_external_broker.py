@@ -10,11 +10,8 @@ import http.client
 import http.cookiejar
 import json
 import os
-import re
 import subprocess
 import sys
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -24,7 +21,7 @@ from farm_agent.homeassistant import config_topic
 from tests.conftest import RunningMosquitto
 from tests.farm_system import Agent, Simulator
 from tests.ha_schema import check_device_config
-from tests.helpers import REPO, MqttWatcher, ServiceProcess, free_port, wait_until
+from tests.helpers import REPO, MqttWatcher, ServiceProcess, free_port, wait_until, web_login
 from tests.test_discovery import TOKEN, Discovery
 
 FARM = "farm-001"
@@ -33,13 +30,8 @@ PASSWORDS = {FARM: "farm-secret", "discovery": "discovery-secret", "mobile_web":
 
 
 def web_stream(port: int, username: str, password: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-    jar = http.cookiejar.CookieJar()
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-    login_page = opener.open(f"http://127.0.0.1:{port}/login", timeout=5).read().decode()
-    token = re.search(r'name="csrf_token" value="([^"]+)"', login_page).group(1)  # type: ignore[union-attr]
-    form = urllib.parse.urlencode({"username": username, "password": password, "csrf_token": token}).encode()
-    opener.open(f"http://127.0.0.1:{port}/login", data=form, timeout=5)
-    cookie = "; ".join(f"{c.name}={c.value}" for c in jar)
+    cookie = web_login(port, username, password)
+    assert cookie is not None, "the web login refused"
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     connection.request("GET", f"/events?farm={FARM}", headers={"Cookie": cookie})
     stream = connection.getresponse()

@@ -11,8 +11,6 @@ import socket
 import struct
 import subprocess
 import threading
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -45,7 +43,7 @@ from mobile_web.bridge import FarmBridge
 from mobile_web.settings import WebSettings
 from tests.conftest import RunningBroker
 from tests.farm_system import send_a_week_of_history
-from tests.helpers import ServiceProcess, free_port, wait_until
+from tests.helpers import ServiceProcess, free_port, wait_until, web_login
 from tests.test_discovery import TOKEN, Discovery, start_discovery
 
 FARM = "farm-001"
@@ -273,17 +271,6 @@ def test_security_headers(web: tuple[Flask, RecordingBridge, IdentityStore]) -> 
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
-def session_cookie(port: int, username: str, password: str) -> str:
-    """Log in through the form of a real server, as a browser does; the Cookie header to send."""
-    jar = http.cookiejar.CookieJar()
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-    login_page = opener.open(f"http://127.0.0.1:{port}/login", timeout=5).read().decode()
-    token = re.search(r'name="csrf_token" value="([^"]+)"', login_page).group(1)  # type: ignore[union-attr]
-    form = urllib.parse.urlencode({"username": username, "password": password, "csrf_token": token}).encode()
-    opener.open(f"http://127.0.0.1:{port}/login", data=form, timeout=5)
-    return "; ".join(f"{c.name}={c.value}" for c in jar)
-
-
 @pytest.fixture
 def web_process(broker: RunningBroker, tmp_path: Path, data_dir: Path) -> Iterator[tuple[ServiceProcess, int]]:
     service = broker.add("mobile_web", Role.MOBILE_WEB)
@@ -321,7 +308,8 @@ def test_sse_stream_of_a_real_server_delivers_a_new_reading(
 ) -> None:
     process, port = web_process
     farm = broker.add(FARM, Role.FARM)
-    cookie = session_cookie(port, "vera", "viewer-pass")
+    cookie = web_login(port, "vera", "viewer-pass")
+    assert cookie is not None
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     connection.request("GET", f"/events?farm={FARM}", headers={"Cookie": cookie})
     stream = connection.getresponse()
@@ -345,7 +333,8 @@ def test_a_browser_that_stops_reading_is_cut_off_while_the_others_get_everything
 ) -> None:
     process, port = web_process
     farm = broker.add(FARM, Role.FARM)
-    cookie = session_cookie(port, "vera", "viewer-pass")
+    cookie = web_login(port, "vera", "viewer-pass")
+    assert cookie is not None
     request = f"GET /events?farm={FARM} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n".encode()
     stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read: its buffers fill at once
