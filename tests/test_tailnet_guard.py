@@ -21,8 +21,13 @@ def app(data_dir: Path, enabled: bool = True) -> Flask:
 
 
 def get(web: Flask, address: str, path: str = "/login") -> tuple[int, dict[str, str]]:
+    status, headers, _ = answer(web, address, path)
+    return status, headers
+
+
+def answer(web: Flask, address: str, path: str = "/login") -> tuple[int, dict[str, str], str]:
     response = web.test_client().get(path, environ_base={"REMOTE_ADDR": address})
-    return response.status_code, dict(response.headers)
+    return response.status_code, dict(response.headers), response.get_data(as_text=True)
 
 
 def test_a_phone_on_the_tailnet_is_served_and_named(data_dir: Path) -> None:
@@ -36,8 +41,9 @@ def test_a_farm_device_gets_403(data_dir: Path, tmp_path: Path, monkeypatch: pyt
     who["Node"]["Name"] = "farm-001.example.ts.net."
     (tmp_path / "farm-whois.json").write_text(json.dumps(who))
     monkeypatch.setenv("TAILSCALE_WHOIS_FILE", str(tmp_path / "farm-whois.json"))
-    status, headers = get(app(data_dir), "100.64.0.11")
+    status, headers, body = answer(app(data_dir), "100.64.0.11")
     assert status == 403 and "X-Tailnet-User" not in headers
+    assert "tag:farm" in body  # refused for its tag, not because whois failed
 
 
 def test_an_address_off_the_tailnet_gets_403_and_the_machine_itself_passes(
