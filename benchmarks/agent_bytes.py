@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker.identities import IdentityStore, Role
+from common.identities import IdentityStore, Role
 from tests.farm_system import Agent, Simulator
 from tests.helpers import MqttWatcher, ServiceProcess, free_port, wait_until
 

@@ -39,8 +39,8 @@ import paho.mqtt.client as paho
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker.identities import IdentityStore, Role
-from broker.payloads import Reading, utc_now
+from common.identities import IdentityStore, Role
+from contract.payloads import Reading, utc_now
 from farm_agent.profile import load_profile
 from farm_agent.queue import ReadingQueue
 from farm_agent.store import AgentStore

@@ -34,9 +34,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from broker.acl import AclRules
-from broker.identities import Credentials, IdentityStore, Role, new_token
 from broker.mosquitto import export_mosquitto
-from broker.topics import FarmTopic, Topics
+from common.identities import Credentials, IdentityStore, Role, new_token
+from contract.topics import FarmTopic, Topics
 
 REPO = Path(__file__).resolve().parent.parent
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"

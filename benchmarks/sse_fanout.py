@@ -35,9 +35,9 @@ import paho.mqtt.client as paho
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker.identities import Credentials, IdentityStore, Role
-from broker.payloads import DeviceInfo, Meta, ProfileSummary, Reading, Status, encode, utc_now
-from broker.topics import Topics
+from common.identities import Credentials, IdentityStore, Role
+from contract.payloads import DeviceInfo, Meta, ProfileSummary, Reading, Status, encode, utc_now
+from contract.topics import Topics
 from tests.helpers import ServiceProcess, free_port, wait_until, web_login
 
 FARM = "farm-bench"

@@ -27,8 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from broker.identities import Identity, Role
-from broker.topics import FARM_ID_PATTERN, HA_DEFAULT_PREFIX, HA_NODE_PREFIX, FarmTopic, Topics, ha_status_topic
+from common.identities import Identity, Role
+from contract.topics import FARM_ID_PATTERN, HA_DEFAULT_PREFIX, HA_NODE_PREFIX, FarmTopic, Topics, ha_status_topic
 
 FARM = "{farm}"  # the level of a grant's filter that names a farm
 WILDCARDS = ("+", "#")

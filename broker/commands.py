@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 from broker.acl import AclRules
-from broker.identities import IdentityStore, StoreError
 from broker.mosquitto import export_mosquitto
 from broker.server import BrokerSettings, run_broker
-from broker.topics import Topics
 from broker.tuning import use_fast_event_loop
-from kubmesh.cli import add_service_options, run_service
-from kubmesh.settings import load_settings
+from common.identities import IdentityStore, StoreError
+from common.service import add_service_options, run_service
+from common.settings import load_settings
+from contract.topics import Topics
 
 
 def add_broker_options(parser: argparse.ArgumentParser) -> None:

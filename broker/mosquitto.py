@@ -1,6 +1,6 @@
 """``kubmesh broker export-mosquitto``: the identity store and the topic policy as Mosquitto files.
 
-The password file holds each identity's ``$7$`` hash (``broker/identities.py``
+The password file holds each identity's ``$7$`` hash (``common/identities.py``
 keeps one beside its own hash), so no secret is needed or re-issued. The ACL
 file is rendered from :class:`broker.acl.AclRules`' grants, the same ones the
 embedded broker evaluates:
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker.acl import AclRules, Binding, Grant, Right
-from broker.identities import Identity, IdentityStore, Role
-from broker.topics import filter_within
+from common.identities import Identity, IdentityStore, Role
+from contract.topics import filter_within
 
 PASSWORD_FILE = "mosquitto.passwd"
 ACL_FILE = "mosquitto.acl"

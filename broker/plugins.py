@@ -19,8 +19,8 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from broker.acl import Access, AclRules
-from broker.identities import IdentityStore, StoreError
-from broker.topics import DEFAULT_BASE, HA_DEFAULT_PREFIX, Topics
+from common.identities import IdentityStore, StoreError
+from contract.topics import DEFAULT_BASE, HA_DEFAULT_PREFIX, Topics
 
 log = logging.getLogger("kubmesh.broker")
 

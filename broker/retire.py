@@ -6,8 +6,8 @@ it also makes Home Assistant remove the device and all its entities.
 
 from __future__ import annotations
 
-from broker.client import MqttUrl, async_client
-from broker.topics import RETAINED, Topics, ha_device_config_topic
+from common.mqtt import MqttUrl, async_client
+from contract.topics import RETAINED, Topics, ha_device_config_topic
 
 CLEAR_TIMEOUT_S = 5.0
 

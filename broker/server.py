@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from broker.amqtt_fixes import PromiseKeepingBroker
 from broker.fastpath import FastPathBroker
 from broker.plugins import IdentityAuthPlugin, TopicAclPlugin
-from kubmesh.settings import ServiceSettings
+from common.settings import ServiceSettings
 
 log = logging.getLogger("kubmesh.broker")
 SHUTDOWN_TIMEOUT_S = 3.0

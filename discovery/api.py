@@ -24,9 +24,9 @@ import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from broker.identities import IdentityStore, Role, StoreError
-from broker.payloads import format_ts, parse_ts, utc_now
-from broker.topics import InvalidTopic, check_farm_id, check_value_name
+from common.identities import IdentityStore, Role, StoreError
+from contract.payloads import format_ts, parse_ts, utc_now
+from contract.topics import InvalidTopic, check_farm_id, check_value_name
 from discovery.audit import CommandAudit
 from discovery.history import HistoryRecorder
 from discovery.registry import Registry

@@ -7,8 +7,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from broker.payloads import Ack, Clock, PayloadError, decode, decode_set_command, format_ts
-from broker.topics import FarmTopic, InvalidTopic, Topics
+from contract.payloads import Ack, Clock, PayloadError, decode, decode_set_command, format_ts
+from contract.topics import FarmTopic, InvalidTopic, Topics
 from discovery.sqlite import connect, upsert
 
 log = logging.getLogger("kubmesh.discovery.audit")

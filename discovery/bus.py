@@ -22,9 +22,9 @@ from typing import Protocol, runtime_checkable
 
 import aiomqtt
 
-from broker.client import LastWill, MqttUrl, acknowledge, async_client
-from broker.topics import Topics, filter_within
-from kubmesh.runtime import run_until_stopped
+from common.mqtt import LastWill, MqttUrl, acknowledge, async_client
+from common.runtime import run_until_stopped
+from contract.topics import Topics, filter_within
 
 log = logging.getLogger("kubmesh.discovery")
 CLIENT_ID = "kubmesh-discovery"

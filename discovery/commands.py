@@ -6,9 +6,9 @@ import argparse
 
 from broker.commands import BROKER_FLAGS, add_broker_options
 from broker.tuning import use_fast_event_loop
+from common.service import add_service_options, run_service
 from discovery.service import run_discovery
 from discovery.settings import DiscoverySettings
-from kubmesh.cli import add_service_options, run_service
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from broker.payloads import Clock, PayloadError, Reading, decode, format_ts
-from broker.topics import FarmTopic, InvalidTopic, Topics
+from contract.payloads import Clock, PayloadError, Reading, decode, format_ts
+from contract.topics import FarmTopic, InvalidTopic, Topics
 from discovery.sqlite import connect
 
 log = logging.getLogger("kubmesh.discovery.history")

@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 from broker.server import KubBroker
 from broker.stats import broker_stats
-from broker.topics import FarmTopic, InvalidTopic, Topics
+from contract.topics import FarmTopic, InvalidTopic, Topics
 from discovery.registry import Registry
 from discovery.tailscale.manager import TailscaleManager
 

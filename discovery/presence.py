@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from broker.payloads import Alarms, Clock, Heartbeat, Meta, PayloadError, Reading, Status, decode
-from broker.topics import FarmTopic, InvalidTopic, Topics
+from contract.payloads import Alarms, Clock, Heartbeat, Meta, PayloadError, Reading, Status, decode
+from contract.topics import FarmTopic, InvalidTopic, Topics
 from discovery.registry import Registry
 
 log = logging.getLogger("kubmesh.discovery.presence")

@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from broker.payloads import Alarms, Heartbeat, Meta, Reading, Status, format_ts
+from contract.payloads import Alarms, Heartbeat, Meta, Reading, Status, format_ts
 from discovery.sqlite import connect, upsert
 
 SCHEMA = """

@@ -9,11 +9,11 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.client import MqttUrl
-from broker.identities import IdentityStore, Role
-from broker.payloads import utc_now
 from broker.server import start_broker, stop_broker
-from broker.topics import Topics
+from common.identities import IdentityStore, Role
+from common.mqtt import MqttUrl
+from contract.payloads import utc_now
+from contract.topics import Topics
 from discovery.api import create_api
 from discovery.audit import CommandAudit
 from discovery.bus import DiscoveryBus, Plugin

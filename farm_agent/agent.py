@@ -27,8 +27,9 @@ from typing import Any
 
 import aiomqtt
 
-from broker.client import LastWill, async_client
-from broker.payloads import (
+from common.mqtt import LastWill, async_client
+from common.runtime import run_until_stopped
+from contract.payloads import (
     AlarmItem,
     Alarms,
     Clock,
@@ -36,13 +37,12 @@ from broker.payloads import (
     Event,
     Heartbeat,
     Meta,
-    ProfileSummary,
     Reading,
     Status,
     encode,
     utc_now,
 )
-from broker.topics import Topics, ha_status_topic
+from contract.topics import Topics, ha_status_topic
 from farm_agent import homeassistant
 from farm_agent.control import CommandHandler
 from farm_agent.events import alarm_events, sensor_events
@@ -52,7 +52,6 @@ from farm_agent.profile import Profile
 from farm_agent.queue import ReadingQueue
 from farm_agent.report import named_bits, worth_publishing
 from farm_agent.settings import AgentSettings
-from kubmesh.runtime import run_until_stopped
 
 log = logging.getLogger("kubmesh.agent")
 
@@ -417,12 +416,7 @@ class FarmAgent:
             ),
             agent_version=AGENT_VERSION,
             poll_interval_s=settings.poll_interval,
-            profile=ProfileSummary(
-                name=self.profile.model,
-                values=[v.name for v in self.profile.values],
-                writable=[w.name for w in self.profile.writable],
-                units={v.name: v.unit for v in self.profile.values if v.unit},
-            ),
+            profile=self.profile.summary(),
             ts=self.clock(),
         )
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from common.service import add_service_options, run_service
+from common.settings import ConfigError
 from farm_agent.profile import ProfileError
 from farm_agent.service import run_agent
 from farm_agent.settings import AgentSettings
-from kubmesh.cli import add_service_options, run_service
-from kubmesh.settings import ConfigError
 
 AGENT_FLAGS = (
     "farm_id", "farm_name", "owner_id", "modbus_url", "poll_interval", "max_interval", "profile", "api_host", "api_port"

@@ -17,8 +17,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.payloads import Ack, Clock, PayloadError, SetCommand, decode_set_command, format_ts
-from broker.topics import VALUE_NAME_PATTERN
+from contract.payloads import Ack, Clock, PayloadError, SetCommand, decode_set_command, format_ts
+from contract.topics import VALUE_NAME_PATTERN
 from farm_agent.link import ModbusFailure, ModbusLink, ModbusTimeout
 from farm_agent.profile import Profile, WritableSpec
 

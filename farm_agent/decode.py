@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from broker.payloads import AlarmItem, SensorStatus
+from contract.payloads import AlarmItem, SensorStatus
 from farm_agent.profile import AlarmGroupSpec, Profile, ValueSpec
 
 Registers = Mapping[int, int]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from broker.payloads import AlarmItem, Event, SensorStatus
+from contract.payloads import AlarmItem, Event, SensorStatus
 
 ALARM_LISTS = {
     "active": ("alarm", "Alarm"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.topics import Topics, ha_device_config_topic, ha_node_id
+from contract.topics import Topics, ha_device_config_topic, ha_node_id
 from farm_agent.profile import Profile, ValueSpec
 
 ORIGIN_NAME = "kubmesh"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from broker.payloads import format_ts
+from contract.payloads import format_ts
 from farm_agent.agent import FarmAgent
 from farm_agent.metrics import agent_metrics
 

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.payloads import AlarmItem, SensorStatus
+from contract.payloads import AlarmItem, SensorStatus
 from farm_agent.blocks import Block, plan_blocks
 from farm_agent.decode import decode_alarms, decode_firmware, decode_values
 from farm_agent.link import ILLEGAL_DATA_ADDRESS, ModbusDeviceError, ModbusLink

@@ -14,8 +14,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from broker.payloads import SensorStatus
-from broker.topics import check_value_name
+from contract.payloads import ProfileSummary, SensorStatus
+from contract.topics import check_value_name
 
 MAX_REGISTER = 0xFFFF
 DEFAULT_PROFILE = "kub1063"
@@ -169,6 +169,15 @@ class Profile(_Strict):
     @cached_property
     def writable_by_name(self) -> dict[str, WritableSpec]:
         return {w.name: w for w in self.writable}
+
+    def summary(self) -> ProfileSummary:
+        """What the farm's ``meta`` says of its profile, for the web and the command checks of others."""
+        return ProfileSummary(
+            name=self.model,
+            values=[v.name for v in self.values],
+            writable=[w.name for w in self.writable],
+            units={v.name: v.unit for v in self.values if v.unit},
+        )
 
     def sentinel_status(self, raw: int) -> SensorStatus | None:
         status = self.sentinels.get(raw)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from broker.payloads import Clock, Reading, encode, utc_now
+from contract.payloads import Clock, Reading, encode, utc_now
 from farm_agent.store import AgentStore
 
 log = logging.getLogger("kubmesh.agent.queue")

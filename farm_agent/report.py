@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from broker.payloads import SensorStatus
+from contract.payloads import SensorStatus
 from farm_agent.profile import Profile
 
 Values = Mapping[str, int | float | None]

@@ -7,7 +7,7 @@ import logging
 
 from aiohttp import web
 
-from broker.payloads import utc_now
+from contract.payloads import utc_now
 from farm_agent.agent import FarmAgent
 from farm_agent.control import CommandHandler
 from farm_agent.http_api import create_api

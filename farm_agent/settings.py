@@ -6,9 +6,9 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
-from broker.topics import check_farm_id
+from common.settings import ServiceSettings
+from contract.topics import check_farm_id
 from farm_agent.link import ModbusUrl, ModbusUrlError
-from kubmesh.settings import ServiceSettings
 
 
 class AgentSettings(ServiceSettings):

@@ -1,74 +1,91 @@
-"""The ``kubmesh`` command: parses arguments and hands over to the package that does the work."""
+"""The ``kubmesh`` command: parses arguments and hands over to the package that does the work.
+
+Each command module has ``register(subparsers)``, which adds its commands with a ``func(args) -> int``.
+Registering imports nothing heavy: a command imports its component when it runs, so ``kubmesh farm-agent``
+loads the agent and not the broker, the web or the discovery node.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import importlib
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable
 
-from kubmesh.logs import setup_logging
-from kubmesh.runtime import run_until_signalled
-from kubmesh.settings import ConfigError, ServiceSettings, load_settings
+from common.settings import ConfigError
 
-S = TypeVar("S", bound=ServiceSettings)
-
-# Each module has ``register(subparsers)``, which adds its commands with a ``func(args) -> int``.
-COMMAND_MODULES = (
-    "kubmesh.demo",
-    "broker.commands",
-    "discovery.commands",
-    "farm_agent.commands",
-    "farm_agent.simulator",
-    "mobile_web.commands",
-    "kubmesh.identity_commands",
-    "discovery.tailscale.commands",
-    "kubmesh.doctor",
-)
+Registrar = Callable[[argparse._SubParsersAction], None]
 
 
-def add_service_options(parser: argparse.ArgumentParser) -> None:
-    """The options every service takes (CONTRACT.md): flags win over environment and file."""
-    parser.add_argument("--config", metavar="FILE", help="YAML configuration file")
-    parser.add_argument(
-        "--data-dir", metavar="DIR", help="where SQLite files and buffers live (default ./kubmesh-data)"
-    )
-    parser.add_argument("--mqtt-url", metavar="URL", help="broker URL, mqtt://user:pass@host:1883 or mqtts://…")
-    parser.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
-    parser.add_argument("--log-json", action="store_true", default=None, help="one JSON object per log line")
+def _demo(subparsers: argparse._SubParsersAction) -> None:
+    from kubmesh import demo
+
+    demo.register(subparsers)
 
 
-def service_flags(args: argparse.Namespace, *names: str) -> dict[str, object]:
-    """The flags given on the command line, as settings fields (None = not given)."""
-    fields = ("data_dir", "mqtt_url", "log_level", "log_json", *names)
-    return {name: getattr(args, name, None) for name in fields}
+def _broker(subparsers: argparse._SubParsersAction) -> None:
+    from broker import commands
+
+    commands.register(subparsers)
 
 
-def run_service(
-    args: argparse.Namespace,
-    model: type[S],
-    flag_names: tuple[str, ...],
-    service: Callable[[S, asyncio.Event], Awaitable[None]],
-) -> int:
-    """Load ``model`` from the file, environment and flags, set up logging, and run until signalled."""
-    settings = load_settings(model, config_file=args.config, flags=service_flags(args, *flag_names))
-    setup_logging(settings.log_level, settings.log_json)
-    return run_until_signalled(lambda stop: service(settings, stop))
+def _discovery(subparsers: argparse._SubParsersAction) -> None:
+    from discovery import commands
+
+    commands.register(subparsers)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _agent(subparsers: argparse._SubParsersAction) -> None:
+    from farm_agent import commands
+
+    commands.register(subparsers)
+
+
+def _simulator(subparsers: argparse._SubParsersAction) -> None:
+    from farm_agent.simulator import commands
+
+    commands.register(subparsers)
+
+
+def _web(subparsers: argparse._SubParsersAction) -> None:
+    from mobile_web import commands
+
+    commands.register(subparsers)
+
+
+def _identities(subparsers: argparse._SubParsersAction) -> None:
+    from kubmesh import identity_commands
+
+    identity_commands.register(subparsers)
+
+
+def _tailnet(subparsers: argparse._SubParsersAction) -> None:
+    from discovery.tailscale import commands
+
+    commands.register(subparsers)
+
+
+def _doctor(subparsers: argparse._SubParsersAction) -> None:
+    from kubmesh import doctor
+
+    doctor.register(subparsers)
+
+
+# In the order ``kubmesh --help`` lists them; each command is found by its first word, so only its own module
+# (and what that imports) is loaded.
+COMMANDS: dict[str, Registrar] = {
+    "demo": _demo, "broker": _broker, "discovery": _discovery, "farm-agent": _agent, "simulate": _simulator,
+    "mobile-web": _web, "farm": _identities, "user": _identities, "service": _identities, "token": _identities,
+    "tailscale": _tailnet, "doctor": _doctor,
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of ``command`` alone, or of every command when it is None or unknown."""
     parser = argparse.ArgumentParser(prog="kubmesh", description="KUB-1063 farms over an MQTT mesh")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(subparsers)
+    chosen = COMMANDS.get(command or "")
+    for register in [chosen] if chosen else dict.fromkeys(COMMANDS.values()):
+        register(subparsers)
     return parser
 
 
@@ -79,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         from gevent import monkey
 
         monkey.patch_all()
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from broker.client import MqttUrl
-from broker.identities import Credentials, IdentityStore, Role
+from common.identities import Credentials, IdentityStore, Role
+from common.mqtt import MqttUrl
 
 FARMS = (("farm-001", "Птичник №1"), ("farm-002", "Теплица №2"))
 DEMO_OWNER = "demo-owner"

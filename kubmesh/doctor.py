@@ -17,6 +17,7 @@ import email.utils
 import json
 import os
 import shutil
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -27,15 +28,15 @@ from typing import Any
 import aiomqtt
 import yaml
 
-from broker.client import MqttUrl, async_client
-from broker.identities import IdentityStore, StoreError
+from common.identities import IdentityStore, StoreError
+from common.mqtt import MqttUrl, async_client
+from common.settings import ConfigError, ServiceSettings, load_settings
+from common.tailscale.local import TailscaleCli, TailscaleCliError
 from discovery.settings import DiscoverySettings
-from discovery.tailscale.local import TailscaleCli, TailscaleCliError
 from farm_agent.link import ModbusFailure, ModbusLink, ModbusUrl
 from farm_agent.poller import Poller
 from farm_agent.profile import ProfileError, load_profile
 from farm_agent.settings import AgentSettings
-from kubmesh.settings import ConfigError, ServiceSettings, load_settings
 
 OK, FAIL, SKIP = "ok", "FAIL", "skip"
 CLOCK_SKEW_MAX_S = 30.0
@@ -78,7 +79,19 @@ def run_doctor(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _python_check() -> Check:
+    """Which Python runs kubmesh, and from which environment: a unit file's ``kubmesh`` must be this one."""
+    version = ".".join(str(part) for part in sys.version_info[:3])
+    if sys.prefix != sys.base_prefix:
+        return Check("python", OK, f"{version} in the virtual environment {sys.prefix}")
+    return Check("python", OK, f"{version} at {sys.executable} (no virtual environment)")
+
+
 async def _checks(args: argparse.Namespace) -> list[Check]:
+    return [_python_check(), *await _node_checks(args)]
+
+
+async def _node_checks(args: argparse.Namespace) -> list[Check]:
     farm_node = _is_farm_node(args)
     flags: dict[str, Any] = {"data_dir": args.data_dir, "mqtt_url": args.mqtt_url}
     if farm_node:

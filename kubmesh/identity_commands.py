@@ -15,8 +15,8 @@ from pathlib import Path
 
 import aiomqtt
 
-from broker.client import MqttUrl, MqttUrlError
-from broker.identities import (
+from broker.retire import clear_farm
+from common.identities import (
     PERSON_ROLES,
     SERVICE_ROLES,
     Credentials,
@@ -26,8 +26,8 @@ from broker.identities import (
     StoreError,
     check_username,
 )
-from broker.retire import clear_farm
-from broker.topics import HA_DEFAULT_PREFIX, Topics
+from common.mqtt import MqttUrl, MqttUrlError
+from contract.topics import HA_DEFAULT_PREFIX, Topics
 from discovery.tailscale.api import TailscaleApiError
 from discovery.tailscale.commands import authkey_failure, mint_farm_authkey
 

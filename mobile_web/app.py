@@ -13,8 +13,8 @@ from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from broker.identities import IdentityStore
-from broker.topics import Topics
+from common.identities import IdentityStore
+from contract.topics import Topics
 from farm_agent.profile import load_profile
 from mobile_web import auth, farms, history, pwa, stream
 from mobile_web.bridge import FarmBridge

@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, g, redirect, render_template
 from flask_babel import gettext as _
 from flask_wtf.csrf import generate_csrf
 
-from broker.identities import Identity, IdentityStore, Role, StoreError
+from common.identities import Identity, IdentityStore, Role, StoreError
 from mobile_web.extensions import limiter
 
 log = logging.getLogger("kubmesh.web.auth")

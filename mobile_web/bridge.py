@@ -21,9 +21,9 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from broker.client import MqttUrl, threaded_client
-from broker.payloads import Ack, Alarms, Event, Heartbeat, Meta, PayloadError, Reading, Status, decode
-from broker.topics import FarmTopic, InvalidTopic, Topics
+from common.mqtt import MqttUrl, threaded_client
+from contract.payloads import Ack, Alarms, Event, Heartbeat, Meta, PayloadError, Reading, Status, decode
+from contract.topics import FarmTopic, InvalidTopic, Topics
 
 log = logging.getLogger("kubmesh.web.bridge")
 

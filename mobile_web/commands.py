@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from kubmesh.cli import add_service_options, service_flags
-from kubmesh.logs import setup_logging
-from kubmesh.settings import load_settings
+from common.logs import setup_logging
+from common.service import add_service_options, service_flags
+from common.settings import load_settings
 from mobile_web.server import serve
 from mobile_web.settings import WebSettings
 

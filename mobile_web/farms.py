@@ -11,9 +11,9 @@ from flask import Blueprint, Response, abort, current_app, jsonify, render_templ
 from flask_babel import get_locale, lazy_gettext
 from flask_babel import gettext as _
 
-from broker.identities import StoreError
-from broker.payloads import Event, SetCommand, encode, utc_now
-from broker.topics import InvalidTopic, check_farm_id
+from common.identities import StoreError
+from contract.payloads import Event, SetCommand, encode, utc_now
+from contract.topics import InvalidTopic, check_farm_id
 from farm_agent.profile import Profile, ValueSpec
 from mobile_web.auth import current_user, login_required, store
 from mobile_web.bridge import FarmBridge, FarmView

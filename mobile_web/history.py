@@ -21,7 +21,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from flask_babel import gettext as _
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from broker.payloads import Timestamp, format_ts, utc_now
+from contract.payloads import Timestamp, format_ts, utc_now
 from mobile_web.auth import login_required
 from mobile_web.farms import chartable, profile, visible_view
 

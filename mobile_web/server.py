@@ -19,7 +19,7 @@ import socket
 import gevent
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
-from broker.topics import Topics
+from contract.topics import Topics
 from mobile_web.app import create_app
 from mobile_web.bridge import FarmBridge
 from mobile_web.settings import WebSettings

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from kubmesh.settings import ServiceSettings
+from common.settings import ServiceSettings
 
 
 class WebSettings(ServiceSettings):

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
-from broker.topics import InvalidTopic, check_farm_id
+from contract.topics import InvalidTopic, check_farm_id
 from mobile_web.auth import current_user
 from mobile_web.farms import bridge, owner_of
 

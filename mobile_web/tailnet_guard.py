@@ -17,8 +17,8 @@ import time
 
 from flask import Flask, Response, g, request
 
-from discovery.tailscale.local import TailscaleCli, TailscaleCliError
-from discovery.tailscale.models import WhoIs
+from common.tailscale.local import TailscaleCli, TailscaleCliError
+from common.tailscale.models import WhoIs
 from mobile_web.settings import WebSettings
 
 log = logging.getLogger("kubmesh.web.tailnet")

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs everything the tests need on a fresh Debian machine, then runs them.
-# Debian packages: mosquitto (the external-broker path), socat (serial pairs), chromium (browser tests).
+# Installs everything the tests need on a fresh Debian machine, then runs lint, the layer contracts and the tests.
+# Debian packages: mosquitto (the external-broker path), socat (serial pairs), chromium (browser tests),
+# postgresql (the server database), python3-venv (the project's own environment on a PEP 668 Python).
+# Python packages go into the project's own environment, .venv (scripts/venv.sh), never into the system Python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for package in mosquitto mosquitto-clients socat chromium; do
+for package in mosquitto mosquitto-clients socat chromium postgresql python3-venv; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 if ((${#missing[@]})); then
@@ -15,5 +17,8 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
-exec python3 -m pytest -n 2 "$@"
+bash scripts/venv.sh '.[test,dev]'
+.venv/bin/ruff check --quiet .
+.venv/bin/lint-imports --no-cache >/dev/null || .venv/bin/lint-imports --no-cache
+.venv/bin/mypy
+exec .venv/bin/python -m pytest -n 2 "$@"

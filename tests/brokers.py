@@ -13,7 +13,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
-from broker.identities import Credentials, IdentityStore, Role
+from common.identities import Credentials, IdentityStore, Role
 from tests.conftest import MOSQUITTO, RunningBroker
 from tests.helpers import REPO, free_port, port_open, wait_until
 from tests.tls import ThrowawayCA

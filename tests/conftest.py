@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.identities import Credentials, IdentityStore, Role
+from common.identities import Credentials, IdentityStore, Role
 from tests.farm_system import Simulator
 from tests.helpers import ServiceProcess, free_port, port_open, wait_until
 

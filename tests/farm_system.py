@@ -12,9 +12,9 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from broker.identities import Credentials
-from broker.payloads import Reading, encode, utc_now
-from broker.topics import Topics
+from common.identities import Credentials
+from contract.payloads import Reading, encode, utc_now
+from contract.topics import Topics
 from tests.helpers import ServiceProcess, free_port, wait_until
 
 

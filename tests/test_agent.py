@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.identities import Role
+from common.identities import Role
 from tests.conftest import RunningBroker, RunningMosquitto
 from tests.farm_system import Agent, Simulator
 from tests.helpers import MqttWatcher, ServiceProcess, wait_until

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.identities import Role
-from broker.payloads import DeviceInfo, Meta, ProfileSummary, Status, encode, utc_now
+from common.identities import Role
+from contract.payloads import DeviceInfo, Meta, ProfileSummary, Status, encode, utc_now
 from tests.helpers import REPO, wait_until
 from tests.test_discovery import TOKEN, Discovery, farm_client, start_discovery
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.identities import Credentials, Role
+from common.identities import Credentials, Role
 from tests.brokers import Bus, connects, embedded_bus, mosquitto_bus
 from tests.conftest import RunningBroker
 from tests.farm_system import Agent, Simulator

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 from benchmarks.mqtt_load import PacketReader, connect_packet, publish_packet, subscribe_packet
 from broker import fastpath
-from broker.identities import IdentityStore, Role
 from broker.topic_index import FilterIndex
-from broker.topics import Topics
 from broker.tuning import LeanSession
+from common.identities import IdentityStore, Role
+from contract.topics import Topics
 from tests.conftest import RunningBroker
 from tests.helpers import ServiceProcess, free_port, wait_until
 

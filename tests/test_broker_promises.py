@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import paho.mqtt.client as paho
 import pytest
 
-from broker.identities import Role
+from common.identities import Role
 from tests.helpers import wait_until
 
 

@@ -15,10 +15,10 @@ import paho.mqtt.client as paho
 import pytest
 
 from broker.acl import Access, AclRules
-from broker.identities import IdentityStore, Role
 from broker.plugins import AclCache
 from broker.server import BrokerSettings, KubBroker, start_broker, stop_broker
-from broker.topics import Topics
+from common.identities import IdentityStore, Role
+from contract.topics import Topics
 from tests.conftest import RunningBroker
 from tests.helpers import free_port, wait_until
 

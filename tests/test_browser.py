@@ -14,9 +14,9 @@ import paho.mqtt.client as paho
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from broker.identities import Credentials, Role
-from broker.payloads import AlarmItem, Alarms, DeviceInfo, Meta, ProfileSummary, Reading, Status, encode, utc_now
-from broker.topics import Topics
+from common.identities import Credentials, Role
+from contract.payloads import AlarmItem, Alarms, DeviceInfo, Meta, ProfileSummary, Reading, Status, encode, utc_now
+from contract.topics import Topics
 from tests.conftest import RunningBroker
 from tests.farm_system import Agent, Simulator, send_a_week_of_history
 from tests.helpers import REPO, ServiceProcess, free_port, wait_until

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from common.settings import ConfigError, load_settings
 from farm_agent.profile import ProfileError, load_profile, parse_profile
 from farm_agent.settings import AgentSettings
-from kubmesh.settings import ConfigError, load_settings
 from tests.helpers import REPO
 
 SHIPPED = (REPO / "farm_agent" / "profiles" / "kub1063.yaml").read_text(encoding="utf-8")

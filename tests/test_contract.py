@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.payloads import (
+from contract.payloads import (
     Ack,
     AlarmItem,
     Alarms,
@@ -26,7 +26,7 @@ from broker.payloads import (
     encode,
     format_ts,
 )
-from broker.topics import FarmTopic, InvalidTopic, Topics, check_farm_id, filter_within
+from contract.topics import FarmTopic, InvalidTopic, Topics, check_farm_id, filter_within
 
 TOPICS = Topics()
 farm_ids = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,63}", fullmatch=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from broker.identities import Role
+from common.identities import Role
 from tests.conftest import RunningBroker
 from tests.farm_system import Agent, Simulator
 from tests.helpers import MqttWatcher, wait_until

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.settings import ServiceSettings
 from discovery.settings import DiscoverySettings
 from farm_agent.settings import AgentSettings
 from kubmesh.cli import build_parser
-from kubmesh.settings import ServiceSettings
 from mobile_web.settings import WebSettings
 from tests.helpers import REPO, ServiceProcess, free_port
 

@@ -14,8 +14,8 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from broker.identities import Credentials, IdentityStore, Role
-from broker.payloads import Ack, DeviceInfo, Meta, ProfileSummary, Reading, Status, encode, utc_now
+from common.identities import Credentials, IdentityStore, Role
+from contract.payloads import Ack, DeviceInfo, Meta, ProfileSummary, Reading, Status, encode, utc_now
 from tests.conftest import RunningBroker
 from tests.helpers import MqttWatcher, ServiceProcess, free_port, wait_until
 

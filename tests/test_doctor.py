@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.identities import Role
+from common.identities import Role
 from tests.farm_system import Simulator
 from tests.helpers import REPO, wait_until
 from tests.tailscale_api import FIXTURES, STANDIN_BIN
@@ -57,11 +57,13 @@ def test_doctor_passes_every_check_on_a_healthy_farm_node_and_fails_clearly_with
     try:
         healthy = doctor(*base, "--mqtt-url", url, env=tailscale_as)
         assert healthy.returncode == 0, healthy.stdout + healthy.stderr
-        assert lines(healthy) == {"config": "ok", "broker reachable": "ok", "broker credentials": "ok",
+        assert lines(healthy) == {"python": "ok", "config": "ok", "broker reachable": "ok", "broker credentials": "ok",
                                   "Modbus": "ok", "discovery API": "ok", "tailscale": "ok", "clock": "ok",
                                   "disk": "ok"}
         assert "KUB-1063 firmware" in healthy.stdout and "tagged tag:farm" in healthy.stdout
-        assert healthy.stdout.splitlines()[-1] == "8 of 8 checks passed"
+        assert healthy.stdout.splitlines()[-1] == "9 of 9 checks passed"
+        in_venv = sys.prefix != sys.base_prefix
+        assert ("in the virtual environment " + sys.prefix if in_venv else sys.executable) in healthy.stdout
 
         wrong = doctor(*base, "--mqtt-url", url.replace(credentials.password, "wrong"), env=tailscale_as)
         assert wrong.returncode == 1 and lines(wrong)["broker credentials"] == "FAIL"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
-from broker.identities import IdentityStore, Role
+from common.identities import IdentityStore, Role
 from farm_agent.homeassistant import config_topic
 from tests.conftest import RunningMosquitto
 from tests.farm_system import Agent, Simulator

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.identities import Role
-from broker.payloads import Reading, Status, encode, format_ts, utc_now
+from common.identities import Role
+from contract.payloads import Reading, Status, encode, format_ts, utc_now
 from tests.helpers import wait_until
 from tests.test_discovery import FARM, Discovery, farm_client, publish, start_discovery
 

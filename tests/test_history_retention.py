@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from broker.payloads import Reading, encode
-from broker.topics import Topics
+from contract.payloads import Reading, encode
+from contract.topics import Topics
 from discovery.history import HistoryRecorder, Retention
 
 NOW = datetime(2026, 11, 24, 21, 0, tzinfo=UTC)

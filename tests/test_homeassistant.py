@@ -13,8 +13,8 @@ import jinja2
 import paho.mqtt.client as paho
 import pytest
 
-from broker.identities import IdentityStore, Role
-from broker.topics import Topics
+from common.identities import IdentityStore, Role
+from contract.topics import Topics
 from farm_agent.homeassistant import config_topic, device_config
 from farm_agent.profile import load_profile
 from tests.conftest import RunningBroker

@@ -29,8 +29,8 @@ import paho.mqtt.client as paho
 import pytest
 from itsdangerous import URLSafeTimedSerializer
 
-from broker.identities import Credentials, IdentityStore, Role
-from broker.payloads import Ack, PayloadError, decode, decode_set_command
+from common.identities import Credentials, IdentityStore, Role
+from contract.payloads import Ack, PayloadError, decode, decode_set_command
 from farm_agent.control import CommandHandler, CommandRefused
 from farm_agent.profile import load_profile
 from tests.farm_system import Agent, Simulator

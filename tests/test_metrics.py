@@ -8,7 +8,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker.identities import Role
+from common.identities import Role
 from tests.farm_system import Agent, Simulator
 from tests.helpers import wait_until
 from tests.test_discovery import start_discovery

@@ -24,8 +24,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 import mobile_web
-from broker.identities import IdentityStore, Role
-from broker.payloads import (
+from common.identities import IdentityStore, Role
+from contract.payloads import (
     AlarmItem,
     Alarms,
     DeviceInfo,
@@ -37,7 +37,7 @@ from broker.payloads import (
     encode,
     utc_now,
 )
-from broker.topics import Topics
+from contract.topics import Topics
 from mobile_web.app import create_app
 from mobile_web.bridge import FarmBridge
 from mobile_web.settings import WebSettings

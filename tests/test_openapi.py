@@ -10,9 +10,9 @@ from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_spec
 from prometheus_client import CollectorRegistry
 
-from broker.identities import IdentityStore, Role
-from broker.payloads import Reading, Status, encode, utc_now
-from broker.topics import Topics
+from common.identities import IdentityStore, Role
+from contract.payloads import Reading, Status, encode, utc_now
+from contract.topics import Topics
 from discovery.api import create_api, openapi_document
 from discovery.audit import CommandAudit
 from discovery.history import HistoryRecorder

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from broker.identities import IdentityStore, Role
+from common.identities import IdentityStore, Role
+from common.settings import load_settings
 from discovery.settings import DiscoverySettings
 from farm_agent.settings import AgentSettings
-from kubmesh.settings import load_settings
 from tests.helpers import ServiceProcess, free_port, wait_until
 from tests.tailscale_api import API_KEY, STANDIN_BIN, FakeTailscaleApi
 from tests.test_discovery import TOKEN, Discovery

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from broker.payloads import Reading, decode
+from contract.payloads import Reading, decode
 from farm_agent.queue import ReadingQueue
 from farm_agent.store import AgentStore
 

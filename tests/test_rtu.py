@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from broker.identities import Role
+from common.identities import Role
 from tests.conftest import RunningBroker
 from tests.farm_system import Agent
 from tests.helpers import MqttWatcher, ServiceProcess, wait_until

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from broker.identities import Role
-from broker.payloads import format_ts, parse_ts, utc_now
+from common.identities import Role
+from contract.payloads import format_ts, parse_ts, utc_now
 from tests.conftest import RunningBroker, RunningMosquitto
 from tests.farm_system import Agent, Simulator, http_json
 from tests.helpers import MqttWatcher, ServiceProcess, wait_until

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from broker.identities import IdentityStore, Role
+from common.identities import IdentityStore, Role
+from common.tailscale.local import TailscaleCli, TailscaleCliError
 from discovery.tailscale.api import (
     TailscaleApi,
     TailscaleApiError,
@@ -23,7 +24,6 @@ from discovery.tailscale.api import (
     TailscaleRateLimited,
     TailscaleUnreachable,
 )
-from discovery.tailscale.local import TailscaleCli, TailscaleCliError
 from discovery.tailscale.manager import TailscaleManager
 from discovery.tailscale.policy import DISCOVERY, FARM, MOBILE, policy_ports, recommended_policy
 from discovery.tailscale.store import TailnetStore

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from broker.identities import IdentityStore, Role
+from common.identities import IdentityStore, Role
 from tests.brokers import Bus, ExportedMosquitto, connects
 from tests.farm_system import Agent, Simulator
 from tests.helpers import ServiceProcess, free_port, wait_until, web_get, web_login

@@ -11,7 +11,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from broker.identities import IdentityStore, Role
+from common.identities import IdentityStore, Role
 from mobile_web.app import create_app
 from mobile_web.settings import WebSettings
 from tests.test_mobile_web import FARM, RecordingBridge, csrf_token, feed_farm, log_in

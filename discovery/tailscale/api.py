@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import aiohttp
 from pydantic import ValidationError
 
-from discovery.tailscale.models import AuthKey, Device
+from common.tailscale.models import AuthKey, Device
 
 T = TypeVar("T")
 DEFAULT_API_URL = "https://api.tailscale.com/api/v2"

@@ -8,17 +8,17 @@ import json
 import sys
 from typing import Any
 
-from broker.identities import IdentityStore
+from common.identities import IdentityStore
+from common.settings import ConfigError, load_settings
+from common.tailscale.local import TailscaleCli, TailscaleCliError
+from common.tailscale.models import AuthKey
 from discovery.registry import Registry
 from discovery.settings import DiscoverySettings
 from discovery.tailscale.api import TailscaleApi, TailscaleApiError
-from discovery.tailscale.local import TailscaleCli, TailscaleCliError
 from discovery.tailscale.manager import known_farms
 from discovery.tailscale.matching import FARM_TAG, farms_summary
-from discovery.tailscale.models import AuthKey
 from discovery.tailscale.policy import recommended_policy
 from discovery.tailscale.store import TailnetStore
-from kubmesh.settings import ConfigError, load_settings
 
 AUTHKEY_EXPIRY_S = 86400
 

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from broker.identities import IdentityStore, Role, StoreError
-from broker.payloads import Clock, format_ts
+from common.identities import IdentityStore, Role, StoreError
+from common.tailscale.local import TailscaleCli, TailscaleCliError
+from common.tailscale.models import Device, LocalStatus
+from contract.payloads import Clock, format_ts
 from discovery.registry import Registry
 from discovery.settings import DiscoverySettings
 from discovery.tailscale.api import (
@@ -29,9 +31,7 @@ from discovery.tailscale.api import (
     TailscaleRateLimited,
     TailscaleUnreachable,
 )
-from discovery.tailscale.local import TailscaleCli, TailscaleCliError
 from discovery.tailscale.matching import device_records, devices_from_local, farms_summary
-from discovery.tailscale.models import Device, LocalStatus
 from discovery.tailscale.store import TailnetStore
 
 log = logging.getLogger("kubmesh.discovery.tailnet")

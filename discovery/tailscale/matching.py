@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from broker.payloads import format_ts
-from discovery.tailscale.models import Device, LocalStatus
+from common.tailscale.models import Device, LocalStatus
+from contract.payloads import format_ts
 
 FARM_TAG = "tag:farm"
 

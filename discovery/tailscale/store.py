@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from broker.payloads import format_ts
+from contract.payloads import format_ts
 from discovery.sqlite import connect, upsert
 
 SCHEMA = """

@@ -10,8 +10,7 @@ sentinels and alarm bits, delay or drop replies, and it offers a small HTTP cont
 (``--control-port``, ``control_api``) to do the same while running.
 """
 
-from farm_agent.simulator.command import register
 from farm_agent.simulator.control_api import create_control_api
 from farm_agent.simulator.device import Kub1063Simulator, SimulatorError
 
-__all__ = ["Kub1063Simulator", "SimulatorError", "create_control_api", "register"]
+__all__ = ["Kub1063Simulator", "SimulatorError", "create_control_api"]

@@ -24,7 +24,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simutils import DataType
 
-from broker.payloads import format_ts, utc_now
+from contract.payloads import format_ts, utc_now
 from farm_agent.decode import encode_value
 from farm_agent.profile import AlarmGroupSpec, Profile, load_profile
 from farm_agent.simulator.climate import Climate

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from broker.client import MqttUrl, MqttUrlError
+from common.mqtt import MqttUrl, MqttUrlError
 
 
 class ConfigError(ValueError):

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 
-from broker.payloads import format_ts, utc_now
+from contract.payloads import format_ts, utc_now
 
 
 class JsonFormatter(logging.Formatter):

@@ -9,11 +9,11 @@ import sys
 
 from aiohttp import web
 
+from common.logs import setup_logging
+from common.runtime import run_until_signalled
 from farm_agent.profile import ProfileError, load_profile
 from farm_agent.simulator.control_api import create_control_api
 from farm_agent.simulator.device import Kub1063Simulator, SimulatorError
-from kubmesh.logs import setup_logging
-from kubmesh.runtime import run_until_signalled
 
 log = logging.getLogger("kubmesh.simulator")
 

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from discovery.tailscale.models import LocalStatus, WhoIs
+from common.tailscale.models import LocalStatus, WhoIs
 
 CLI_TIMEOUT_S = 10.0
 M = TypeVar("M", bound=BaseModel)

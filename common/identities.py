@@ -30,8 +30,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
-from broker.payloads import Timestamp, utc_now
-from broker.topics import FARM_ID_PATTERN, check_farm_id
+from contract.payloads import Timestamp, utc_now
+from contract.topics import FARM_ID_PATTERN, check_farm_id
 
 FILE_NAME = "identities.json"
 USERNAME_PATTERN = FARM_ID_PATTERN

@@ -1,0 +1,1 @@
+"""What every component runs on: settings loading, logging, the service runtime, the MQTT session, identities."""
