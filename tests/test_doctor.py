@@ -93,7 +93,7 @@ def test_doctor_names_a_bad_config_and_checks_a_discovery_node(tmp_path: Path, d
                "PATH": f"{STANDIN_BIN}{os.pathsep}{os.environ['PATH']}"}
         node = doctor("--data-dir", str(data_dir), env=env)
         assert node.returncode == 0, node.stdout
-        assert lines(node) == {"config": "ok", "broker reachable": "ok", "broker identities": "ok",
+        assert lines(node) == {"python": "ok", "config": "ok", "broker reachable": "ok", "broker identities": "ok",
                                "discovery API": "ok", "tailscale": "ok", "clock": "ok", "disk": "ok"}
     finally:
         discovery.process.stop()
