@@ -15,8 +15,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from common.identities import IdentityStore
 from contract.topics import Topics
-from farm_agent.profile import load_profile
-from mobile_web import auth, farms, history, pwa, stream
+from mobile_web import auth, farms, health, history, pwa, stream
 from mobile_web.bridge import FarmBridge
 from mobile_web.extensions import babel, csrf, limiter
 from mobile_web.i18n import compile_catalogs
@@ -54,8 +53,8 @@ def create_app(
     if test_config:
         app.config.update(test_config)
     app.extensions["kubmesh.identities"] = IdentityStore(settings.data_dir)
-    app.extensions["kubmesh.bridge"] = bridge or FarmBridge(Topics(settings.base_topic))
-    app.extensions["kubmesh.profile"] = load_profile()
+    app.extensions["kubmesh.bridge"] = bridge or FarmBridge(Topics(settings.base_topic),
+                                                            silence_s=settings.health_silence_s)
 
     babel.init_app(app, locale_selector=_locale)
     csrf.init_app(app)
@@ -65,6 +64,7 @@ def create_app(
     app.register_blueprint(stream.bp)
     app.register_blueprint(history.bp)
     app.register_blueprint(pwa.bp)
+    app.register_blueprint(health.bp)
     app.add_url_rule("/lang/<code>", "language", _set_language)
     app.register_error_handler(CSRFError, _expired_page)
     app.after_request(_security_headers)

@@ -36,6 +36,7 @@ class WebSettings(ServiceSettings):
     poll_interval: float = Field(5.0, gt=0)
     secure_cookies: bool = False  # set when served over HTTPS
     login_limit: str = "5 per minute"
+    health_silence_s: float = Field(120.0, gt=0)  # /health is degraded after this long without a message
     tailnet_whois: bool = False  # tie requests to the caller's tailnet identity (tailscale whois)
     tailnet_refuse_tags: list[str] = Field(default_factory=lambda: ["tag:farm"])
     tailscale_cli: str = "tailscale"

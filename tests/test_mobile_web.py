@@ -31,13 +31,13 @@ from contract.payloads import (
     DeviceInfo,
     Event,
     Meta,
-    ProfileSummary,
     Reading,
     Status,
     encode,
     utc_now,
 )
 from contract.topics import Topics
+from farm_agent.profile import load_profile
 from mobile_web.app import create_app
 from mobile_web.bridge import FarmBridge
 from mobile_web.settings import WebSettings
@@ -48,6 +48,7 @@ from tests.test_discovery import TOKEN, Discovery, start_discovery
 
 FARM = "farm-001"
 TOPICS = Topics()
+SHIPPED_PROFILE = load_profile().summary()  # what an agent on the shipped profile publishes in meta
 
 
 class RecordingBridge(FarmBridge):
@@ -67,7 +68,7 @@ def farm_announcement(farm_id: str, owner: str) -> list[tuple[str, bytes]]:
     now = utc_now()
     return [(TOPICS.status(farm_id), encode(Status(state="online", ts=now))), (TOPICS.meta(farm_id), encode(Meta(
         farm_id=farm_id, name=f"Ферма {farm_id}", owner_id=owner, device=DeviceInfo(model="KUB-1063"),
-        agent_version="test", poll_interval_s=5, profile=ProfileSummary(name="KUB-1063", values=[]), ts=now,
+        agent_version="test", poll_interval_s=5, profile=SHIPPED_PROFILE, ts=now,
     )))]
 
 
