@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    AfterValidator,
     PlainSerializer,
     StrictFloat,
     StrictInt,
