@@ -107,7 +107,7 @@ class ValueInfo(WireModel):
     name: str
     labels: Labels | None = None
     unit: str | None = None
-    decimals: int = Field(0, ge=0, le=6)
+    decimals: int | None = Field(None, ge=0, le=6)  # None: shown as published
     kind: Literal["number", "enum", "bitfield"] = "number"
     options: dict[int, str] = Field(default_factory=dict)  # an enum's raw value → its name
     bits: dict[int, str] = Field(default_factory=dict)  # a bitfield's labelled bits

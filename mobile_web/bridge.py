@@ -302,7 +302,8 @@ class FarmBridge:
                 view.alarms = message
             elif isinstance(message, Event):
                 view.events.appendleft(message)
-        data = {"farm": decoded.farm_id, **message.model_dump(mode="json")}
+        # pydantic's JSON writes a non-finite float as null, which a browser's JSON.parse reads (not "Infinity")
+        data = {"farm": decoded.farm_id, **json.loads(message.model_dump_json())}
         self.hub.publish(decoded.kind.value, decoded.farm_id, data)
 
     def views(self) -> list[FarmView]:

@@ -51,7 +51,7 @@ class Row:
     unit: str
     value: Any
     status: str
-    decimals: int
+    decimals: int | None
     options: dict[str, str]  # enum raw value → label, for the page's live updates
 
 
@@ -151,7 +151,9 @@ def display(info: ValueInfo | None, value: Any) -> Any:
     if info.kind == "enum" and isinstance(value, int):
         label = info.options.get(value)
         return _(label) if label else value
-    return f"{value:.{info.decimals}f}" if isinstance(value, float) else value
+    if info.decimals is None or not isinstance(value, float):
+        return value
+    return f"{value:.{info.decimals}f}"
 
 
 def two_polls(view: FarmView) -> float:

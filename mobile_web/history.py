@@ -35,6 +35,7 @@ RANGES: dict[str, tuple[timedelta, timedelta]] = {
     "7d": (timedelta(days=7), timedelta(hours=2)),
 }
 TIMEOUT_S = 5.0
+CHART_DECIMALS = 2  # for a value whose profile does not say its decimals (an agent older than profile version 2)
 MAX_BODY = 2 * 1024 * 1024
 
 
@@ -89,4 +90,4 @@ def history(farm_id: str) -> tuple[Response, int]:
         return _error(502, _("History is not available right now."))
     points: list[dict[str, Any]] = [p.model_dump(mode="json") for p in found.points if p.value is not None]
     return jsonify(farm=view.farm_id, name=name, range=range_, unit=unit_text(info.unit),
-                   decimals=info.decimals, points=points), 200
+                   decimals=CHART_DECIMALS if info.decimals is None else info.decimals, points=points), 200

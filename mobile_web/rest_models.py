@@ -12,7 +12,7 @@ from contract.payloads import Timestamp
 
 
 class HistoryPoint(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # the chart's JSON has no Infinity
 
     ts: Timestamp
     value: float | None = None
