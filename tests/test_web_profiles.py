@@ -14,6 +14,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from common.identities import Role
 from contract.payloads import AlarmItem, Alarms, ProfileSummary, Reading, encode, utc_now
@@ -23,6 +24,7 @@ from mobile_web.farm_profile import main_value
 from tests.conftest import RunningBroker
 from tests.farm_system import Simulator
 from tests.helpers import REPO, ServiceProcess, free_port, wait_until, web_get, web_login
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 CUSTOM_FARM = "farm-custom"
 SHIPPED_FARM = "farm-shipped"
@@ -205,3 +207,41 @@ def test_the_published_profile_is_version_2_and_keeps_the_version_1_keys() -> No
     assert old.version == 1 and main_value(old) is not None and main_value(old).unit == "°C"  # type: ignore[union-attr]
     named = Alarms.model_validate_json(encode(Alarms(ts=utc_now(), active=[AlarmItem(bit=3, label="x")])))
     assert named.active[0].labels is None
+
+
+def test_the_custom_farm_updates_live_in_a_browser_with_its_own_labels(farms: Farms) -> None:
+    """Chromium at a phone's size: the page's script says the farm's named and unnamed bits from what it
+    publishes, in the page's language, as they are raised."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for raised, (language, named, unnamed, event) in enumerate((
+                ("en-GB", "Inlet jammed", "alarm bit 5", "Alarm: Inlet jammed"),
+                ("ru-RU", "Заклинило клапан", "авария, бит 5", "Авария: Заклинило клапан"),
+            ), start=1):
+                context = browser.new_context(viewport={"width": 390, "height": 844}, locale=language,
+                                              extra_http_headers={"Accept-Language": language})
+                page = context.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda error, errors=errors: errors.append(str(error)))
+                page.goto(f"http://127.0.0.1:{farms.web_port}/")
+                page.fill("input[name=username]", "olga")
+                page.fill("input[name=password]", "operator-pass")
+                page.click("button[type=submit]")
+                main = page.locator(f'[data-farm="{CUSTOM_FARM}"] [data-value="inlet_position"]')
+                expect(main).not_to_have_text("—", timeout=10_000)
+                page.goto(f"http://127.0.0.1:{farms.web_port}/farms/{CUSTOM_FARM}")
+                expect(page.locator('.value[data-name="air_temp"] .label')).to_be_visible()
+                expect(page.locator("[data-events]")).to_be_visible()
+                for bit in (3, 5):
+                    farms.simulator.control("/alarm", {"group": "active_alarms", "bit": bit, "on": True})
+                expect(page.locator('[data-alarm-list="active"] li')).to_have_text([named, unnamed], timeout=10_000)
+                # this time's event arrives live; the time before is on the page as rendered, in the same words
+                expect(page.locator("[data-events] li").filter(has_text=event)).to_have_count(raised, timeout=10_000)
+                for bit in (3, 5):
+                    farms.simulator.control("/alarm", {"group": "active_alarms", "bit": bit, "on": False})
+                expect(page.locator('[data-alarm-list="active"] li')).to_have_count(0, timeout=10_000)
+                context.close()
+                assert errors == [], errors
+        finally:
+            browser.close()
