@@ -38,6 +38,8 @@ log = logging.getLogger("kubmesh.web.bridge")
 SHOWN = (FarmTopic.STATUS, FarmTopic.META, FarmTopic.HEARTBEAT, FarmTopic.STATE, FarmTopic.ALARMS,
          FarmTopic.EVENTS, FarmTopic.ACK)
 RECENT_EVENTS = 20
+DROP_LOG_INTERVAL_S = 60.0  # a farm's dropped messages are logged once a minute at most, and all counted
+DROP_LOG_KEYS = 1000
 SILENCE_S = 120.0  # no message for this long and the bridge is not receiving (farms send heartbeats more often)
 
 
@@ -218,6 +220,7 @@ class FarmBridge:
         self.last_message: float | None = None
         self.dropped = 0
         self.handler_errors = 0
+        self._drops_logged: dict[str | None, tuple[float, int]] = {}  # farm → (last logged, dropped since)
         self._lock = threading.Lock()
         self._client: paho.Client | None = None
 
@@ -268,13 +271,26 @@ class FarmBridge:
             decoded = decode_message(self.topics, topic, payload, retained)
         except MessageError as exc:
             self.dropped += 1
-            log.warning("dropped a message: %s", exc)
+            self._log_drop(exc)
             return
         try:
             self._take(decoded)
         except Exception:  # a fault here must not end paho's thread: the page would freeze on stale values
             self.handler_errors += 1
             log.exception("could not handle a message on %s", topic)
+
+    def _log_drop(self, error: MessageError) -> None:
+        """One line per farm a minute: a farm publishing garbage in a loop must not flood the log."""
+        now = time.monotonic()
+        logged, since = self._drops_logged.get(error.farm_id, (None, 0))
+        if logged is not None and now - logged < DROP_LOG_INTERVAL_S:
+            self._drops_logged[error.farm_id] = (logged, since + 1)
+            return
+        if len(self._drops_logged) >= DROP_LOG_KEYS:  # topics of farms that do not exist: forget, do not grow
+            self._drops_logged.clear()
+        self._drops_logged[error.farm_id] = (now, 0)
+        more = f" ({since} more dropped since the last one logged)" if since else ""
+        log.warning("dropped a message: %s%s", error, more)
 
     def _take(self, decoded: DiscoveryStatus | FarmMessage[Any]) -> None:
         if isinstance(decoded, DiscoveryStatus):

@@ -45,10 +45,13 @@ class WebSettings(ServiceSettings):
     tailnet_refuse_tags: list[str] = Field(default_factory=lambda: ["tag:farm"])
     tailscale_cli: str = "tailscale"
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", mode="before")
     @classmethod
-    def _networks(cls, entries: list[str]) -> list[str]:
-        parse_networks(entries)
+    def _networks(cls, entries: object) -> object:
+        if isinstance(entries, str):  # from the environment: "127.0.0.1,::1"
+            entries = [entry.strip() for entry in entries.split(",") if entry.strip()]
+        if isinstance(entries, list) and all(isinstance(entry, str) for entry in entries):
+            parse_networks(entries)
         return entries
 
     def session_secret(self) -> str:

@@ -258,3 +258,15 @@ def test_health_is_degraded_after_a_silence(hostile_web: HostileWeb) -> None:
     assert bridge.health().receiving
     bridge.connected = False
     assert bridge.health().as_dict()["status"] == "degraded"
+
+
+def test_a_farm_publishing_garbage_in_a_loop_is_logged_once_a_minute_and_counted_always(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bridge = RecordingBridge()
+    with caplog.at_level("WARNING", logger="kubmesh.web.bridge"):
+        for _ in range(100):
+            bridge.handle(TOPICS.state(FARM), b"{not json")
+        bridge.handle(TOPICS.state("farm-other"), b"{not json")
+    assert bridge.dropped == 101
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["dropped a message"] * 2

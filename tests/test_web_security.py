@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.identities import IdentityStore, Role
+from common.settings import ConfigError, load_settings
 from mobile_web.app import create_app
 from mobile_web.redirects import local_target
 from mobile_web.settings import WebSettings
@@ -239,3 +240,10 @@ def test_a_kept_redirect_target_stays_on_the_site_as_a_browser_reads_it(target: 
     resolved = urllib.parse.urlsplit(urllib.parse.urljoin("https://farm.example/", BROWSER_DROPS.sub("", kept)))
     assert resolved.netloc == "farm.example" and resolved.scheme == "https"
     assert "\\" not in kept and not kept.startswith("//") and kept.isascii() and kept.isprintable()
+
+
+def test_trusted_proxies_come_from_the_environment_and_a_bad_one_is_named() -> None:
+    env = {"KUBMESH_TRUSTED_PROXIES": "127.0.0.1, ::1,100.64.0.0/10"}
+    assert load_settings(WebSettings, env=env).trusted_proxies == ["127.0.0.1", "::1", "100.64.0.0/10"]
+    with pytest.raises(ConfigError, match=r"KUBMESH_TRUSTED_PROXIES.*'proxy\.example' is not an address"):
+        load_settings(WebSettings, env={"KUBMESH_TRUSTED_PROXIES": "127.0.0.1,proxy.example"})
