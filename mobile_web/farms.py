@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from typing import Any, cast
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 from flask_babel import get_locale, lazy_gettext
 from flask_babel import gettext as _
+from pydantic import ValidationError
 
 from common.identities import StoreError
 from contract.payloads import Event, Labels, ProfileSummary, SetCommand, ValueInfo, encode, utc_now
@@ -244,12 +244,17 @@ def command(farm_id: str) -> tuple[Response, int]:
     if writable is None:
         return _json_error(400, _("This value cannot be set."))
     value = body.get("value")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return _json_error(400, _("The value must be a number."))
     if not writable.accepts(value):
+        if writable.kind == "action":
+            return _json_error(400, _("This command sends only %(value)s.", value=writable.value))
         return _json_error(400, _("The value must be between %(min)s and %(max)s.", min=writable.min,
                                   max=writable.max))
-    command = SetCommand(value=value, ts=utc_now())
+    try:
+        command = SetCommand(value=value, ts=utc_now())
+    except (ValidationError, OverflowError):  # not finite, or an integer beyond any float
+        return _json_error(400, _("The value must be a number."))
     if not bridge().publish_command(view.farm_id, body["name"], encode(command)):
         return _json_error(503, _("Not connected to the broker."))
     current_app.logger.info("%s sent %s=%s to %s (%s)", user.username, body["name"], value, farm_id, command.id)

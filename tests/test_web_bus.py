@@ -4,6 +4,7 @@ receiving; when it is not receiving, /health says so; when the broker comes back
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -30,6 +31,7 @@ from tests.test_mobile_web import FARM, TOPICS, RecordingBridge, feed_farm, log_
 
 UNCONVERTIBLE = ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00.000001+00:01")
 SHIPPED = load_profile()
+OLD_FARM = "farm-old"
 
 
 @pytest.mark.parametrize("ts", UNCONVERTIBLE)
@@ -270,3 +272,47 @@ def test_a_farm_publishing_garbage_in_a_loop_is_logged_once_a_minute_and_counted
         bridge.handle(TOPICS.state("farm-other"), b"{not json")
     assert bridge.dropped == 101
     assert [r.getMessage().split(":")[0] for r in caplog.records] == ["dropped a message"] * 2
+
+
+@pytest.fixture(scope="module")
+def operator_client(tmp_path_factory: pytest.TempPathFactory) -> tuple[FlaskClient, RecordingBridge, str]:
+    data_dir = tmp_path_factory.mktemp("command-web")
+    IdentityStore(data_dir).add("olga", Role.OPERATOR, password="operator-pass")
+    bridge = RecordingBridge()
+    feed_farm(bridge)
+    feed_farm(bridge, OLD_FARM)  # then said to be on an older agent, whose profile (version 1) has no limits
+    bridge.handle(TOPICS.meta(OLD_FARM), json.dumps({
+        "farm_id": OLD_FARM, "name": "Old", "owner_id": "owner-a", "device": {"model": "KUB-1063"},
+        "agent_version": "0.9", "poll_interval_s": 5, "ts": utc_now().isoformat(),
+        "profile": {"name": "KUB-1063", "values": ["temp_inside"], "writable": ["reset_alarms", "timezone_minutes"]},
+    }).encode())
+    client = create_app(WebSettings(data_dir=data_dir, login_delay_max_s=0), bridge).test_client()
+    assert log_in(client, "olga", "operator-pass").status_code == 302
+    token = re.search(r'name="csrf-token" content="([^"]+)"', client.get(f"/farms/{FARM}").get_data(as_text=True))
+    assert token
+    return client, bridge, token.group(1)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from([FARM, OLD_FARM]), st.one_of(jsonish, st.fixed_dictionaries({"name": names, "value": st.one_of(
+    scalars, st.integers(-(2**1100), 2**1100), st.sampled_from([1, 2, -720, 840, 841, 15.5, 1e308]))})))
+def test_a_command_body_is_sent_only_within_the_published_limits_and_never_answers_500(
+    operator_client: tuple[FlaskClient, RecordingBridge, str], farm_id: str, body: Any
+) -> None:
+    client, bridge, token = operator_client
+    bridge.sent.clear()
+    answer = client.post(f"/farms/{farm_id}/commands", data=json.dumps(body), content_type="application/json",
+                         headers={"X-CSRFToken": token})
+    assert answer.status_code in (202, 400), answer.get_data(as_text=True)
+    limits = {w.name: w for w in SHIPPED.writable}
+    if answer.status_code != 202:
+        assert bridge.sent == [] and answer.get_json()["error"]
+        return
+    (_, name, sent), = bridge.sent
+    spec = limits[name]
+    if farm_id == OLD_FARM:  # no limits published: the agent's own check decides
+        assert isinstance(sent["value"], int | float) and abs(sent["value"]) < 2**1024
+    elif spec.kind == "action":
+        assert sent["value"] == spec.value
+    else:
+        assert spec.min is not None and spec.max is not None and spec.min <= sent["value"] <= spec.max
