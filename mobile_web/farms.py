@@ -135,14 +135,22 @@ def value_rows(view: FarmView) -> list[Row]:
             continue
         value = state.values.get(info.name) if state else None
         status = state.status.get(info.name, "ok") if state else "pending"
-        options = {str(raw): _(label) for raw, label in info.options.items()}
+        options = {str(raw): translated(label) for raw, label in info.options.items()}
         rows.append(Row(info.name, info.label(language()), unit_text(info.unit), display(info, value), status,
                         info.decimals, options))
     return rows
 
 
+def translated(text: str) -> str:
+    """A word a farm publishes (a unit, an enum option), in the page's language when the catalog has it.
+
+    An empty text stays empty: gettext("") would answer the catalog's header.
+    """
+    return _(text) if text else text
+
+
 def unit_text(unit: str | None) -> str:
-    return _(unit) if unit else ""
+    return translated(unit or "")
 
 
 def display(info: ValueInfo | None, value: Any) -> Any:
@@ -150,7 +158,7 @@ def display(info: ValueInfo | None, value: Any) -> Any:
         return value
     if info.kind == "enum" and isinstance(value, int):
         label = info.options.get(value)
-        return _(label) if label else value
+        return translated(label) if label else value
     if info.decimals is None or not isinstance(value, float):
         return value
     return f"{value:.{info.decimals}f}"

@@ -154,9 +154,10 @@ def test_no_bus_payload_breaks_the_bridge_the_pages_or_the_streams(
     for topic, payload in batch:
         hostile_web.bridge.handle(topic, payload)
     assert hostile_web.bridge.handler_errors == 0  # every message was either shown or dropped as not fitting
-    for path in ("/", f"/farms/{FARM}"):
-        response = hostile_web.client.get(path)
+    for path, language in (("/", "en"), (f"/farms/{FARM}", "en"), (f"/farms/{FARM}", "ru")):
+        response = hostile_web.client.get(path, headers={"Accept-Language": language})
         assert response.status_code == 200, (path, response.get_data(as_text=True)[-2000:])
+        assert "Project-Id-Version" not in response.get_data(as_text=True)  # gettext("") of an empty published word
     while not hostile_web.events.queue.empty():
         event = hostile_web.events.queue.get_nowait()
         assert event is not None
@@ -316,3 +317,17 @@ def test_a_command_body_is_sent_only_within_the_published_limits_and_never_answe
         assert sent["value"] == spec.value
     else:
         assert spec.min is not None and spec.max is not None and spec.min <= sent["value"] <= spec.max
+
+
+def test_an_empty_word_a_farm_publishes_stays_empty(hostile_web: HostileWeb) -> None:
+    summary = SHIPPED.summary()
+    value_info = [info.model_copy(update={"options": {0: "", 1: "tunnel"}}) if info.kind == "enum" else info
+                  for info in summary.value_info]
+    meta = {"farm_id": FARM, "name": "Empty words", "owner_id": "owner-a", "device": {"model": "KUB-1063"},
+            "agent_version": "1", "poll_interval_s": 5, "ts": utc_now().isoformat(),
+            "profile": json.loads(encode(summary.model_copy(update={"value_info": value_info})))}
+    hostile_web.bridge.handle(TOPICS.meta(FARM), json.dumps(meta).encode())
+    hostile_web.bridge.handle(TOPICS.state(FARM), encode(Reading(ts=utc_now(), seq=2,
+                                                                 values={"ventilation_scheme": 0})))
+    page = hostile_web.client.get(f"/farms/{FARM}", headers={"Accept-Language": "ru"}).get_data(as_text=True)
+    assert "Empty words" in page and "Project-Id-Version" not in page  # gettext("") answers the catalog's header
