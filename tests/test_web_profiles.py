@@ -230,6 +230,8 @@ def test_the_custom_farm_updates_live_in_a_browser_with_its_own_labels(farms: Fa
                 page.click("button[type=submit]")
                 main = page.locator(f'[data-farm="{CUSTOM_FARM}"] [data-value="inlet_position"]')
                 expect(main).not_to_have_text("—", timeout=10_000)
+                farms.simulator.control("/raw", {"address": 0x008A, "value": 76 + raised, "function": "input"})
+                expect(main).to_have_text(str(76 + raised), timeout=10_000)  # the list's main value, live
                 page.goto(f"http://127.0.0.1:{farms.web_port}/farms/{CUSTOM_FARM}")
                 expect(page.locator('.value[data-name="air_temp"] .label')).to_be_visible()
                 expect(page.locator("[data-events]")).to_be_visible()

@@ -101,8 +101,8 @@
       state: (data) => {
         const el = card(data.farm);
         if (!el) return;
-        const main = el.querySelector("[data-value]"); // the farm's main value, as its profile says
-        if (main) main.textContent = formatValue(main, data.values[main.dataset.value]);
+        const shown = el.querySelector("[data-value]"); // the farm's main value, as its profile says
+        if (shown) shown.textContent = formatValue(shown, data.values[shown.dataset.value]);
         el.dataset.updated = Math.floor(Date.now() / 1000);
         el.querySelector("time[data-ts]").dataset.ts = Math.floor(Date.parse(data.ts) / 1000);
         markStale();
