@@ -3,9 +3,11 @@ receiving; when it is not receiving, /health says so; when the broker comes back
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
 import subprocess
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -331,3 +333,35 @@ def test_an_empty_word_a_farm_publishes_stays_empty(hostile_web: HostileWeb) -> 
                                                                  values={"ventilation_scheme": 0})))
     page = hostile_web.client.get(f"/farms/{FARM}", headers={"Accept-Language": "ru"}).get_data(as_text=True)
     assert "Empty words" in page and "Project-Id-Version" not in page  # gettext("") answers the catalog's header
+
+
+class Answering(http.server.BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"farm": "x", "name": "y", "points": [{"ts": "%s"}]}'
+                                  % UNCONVERTIBLE[0].encode(), b'{"farm": "x", "name": "y", "points": '
+                                  b'[{"ts": "2026-01-01T00:00:00Z", "value": Infinity}]}', b"\xff\xfe"])
+def test_a_history_answer_the_chart_cannot_use_is_a_502(hostile_web: HostileWeb, body: bytes) -> None:
+    handler = type("Handler", (Answering,), {"body": body})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        feed_farm(hostile_web.bridge)
+        hostile_web.app.config["DISCOVERY_URL"] = f"http://127.0.0.1:{server.server_address[1]}"
+        answer = hostile_web.client.get(f"/farms/{FARM}/history?name=temp_inside")
+        assert answer.status_code == 502 and answer.get_json()["error"]
+    finally:
+        hostile_web.app.config["DISCOVERY_URL"] = None
+        server.shutdown()
+        server.server_close()
