@@ -301,6 +301,7 @@ class FarmBridge:
         if decoded.kind not in SHOWN or message is None:
             return
         now = time.time()
+        profile_changed = False
         with self._lock:
             view = self.farms.setdefault(decoded.farm_id, FarmView(decoded.farm_id))
             if isinstance(message, Heartbeat | Reading):
@@ -309,6 +310,7 @@ class FarmBridge:
             if isinstance(message, Status):
                 view.status, view.status_received = message, now
             elif isinstance(message, Meta):
+                profile_changed = view.meta is not None and view.meta.profile != message.profile
                 view.meta = message
             elif isinstance(message, Heartbeat):
                 view.heartbeat = message
@@ -321,6 +323,8 @@ class FarmBridge:
         # pydantic's JSON writes a non-finite float as null, which a browser's JSON.parse reads (not "Infinity")
         data = {"farm": decoded.farm_id, **json.loads(message.model_dump_json())}
         self.hub.publish(decoded.kind.value, decoded.farm_id, data)
+        if profile_changed:  # the farm's values or controls are not those its open pages show: they render afresh
+            self.hub.publish("profile", decoded.farm_id, {"farm": decoded.farm_id})
 
     def views(self) -> list[FarmView]:
         with self._lock:

@@ -365,3 +365,20 @@ def test_a_history_answer_the_chart_cannot_use_is_a_502(hostile_web: HostileWeb,
         hostile_web.app.config["DISCOVERY_URL"] = None
         server.shutdown()
         server.server_close()
+
+
+def test_a_farm_publishing_another_profile_tells_its_open_pages_to_render_afresh() -> None:
+    bridge = RecordingBridge()
+    feed_farm(bridge)
+    events = bridge.hub.subscribe(FARM)
+    meta = bridge.farms[FARM].meta
+    assert meta is not None
+    bridge.handle(TOPICS.meta(FARM), encode(meta.model_copy(update={"ts": utc_now()})))  # the same profile
+    renamed = meta.profile.model_copy(update={"values": [*meta.profile.values, "water_meter"]})
+    bridge.handle(TOPICS.meta(FARM), encode(meta.model_copy(update={"profile": renamed})))
+    kinds: list[str] = []
+    while not events.queue.empty():
+        event = events.queue.get_nowait()
+        assert event is not None
+        kinds.append(event.type)
+    assert kinds == ["meta", "meta", "profile"]

@@ -16,8 +16,8 @@ import paho.mqtt.client as paho
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from common.identities import Role
-from contract.payloads import AlarmItem, Alarms, ProfileSummary, Reading, encode, utc_now
+from common.identities import Credentials, Role
+from contract.payloads import AlarmItem, Alarms, Labels, ProfileSummary, Reading, encode, utc_now
 from contract.topics import FarmTopic, Topics
 from farm_agent.profile import Profile, load_profile, parse_profile
 from mobile_web.farm_profile import main_value
@@ -63,15 +63,14 @@ class Farms:
     cookie: str
     broker: RunningBroker
     simulator: Simulator
+    shipped_farm: Credentials
 
 
-def announce_shipped_farm(broker: RunningBroker) -> None:
+def announce_shipped_farm(broker: RunningBroker, farm: Credentials, profile: ProfileSummary) -> None:
     """A farm on the shipped profile, published as its agent would (an agent of its own is not needed)."""
-    farm = broker.add(SHIPPED_FARM, Role.FARM)
     now = utc_now()
     meta = {"farm_id": SHIPPED_FARM, "name": "Shipped", "device": {"model": "KUB-1063"}, "agent_version": "test",
-            "poll_interval_s": 5, "profile": load_profile().summary().model_dump(mode="json"),
-            "ts": now.isoformat()}
+            "poll_interval_s": 5, "profile": profile.model_dump(mode="json"), "ts": now.isoformat()}
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"{SHIPPED_FARM}-test")
     client.username_pw_set(farm.username, farm.password)
     client.connect("127.0.0.1", broker.port)
@@ -102,7 +101,8 @@ def farms(broker: RunningBroker, tmp_path: Path, data_dir: Path) -> Iterator[Far
          "--host", "127.0.0.1", "--port", str(agent_port)],
         tmp_path / "agent.log", env={"MQTT_URL": broker.url(farm), "MAX_INTERVAL": "0"},
     ).wait_port(agent_port)
-    announce_shipped_farm(broker)
+    shipped_farm = broker.add(SHIPPED_FARM, Role.FARM)
+    announce_shipped_farm(broker, shipped_farm, load_profile().summary())
     service = broker.add("mobile_web", Role.MOBILE_WEB)
     broker.store.add("olga", Role.OPERATOR, password="operator-pass")
     web_port = free_port()
@@ -113,7 +113,7 @@ def farms(broker: RunningBroker, tmp_path: Path, data_dir: Path) -> Iterator[Far
     try:
         cookie = web_login(web_port, "olga", "operator-pass")
         assert cookie is not None
-        yield Farms(web_port, custom, cookie, broker, simulator)
+        yield Farms(web_port, custom, cookie, broker, simulator, shipped_farm)
     finally:
         web.stop()
         agent.stop()
@@ -243,6 +243,16 @@ def test_the_custom_farm_updates_live_in_a_browser_with_its_own_labels(farms: Fa
                 for bit in (3, 5):
                     farms.simulator.control("/alarm", {"group": "active_alarms", "bit": bit, "on": False})
                 expect(page.locator('[data-alarm-list="active"] li')).to_have_count(0, timeout=10_000)
+                if raised == 1:  # the shipped farm's agent comes back with its value renamed: its open page follows
+                    page.goto(f"http://127.0.0.1:{farms.web_port}/farms/{SHIPPED_FARM}")
+                    expect(page.locator('.value[data-name="temp_inside"] .label')).to_have_text("Inside temperature")
+                    edited = load_profile().summary()
+                    edited.value_info[[v.name for v in edited.value_info].index("temp_inside")] = next(
+                        v for v in edited.value_info if v.name == "temp_inside").model_copy(
+                        update={"labels": Labels(en="Inside air", ru="Воздух внутри")})
+                    announce_shipped_farm(farms.broker, farms.shipped_farm, edited)
+                    expect(page.locator('.value[data-name="temp_inside"] .label')).to_have_text("Inside air",
+                                                                                              timeout=10_000)
                 context.close()
                 assert errors == [], errors
         finally:

@@ -123,6 +123,7 @@
         markStale();
         sortCards();
       },
+      profile: () => location.reload(), // a farm's main value may be another now
       alarms: (data) => {
         const el = card(data.farm);
         if (!el) return;
@@ -214,6 +215,7 @@
         markStale();
       },
       alarms: renderAlarms,
+      profile: () => location.reload(), // the farm's agent runs another profile: other values and controls
       events: (data) => {
         const list = main.querySelector("[data-events]");
         list.querySelectorAll(".muted").forEach((el) => el.remove());
