@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -47,7 +48,24 @@ def parse_ts(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-Timestamp = Annotated[datetime, PlainSerializer(format_ts, return_type=str, when_used="always")]
+def to_utc(moment: datetime) -> datetime:
+    """A moment in UTC (a naive one is taken as UTC), or ``ValueError`` for one that UTC cannot hold.
+
+    ``0001-01-01T00:00:00+14:00`` parses, but is before year 1 in UTC: every later use of it
+    (``astimezone``, ``timestamp``, formatting) would raise, so it is refused here, as bad input.
+    """
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("timestamp cannot be converted to UTC") from None
+
+
+# Validated into UTC, so a decoded payload's times are always usable, and written as format_ts does.
+Timestamp = Annotated[
+    datetime, AfterValidator(to_utc), PlainSerializer(format_ts, return_type=str, when_used="always")
+]
 SensorStatus = Literal["ok", "pending", "break", "error", "disabled"]
 Number = int | float
 
@@ -56,11 +74,6 @@ class WireModel(BaseModel):
     """Base of all payloads: unknown keys from newer peers are ignored, not fatal."""
 
     model_config = ConfigDict(extra="ignore")
-
-    @field_validator("ts", mode="after", check_fields=False)
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class Status(WireModel):
@@ -78,11 +91,83 @@ class DeviceInfo(WireModel):
     link: str | None = None  # "tcp" or "rtu"
 
 
+class Labels(WireModel):
+    """A name said in both languages of the page; ``ru`` may be missing (then ``en`` is shown)."""
+
+    en: str = Field(max_length=200)
+    ru: str | None = Field(None, max_length=200)
+
+    def get(self, language: str) -> str:
+        return (self.ru if language == "ru" else None) or self.en
+
+
+class ValueInfo(WireModel):
+    """How to show one value of ``state``: its labels, unit, decimals and kind (profile version 2)."""
+
+    name: str
+    labels: Labels | None = None
+    unit: str | None = None
+    decimals: int | None = Field(None, ge=0, le=6)  # None: shown as published
+    kind: Literal["number", "enum", "bitfield"] = "number"
+    options: dict[int, str] = Field(default_factory=dict)  # an enum's raw value → its name
+    bits: dict[int, str] = Field(default_factory=dict)  # a bitfield's labelled bits
+    order: int = 0  # display order, lowest first: the first number is the farm's main value
+
+    def label(self, language: str) -> str:
+        return self.labels.get(language) if self.labels else self.name
+
+
+class WritableInfo(WireModel):
+    """A value that ``set/{name}`` may write: an ``action`` writes ``value``, a ``setting`` a number in
+    ``[min, max]`` by ``step``."""
+
+    name: str
+    labels: Labels | None = None
+    kind: Literal["action", "setting"] = "setting"
+    value: Number | None = None
+    min: Number | None = None
+    max: Number | None = None
+    step: Number | None = None
+    unit: str | None = None
+
+    def label(self, language: str) -> str:
+        return self.labels.get(language) if self.labels else self.name
+
+    def accepts(self, value: Number) -> bool:
+        """The command check of a consumer: within the published limits (the agent checks again)."""
+        if self.kind == "action":
+            return self.value is None or value == self.value
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+class AlarmGroupInfo(WireModel):
+    """An alarm or warning group and the labels of its named bits; a bit not listed has no name."""
+
+    name: str
+    kind: Literal["alarm", "warning"]
+    latched: bool = False
+    labels: dict[int, Labels] = Field(default_factory=dict)
+
+
+PROFILE_VERSION = 2
+
+
 class ProfileSummary(WireModel):
+    """The profile a farm publishes in ``meta``.
+
+    Version 1 had only ``name``, ``values``, ``writable`` and ``units``, which are kept as they were.
+    Version 2 adds ``value_info``, ``writable_info`` and ``alarm_groups``: what a page needs to show
+    the farm's values and controls and to check a command, so that no consumer needs the profile file.
+    """
+
+    version: int = 1
     name: str
     values: list[str]
     writable: list[str] = Field(default_factory=list)
     units: dict[str, str] = Field(default_factory=dict)
+    value_info: list[ValueInfo] = Field(default_factory=list)
+    writable_info: list[WritableInfo] = Field(default_factory=list)
+    alarm_groups: list[AlarmGroupInfo] = Field(default_factory=list)
 
 
 class Meta(WireModel):
@@ -134,8 +219,12 @@ class Reading(WireModel):
 
 
 class AlarmItem(WireModel):
+    """One raised bit. ``label`` is the English text (or "alarm bit N"), kept for older consumers;
+    ``labels`` is set only for a bit the profile names: an unnamed bit is said from its number."""
+
     bit: int = Field(ge=0, le=63)
     label: str
+    labels: Labels | None = None
 
 
 class Alarms(WireModel):

@@ -56,7 +56,14 @@ def decode_group(group: AlarmGroupSpec, registers: Registers) -> list[AlarmItem]
     bits = group_bits(group, registers)
     if bits is None:
         return []
-    return [AlarmItem(bit=bit, label=group.label(bit)) for bit in range(64) if bits >> bit & 1]
+    return [alarm_item(group, bit) for bit in range(64) if bits >> bit & 1]
+
+
+def alarm_item(group: AlarmGroupSpec, bit: int) -> AlarmItem:
+    """A raised bit: its labels in both languages when the profile names it; an unnamed bit only has its
+    number (``label`` keeps the English text for older consumers, never to be parsed back)."""
+    named = group.labels.get(bit)
+    return AlarmItem(bit=bit, label=group.label(bit), labels=named.published() if named else None)
 
 
 def decode_alarms(profile: Profile, registers: Registers) -> dict[str, list[AlarmItem]]:

@@ -14,7 +14,15 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from contract.payloads import ProfileSummary, SensorStatus
+from contract.payloads import (
+    PROFILE_VERSION,
+    AlarmGroupInfo,
+    Labels,
+    ProfileSummary,
+    SensorStatus,
+    ValueInfo,
+    WritableInfo,
+)
 from contract.topics import check_value_name
 
 MAX_REGISTER = 0xFFFF
@@ -35,6 +43,9 @@ class Label(_Strict):
 
     def get(self, language: str) -> str:
         return (self.ru if language == "ru" else None) or self.en
+
+    def published(self) -> Labels:
+        return Labels(en=self.en, ru=self.ru)
 
 
 class LinkDefaults(_Strict):
@@ -74,11 +85,16 @@ class ValueSpec(_Strict):
     options: dict[int, str] = Field(default_factory=dict)
     bits: dict[int, str] = Field(default_factory=dict)
     label: Label | None = None
+    priority: int | None = None  # shown before the values without one, lowest first; the first is the main value
 
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
         return check_value_name(name)
+
+    @property
+    def kind(self) -> Literal["number", "enum", "bitfield"]:
+        return {"bits16": "bitfield", "enum": "enum"}.get(self.type, "number")  # type: ignore[return-value]
 
     @property
     def decimals(self) -> int:
@@ -95,18 +111,22 @@ class AlarmGroupSpec(_Strict):
     function: Literal["input", "holding"] = "input"
     kind: Literal["alarm", "warning"]
     latched: bool
-    labels: dict[int, str] = Field(default_factory=dict)
+    labels: dict[int, Label] = Field(default_factory=dict)  # `3: Fan fault` or `3: {en: Fan fault, ru: …}`
 
-    @field_validator("labels")
+    @field_validator("labels", mode="before")
     @classmethod
-    def _bits(cls, labels: dict[int, str]) -> dict[int, str]:
+    def _bits(cls, labels: object) -> object:
+        if not isinstance(labels, dict):
+            return labels
         for bit in labels:
-            if not 0 <= bit <= 63:
+            if not isinstance(bit, int) or not 0 <= bit <= 63:
                 raise ValueError(f"bit {bit} is outside 0-63")
-        return labels
+        return {bit: {"en": label} if isinstance(label, str) else label for bit, label in labels.items()}
 
     def label(self, bit: int) -> str:
-        return self.labels.get(bit) or f"{self.kind} bit {bit}"
+        """The English label of a bit, or "alarm bit N" for one the profile does not name."""
+        named = self.labels.get(bit)
+        return named.en if named else f"{self.kind} bit {bit}"
 
     @property
     def registers(self) -> range:
@@ -170,13 +190,36 @@ class Profile(_Strict):
     def writable_by_name(self) -> dict[str, WritableSpec]:
         return {w.name: w for w in self.writable}
 
+    def display_order(self) -> list[ValueSpec]:
+        """Values with a ``priority`` first (lowest first), then the others in the file's order."""
+        ranked = sorted(enumerate(self.values), key=lambda item: (item[1].priority is None, item[1].priority or 0,
+                                                                   item[0]))
+        return [spec for _, spec in ranked]
+
     def summary(self) -> ProfileSummary:
-        """What the farm's ``meta`` says of its profile, for the web and the command checks of others."""
+        """What the farm's ``meta`` says of its profile: all a page needs to show the farm and check a command."""
+        order = {spec.name: rank for rank, spec in enumerate(self.display_order())}
         return ProfileSummary(
+            version=PROFILE_VERSION,
             name=self.model,
             values=[v.name for v in self.values],
             writable=[w.name for w in self.writable],
             units={v.name: v.unit for v in self.values if v.unit},
+            value_info=[
+                ValueInfo(name=v.name, labels=v.label.published() if v.label else None, unit=v.unit,
+                          decimals=v.decimals, kind=v.kind, options=v.options, bits=v.bits, order=order[v.name])
+                for v in self.values
+            ],
+            writable_info=[
+                WritableInfo(name=w.name, labels=w.label.published() if w.label else None, kind=w.kind,
+                             value=w.value, min=w.min, max=w.max, step=w.step, unit=w.unit)
+                for w in self.writable
+            ],
+            alarm_groups=[
+                AlarmGroupInfo(name=g.name, kind=g.kind, latched=g.latched,
+                               labels={bit: label.published() for bit, label in g.labels.items()})
+                for g in self.alarm_groups
+            ],
         )
 
     def sentinel_status(self, raw: int) -> SensorStatus | None:

@@ -15,17 +15,18 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from common.identities import IdentityStore
 from contract.topics import Topics
-from farm_agent.profile import load_profile
-from mobile_web import auth, farms, history, pwa, stream
+from mobile_web import auth, farms, health, history, pwa, stream
 from mobile_web.bridge import FarmBridge
 from mobile_web.extensions import babel, csrf, limiter
 from mobile_web.i18n import compile_catalogs
+from mobile_web.login_throttle import LoginDelays, parse_networks
 from mobile_web.settings import WebSettings
 from mobile_web.tailnet_guard import install_tailnet_guard
 
 log = logging.getLogger("kubmesh.web")
 
 LANGUAGES = ("ru", "en")
+HSTS = "max-age=31536000"
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; manifest-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'"
@@ -44,6 +45,7 @@ def create_app(
         SESSION_COOKIE_SECURE=settings.secure_cookies,
         PERMANENT_SESSION_LIFETIME=timedelta(days=30),
         LOGIN_LIMIT=settings.login_limit,
+        TRUSTED_PROXIES=parse_networks(settings.trusted_proxies),
         POLL_INTERVAL=settings.poll_interval,
         DISCOVERY_URL=settings.discovery_url,
         DISCOVERY_TOKEN=settings.discovery_token,
@@ -54,8 +56,9 @@ def create_app(
     if test_config:
         app.config.update(test_config)
     app.extensions["kubmesh.identities"] = IdentityStore(settings.data_dir)
-    app.extensions["kubmesh.bridge"] = bridge or FarmBridge(Topics(settings.base_topic))
-    app.extensions["kubmesh.profile"] = load_profile()
+    app.extensions["kubmesh.login_delays"] = LoginDelays(settings.login_delay_max_s)
+    app.extensions["kubmesh.bridge"] = bridge or FarmBridge(Topics(settings.base_topic),
+                                                            silence_s=settings.health_silence_s)
 
     babel.init_app(app, locale_selector=_locale)
     csrf.init_app(app)
@@ -65,6 +68,7 @@ def create_app(
     app.register_blueprint(stream.bp)
     app.register_blueprint(history.bp)
     app.register_blueprint(pwa.bp)
+    app.register_blueprint(health.bp)
     app.add_url_rule("/lang/<code>", "language", _set_language)
     app.register_error_handler(CSRFError, _expired_page)
     app.after_request(_security_headers)
@@ -73,12 +77,22 @@ def create_app(
     return app
 
 
+def request_is_https() -> bool:
+    """The browser's request came over HTTPS: to this server, or to a proxy in front of it that says so.
+
+    ``X-Forwarded-Proto`` is believed from anyone: it only makes the answer stricter (a ``Secure``
+    cookie, HSTS), which a caller that lies about it can only turn against itself.
+    """
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return request.is_secure or forwarded == "https"
+
+
 class _SessionInterface(SecureCookieSessionInterface):
-    """Signed-cookie sessions whose cookie is ``Secure`` when the page came over HTTPS, or always with
-    ``secure_cookies``."""
+    """Signed-cookie sessions whose cookie is ``Secure`` when the page came over HTTPS (also through a
+    proxy such as ``tailscale serve``), or always with ``secure_cookies``."""
 
     def get_cookie_secure(self, app: Flask) -> bool:
-        return bool(app.config["SESSION_COOKIE_SECURE"]) or (has_request_context() and request.is_secure)
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or (has_request_context() and request_is_https())
 
 
 def _locale() -> str | None:
@@ -93,7 +107,7 @@ def _set_language(code: str) -> WerkzeugResponse:
     response = redirect(target or url_for("farms.index"))
     if code in LANGUAGES:
         response.set_cookie("lang", code, max_age=365 * 86400, samesite="Lax", httponly=True,
-                            secure=request.is_secure)
+                            secure=request_is_https())
     return response
 
 
@@ -111,4 +125,6 @@ def _security_headers(response: Response) -> Response:
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "same-origin"
+    if has_request_context() and request_is_https():
+        response.headers["Strict-Transport-Security"] = HSTS
     return response

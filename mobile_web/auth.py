@@ -14,6 +14,8 @@ from flask_wtf.csrf import generate_csrf
 
 from common.identities import Identity, IdentityStore, Role, StoreError
 from mobile_web.extensions import limiter
+from mobile_web.login_throttle import LoginDelays, client_address
+from mobile_web.redirects import local_target
 
 log = logging.getLogger("kubmesh.web.auth")
 bp = Blueprint("auth", __name__)
@@ -71,29 +73,45 @@ def _failed_login(response: Response) -> bool:
     return response.status_code == 401
 
 
-def _username_key() -> str:
-    return "user:" + (request.form.get("username") or "").strip().lower()[:64]
+def caller_address() -> str:
+    """The caller's address, through a trusted proxy's ``X-Forwarded-For`` (mobile_web.login_throttle)."""
+    return client_address(request.remote_addr, request.headers.get("X-Forwarded-For"),
+                          current_app.config["TRUSTED_PROXIES"])
+
+
+def _login_name() -> str:
+    return (request.form.get("username") or "").strip().lower()[:64]
+
+
+def _address_and_username_key() -> str:
+    return f"login:{caller_address()}:{_login_name()}"
+
+
+def delays() -> LoginDelays:
+    return cast(LoginDelays, current_app.extensions["kubmesh.login_delays"])
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(lambda: current_app.config["LOGIN_LIMIT"], methods=["POST"], deduct_when=_failed_login)
 @limiter.limit(lambda: current_app.config["LOGIN_LIMIT"], methods=["POST"], deduct_when=_failed_login,
-               key_func=_username_key)
+               key_func=_address_and_username_key)
 def login() -> Any:
     if request.method == "GET":
         return render_template("login.html")
     username = (request.form.get("username") or "").strip()
     password = request.form.get("password") or ""
+    address = caller_address()
+    keys = (f"user:{_login_name()}", f"addr:{address}")
+    delays().wait(keys)  # a right password waits too, and then gets in: a guesser cannot lock its owner out
     try:
         identity = store().authenticate(username, password)
     except StoreError as exc:
         log.error("cannot check logins: %s", exc)
         identity = None
     if identity is None or not identity.role.is_person:
+        delays().failed(keys)
         # an unknown name may be a password typed into the wrong field: it is not logged
         known = _known_username(username)
-        log.warning("failed login for %s from %s", repr(username) if known else "an unknown username",
-                    request.remote_addr)
+        log.warning("failed login for %s from %s", repr(username) if known else "an unknown username", address)
         return render_template("login.html", error=_("Wrong username or password."), username=username), 401
     session.clear()
     session["username"] = identity.username
@@ -102,9 +120,7 @@ def login() -> Any:
     # that cookie (the service worker fetching the shell) answers with it again, and it must not
     # take away a token that a page rendered meanwhile has handed to the browser.
     generate_csrf()
-    target = request.args.get("next") or ""
-    local = target.startswith("/") and not target.startswith(("//", "/\\"))  # browsers read "/\host" as "//host"
-    return redirect(target if local else url_for("farms.index"))
+    return redirect(local_target(request.args.get("next"), url_for("farms.index")))
 
 
 def _known_username(username: str) -> bool:

@@ -6,6 +6,12 @@ event for the Server-Sent-Events streams. Each stream has a small bounded
 queue and the hub never waits on one: a browser too slow (or dead) to empty its
 queue has its stream closed, never holds up the others. The last events are
 kept, so a browser that reconnects with ``Last-Event-ID`` gets what it missed.
+
+Every path from a message to a page is total: a message is decoded once, by the contract
+(:func:`contract.messages.decode_message`); one that does not fit is dropped, logged and counted,
+and any other fault in handling it is caught and counted, so that no payload can stop the MQTT
+thread. paho's loop reconnects by itself whenever the connection is lost; :meth:`FarmBridge.health`
+says when the bridge is not receiving.
 """
 
 from __future__ import annotations
@@ -22,21 +28,19 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from common.mqtt import MqttUrl, threaded_client
-from contract.payloads import Ack, Alarms, Event, Heartbeat, Meta, PayloadError, Reading, Status, decode
-from contract.topics import FarmTopic, InvalidTopic, Topics
+from contract.messages import DiscoveryStatus, FarmMessage, MessageError, decode_message
+from contract.payloads import Alarms, Event, Heartbeat, Meta, Reading, Status
+from contract.topics import FarmTopic, Topics
 
 log = logging.getLogger("kubmesh.web.bridge")
 
-MODELS: dict[FarmTopic, type[Status | Meta | Heartbeat | Reading | Alarms | Event | Ack]] = {
-    FarmTopic.STATUS: Status,
-    FarmTopic.META: Meta,
-    FarmTopic.HEARTBEAT: Heartbeat,
-    FarmTopic.STATE: Reading,
-    FarmTopic.ALARMS: Alarms,
-    FarmTopic.EVENTS: Event,
-    FarmTopic.ACK: Ack,
-}
+# the farm topics a page shows (commands, backlog replays and the rest are not the web's)
+SHOWN = (FarmTopic.STATUS, FarmTopic.META, FarmTopic.HEARTBEAT, FarmTopic.STATE, FarmTopic.ALARMS,
+         FarmTopic.EVENTS, FarmTopic.ACK)
 RECENT_EVENTS = 20
+DROP_LOG_INTERVAL_S = 60.0  # a farm's dropped messages are logged once a minute at most, and all counted
+DROP_LOG_KEYS = 1000
+SILENCE_S = 120.0  # no message for this long and the bridge is not receiving (farms send heartbeats more often)
 
 
 @dataclass
@@ -179,15 +183,44 @@ class Hub:
         return len(self._subscribers)
 
 
+@dataclass(frozen=True)
+class BridgeHealth:
+    connected: bool
+    last_message_age_s: float | None  # since the newest message, or since connecting when none came yet
+    silence_s: float
+    dropped: int  # messages that did not fit the contract
+    handler_errors: int  # faults met while handling a message that did
+
+    @property
+    def receiving(self) -> bool:
+        return self.connected and (self.last_message_age_s is None or self.last_message_age_s <= self.silence_s)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if self.receiving else "degraded",
+            "broker": "connected" if self.connected else "disconnected",
+            "last_message_age_s": None if self.last_message_age_s is None else round(self.last_message_age_s, 1),
+            "silence_s": self.silence_s,
+            "dropped": self.dropped,
+            "handler_errors": self.handler_errors,
+        }
+
+
 class FarmBridge:
     """Farm views fed by MQTT (or by tests through :meth:`handle`), events out through the hub."""
 
-    def __init__(self, topics: Topics, hub: Hub | None = None) -> None:
+    def __init__(self, topics: Topics, hub: Hub | None = None, silence_s: float = SILENCE_S) -> None:
         self.topics = topics
         self.hub = hub or Hub()
+        self.silence_s = silence_s
         self.farms: dict[str, FarmView] = {}
         self.discovery_online: bool | None = None
         self.connected = False
+        self.connected_at: float | None = None
+        self.last_message: float | None = None
+        self.dropped = 0
+        self.handler_errors = 0
+        self._drops_logged: dict[str | None, tuple[float, int]] = {}  # farm → (last logged, dropped since)
         self._lock = threading.Lock()
         self._client: paho.Client | None = None
 
@@ -209,48 +242,75 @@ class FarmBridge:
             return False
         return self._client.publish(self.topics.set(farm_id, name), payload, qos=1).rc == paho.MQTT_ERR_SUCCESS
 
+    def health(self, now: float | None = None) -> BridgeHealth:
+        now = time.time() if now is None else now
+        since = self.last_message if self.last_message is not None else self.connected_at
+        return BridgeHealth(self.connected, None if since is None else max(now - since, 0.0), self.silence_s,
+                            self.dropped, self.handler_errors)
+
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
         if reason.is_failure:
             log.warning("broker refused the connection: %s", reason)
             return
-        self.connected = True
-        filters = [self.topics.all_farms(kind) for kind in MODELS] + [self.topics.discovery_status()]
+        self.connected, self.connected_at = True, time.time()
+        filters = [self.topics.all_farms(kind) for kind in SHOWN] + [self.topics.discovery_status()]
         client.subscribe([(f, 1) for f in filters])
         log.info("connected to the broker")
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
         self.connected = False
-        log.warning("disconnected from the broker: %s", reason)
+        log.warning("disconnected from the broker: %s; reconnecting", reason)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self.handle(message.topic, bytes(message.payload))
+        self.handle(message.topic, bytes(message.payload), bool(message.retain))
 
-    def handle(self, topic: str, payload: bytes) -> None:
-        if topic == self.topics.discovery_status():
-            self.discovery_online = payload == b"online"
-            self.hub.publish("discovery", None, {"online": self.discovery_online})
+    def handle(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        """Take one message into the views and the streams; never raises, whatever the message."""
+        self.last_message = time.time()
+        try:
+            decoded = decode_message(self.topics, topic, payload, retained)
+        except MessageError as exc:
+            self.dropped += 1
+            self._log_drop(exc)
             return
         try:
-            parsed = self.topics.parse(topic)
-            model = MODELS[parsed.kind]
-        except (InvalidTopic, KeyError):
+            self._take(decoded)
+        except Exception:  # a fault here must not end paho's thread: the page would freeze on stale values
+            self.handler_errors += 1
+            log.exception("could not handle a message on %s", topic)
+
+    def _log_drop(self, error: MessageError) -> None:
+        """One line per farm a minute: a farm publishing garbage in a loop must not flood the log."""
+        now = time.monotonic()
+        logged, since = self._drops_logged.get(error.farm_id, (None, 0))
+        if logged is not None and now - logged < DROP_LOG_INTERVAL_S:
+            self._drops_logged[error.farm_id] = (logged, since + 1)
             return
-        if not payload:
+        if len(self._drops_logged) >= DROP_LOG_KEYS:  # topics of farms that do not exist: forget, do not grow
+            self._drops_logged.clear()
+        self._drops_logged[error.farm_id] = (now, 0)
+        more = f" ({since} more dropped since the last one logged)" if since else ""
+        log.warning("dropped a message: %s%s", error, more)
+
+    def _take(self, decoded: DiscoveryStatus | FarmMessage[Any]) -> None:
+        if isinstance(decoded, DiscoveryStatus):
+            self.discovery_online = decoded.online
+            self.hub.publish("discovery", None, {"online": decoded.online})
             return
-        try:
-            message = decode(model, payload)
-        except PayloadError as exc:
-            log.warning("farm %s: dropped a %s message: %s", parsed.farm_id, parsed.kind.value, exc)
+        message = decoded.payload
+        if decoded.kind not in SHOWN or message is None:
             return
         now = time.time()
+        profile_changed = False
         with self._lock:
-            view = self.farms.setdefault(parsed.farm_id, FarmView(parsed.farm_id))
+            view = self.farms.setdefault(decoded.farm_id, FarmView(decoded.farm_id))
             if isinstance(message, Heartbeat | Reading):
                 # their own ts, not arrival: retained ones arrive at connect time from a farm long gone
                 view.last_seen = max(view.last_seen or 0.0, min(message.ts.timestamp(), now))
             if isinstance(message, Status):
                 view.status, view.status_received = message, now
             elif isinstance(message, Meta):
+                profile_changed = view.meta is not None and view.meta.profile != message.profile
                 view.meta = message
             elif isinstance(message, Heartbeat):
                 view.heartbeat = message
@@ -260,8 +320,11 @@ class FarmBridge:
                 view.alarms = message
             elif isinstance(message, Event):
                 view.events.appendleft(message)
-        data = {"farm": parsed.farm_id, **message.model_dump(mode="json")}
-        self.hub.publish(parsed.kind.value, parsed.farm_id, data)
+        # pydantic's JSON writes a non-finite float as null, which a browser's JSON.parse reads (not "Infinity")
+        data = {"farm": decoded.farm_id, **json.loads(message.model_dump_json())}
+        self.hub.publish(decoded.kind.value, decoded.farm_id, data)
+        if profile_changed:  # the farm's values or controls are not those its open pages show: they render afresh
+            self.hub.publish("profile", decoded.farm_id, {"farm": decoded.farm_id})
 
     def views(self) -> list[FarmView]:
         with self._lock:

@@ -1,4 +1,4 @@
-"""The farm list and the farm page, rendered from the bridge's views and the device profile."""
+"""The farm list and the farm page, rendered from the bridge's views and each farm's published profile."""
 
 from __future__ import annotations
 
@@ -10,28 +10,36 @@ from typing import Any, cast
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 from flask_babel import get_locale, lazy_gettext
 from flask_babel import gettext as _
+from pydantic import ValidationError
 
 from common.identities import StoreError
-from contract.payloads import Event, SetCommand, encode, utc_now
+from contract.payloads import Event, Labels, ProfileSummary, SetCommand, ValueInfo, encode, utc_now
 from contract.topics import InvalidTopic, check_farm_id
-from farm_agent.profile import Profile, ValueSpec
 from mobile_web.auth import current_user, login_required, store
 from mobile_web.bridge import FarmBridge, FarmView
+from mobile_web.farm_profile import (
+    bit_labels,
+    main_value,
+    names_bits,
+    value_info,
+    value_infos,
+    writable_info,
+    writable_infos,
+)
 
 bp = Blueprint("farms", __name__)
-# the shipped profile's enum option names, so the catalog translates them (other profiles show theirs as is)
+# the KUB-1063 profile's enum option names, so the catalog translates them (other profiles show theirs as is)
 ENUM_OPTION_NAMES = (lazy_gettext("base"), lazy_gettext("tunnel"))
-UNIT_NAMES = (lazy_gettext("min"), lazy_gettext("Pa"))  # the shipped profile's units said differently in Russian
+UNIT_NAMES = (lazy_gettext("min"), lazy_gettext("Pa"))  # the KUB-1063 profile's units said differently in Russian
 BY_EXCEPTION_GRACE_S = 120.0
-CHARTABLE_TYPES = ("u16", "s16")  # numbers; enums and bit fields have no line to draw
 
 
 def bridge() -> FarmBridge:
     return cast(FarmBridge, current_app.extensions["kubmesh.bridge"])
 
 
-def profile() -> Profile:
-    return cast(Profile, current_app.extensions["kubmesh.profile"])
+def profile_of(view: FarmView) -> ProfileSummary | None:
+    return view.meta.profile if view.meta else None
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,7 @@ class Row:
     unit: str
     value: Any
     status: str
-    decimals: int
+    decimals: int | None
     options: dict[str, str]  # enum raw value → label, for the page's live updates
 
 
@@ -70,27 +78,45 @@ SENSOR_STATUS_TEXTS = {
 ALARM_KINDS = {"active": "alarm", "latched": "alarm", "warnings": "warning", "latched_warnings": "warning"}
 
 
-def alarm_label(kind: str, bit: int, label: str) -> str:
-    """A bit the profile gives no name arrives as "alarm bit N" (farm_agent.profile): said in the page's language."""
-    if label == f"{kind} bit {bit}":
-        return _("alarm bit %(bit)s", bit=bit) if kind == "alarm" else _("warning bit %(bit)s", bit=bit)
-    return label
+def unnamed_bit(kind: str, bit: int) -> str:
+    return _("alarm bit %(bit)s", bit=bit) if kind == "alarm" else _("warning bit %(bit)s", bit=bit)
+
+
+def alarm_text(view: FarmView, kind: str, bit: int, label: str, labels: Labels | None) -> str:
+    """A raised bit in the page's language: its labels, or for an unnamed bit its number.
+
+    The English ``label`` is shown as is only for an agent whose profile predates named bits.
+    """
+    if labels is not None:
+        return labels.get(language())
+    return unnamed_bit(kind, bit) if names_bits(profile_of(view)) else label
+
+
+def alarm_labels(view: FarmView) -> dict[str, dict[int, str]]:
+    """Each kind's named bits in the page's language, for the page's live event texts."""
+    profile = profile_of(view)
+    groups = profile.alarm_groups if profile else []
+    return {kind: {bit: labels.get(language()) for group in groups if group.kind == kind
+                   for bit, labels in group.labels.items()} for kind in ("alarm", "warning")}
 
 
 def event_texts() -> dict[str, str]:
     return {kind: str(text) for kind, text in EVENT_TEXTS.items()}
 
 
-def event_text(event: Event) -> str:
+def event_text(view: FarmView, event: Event) -> str:
     template = EVENT_TEXTS.get(event.kind)
     if template is None:
         return event.message
     detail = {key: str(value) for key, value in event.detail.items()}
-    if event.kind.startswith(("alarm_", "warning_")) and "label" in detail and isinstance(event.detail.get("bit"), int):
-        detail["label"] = alarm_label(event.kind.split("_")[0], event.detail["bit"], detail["label"])
+    bit = event.detail.get("bit")
+    if event.kind.startswith(("alarm_", "warning_")) and isinstance(bit, int) and not isinstance(bit, bool):
+        kind = event.kind.split("_")[0]
+        labels = bit_labels(profile_of(view), kind, bit)
+        detail["label"] = alarm_text(view, kind, bit, detail.get("label", ""), labels)
     if event.kind == "sensor_status":
-        spec = profile().values_by_name.get(detail.get("name", ""))
-        detail["name"] = _label(spec) if spec else detail.get("name", "")
+        info = value_info(profile_of(view), detail.get("name", ""))
+        detail["name"] = info.label(language()) if info else detail.get("name", "")
         for key in ("from", "to"):
             detail[key] = str(SENSOR_STATUS_TEXTS.get(detail.get(key, ""), detail.get(key, "")))
     return re.sub(r"\{(\w+)\}", lambda match: detail.get(match.group(1), match.group(0)), str(template))
@@ -101,31 +127,41 @@ def language() -> str:
 
 
 def value_rows(view: FarmView) -> list[Row]:
+    """The farm's values as its profile says to show them (bit fields have no single reading to show)."""
     rows: list[Row] = []
     state = view.state
-    for spec in profile().values:
-        if spec.type == "bits16":
+    for info in value_infos(profile_of(view), state):
+        if info.kind == "bitfield":
             continue
-        value = state.values.get(spec.name) if state else None
-        status = state.status.get(spec.name, "ok") if state else "pending"
-        options = {str(raw): _(label) for raw, label in spec.options.items()}
-        display = _display(spec, value)
-        rows.append(Row(spec.name, _label(spec), _(spec.unit) if spec.unit else "", display, status, spec.decimals,
-                        options))
+        value = state.values.get(info.name) if state else None
+        status = state.status.get(info.name, "ok") if state else "pending"
+        options = {str(raw): translated(label) for raw, label in info.options.items()}
+        rows.append(Row(info.name, info.label(language()), unit_text(info.unit), display(info, value), status,
+                        info.decimals, options))
     return rows
 
 
-def _label(spec: ValueSpec) -> str:
-    return spec.label.get(language()) if spec.label else spec.name
+def translated(text: str) -> str:
+    """A word a farm publishes (a unit, an enum option), in the page's language when the catalog has it.
+
+    An empty text stays empty: gettext("") would answer the catalog's header.
+    """
+    return _(text) if text else text
 
 
-def _display(spec: ValueSpec, value: Any) -> Any:
-    if value is None:
-        return None
-    if spec.type == "enum":
-        label = spec.options.get(int(value))
-        return _(label) if label else value
-    return f"{value:.{spec.decimals}f}" if isinstance(value, float) else value
+def unit_text(unit: str | None) -> str:
+    return translated(unit or "")
+
+
+def display(info: ValueInfo | None, value: Any) -> Any:
+    if value is None or info is None:
+        return value
+    if info.kind == "enum" and isinstance(value, int):
+        label = info.options.get(value)
+        return translated(label) if label else value
+    if info.decimals is None or not isinstance(value, float):
+        return value
+    return f"{value:.{info.decimals}f}"
 
 
 def two_polls(view: FarmView) -> float:
@@ -154,10 +190,11 @@ def is_stale(view: FarmView) -> bool:
     return time.time() - latest > stale_after(view)
 
 
-def chartable(name: str) -> bool:
-    """A value the history chart can draw: a number (enums and bit fields have no line)."""
-    spec = profile().values_by_name.get(name)
-    return spec is not None and spec.type in CHARTABLE_TYPES
+def chartable(view: FarmView, name: str) -> ValueInfo | None:
+    """The value, if the history chart can draw it: a number of the farm's profile (enums and bit fields have
+    no line)."""
+    info = value_info(profile_of(view), name)
+    return info if info is not None and info.kind == "number" else None
 
 
 def owner_of(view: FarmView) -> str | None:
@@ -179,8 +216,8 @@ def visible_views() -> list[FarmView]:
 @login_required
 def index() -> str:
     views = visible_views()
-    temp = profile().values_by_name.get("temp_inside")
-    return render_template("farms.html", views=views, is_stale=is_stale, temp_spec=temp, display=_display,
+    return render_template("farms.html", views=views, is_stale=is_stale, main_value=main_value,
+                           profile_of=profile_of, display=display, unit_text=unit_text,
                            two_polls=two_polls, heartbeat_ok=heartbeat_ok, grace=BY_EXCEPTION_GRACE_S)
 
 
@@ -211,12 +248,21 @@ def command(farm_id: str) -> tuple[Response, int]:
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("name"), str):
         return _json_error(400, _("Expected {\"name\", \"value\"}."))
-    if body["name"] not in profile().writable_by_name:
+    writable = writable_info(profile_of(view), body["name"])
+    if writable is None:
         return _json_error(400, _("This value cannot be set."))
     value = body.get("value")
     if isinstance(value, bool) or not isinstance(value, int | float):
         return _json_error(400, _("The value must be a number."))
-    command = SetCommand(value=value, ts=utc_now())
+    if not writable.accepts(value):
+        if writable.kind == "action":
+            return _json_error(400, _("This command sends only %(value)s.", value=writable.value))
+        return _json_error(400, _("The value must be between %(min)s and %(max)s.", min=writable.min,
+                                  max=writable.max))
+    try:
+        command = SetCommand(value=value, ts=utc_now())
+    except (ValidationError, OverflowError):  # not finite, or an integer beyond any float
+        return _json_error(400, _("The value must be a number."))
     if not bridge().publish_command(view.farm_id, body["name"], encode(command)):
         return _json_error(503, _("Not connected to the broker."))
     current_app.logger.info("%s sent %s=%s to %s (%s)", user.username, body["name"], value, farm_id, command.id)
@@ -233,9 +279,9 @@ def farm(farm_id: str) -> str:
     rows = value_rows(view)
     return render_template(
         "farm.html", view=view, since=since, rows=rows, stale=is_stale(view), user=user,
-        writable=profile().writable if user.may_command else [], language=language(),
-        chart_rows=[row for row in rows if chartable(row.name)],
+        writable=writable_infos(profile_of(view)) if user.may_command else [], language=language(),
+        chart_rows=[row for row in rows if chartable(view, row.name)], unit_text=unit_text,
         two_polls=two_polls(view), heartbeat_ok=heartbeat_ok(view), grace=BY_EXCEPTION_GRACE_S,
-        event_text=event_text, event_texts=event_texts(), alarm_label=alarm_label, alarm_kinds=ALARM_KINDS,
-        status_texts=SENSOR_STATUS_TEXTS,
+        event_text=event_text, event_texts=event_texts(), alarm_text=alarm_text, alarm_kinds=ALARM_KINDS,
+        alarm_labels=alarm_labels(view), names_bits=names_bits(profile_of(view)), status_texts=SENSOR_STATUS_TEXTS,
     )

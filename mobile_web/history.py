@@ -9,7 +9,6 @@ discovery node waits cooperatively, so a slow API holds no other page up.
 
 from __future__ import annotations
 
-import json
 import logging
 import urllib.error
 import urllib.parse
@@ -19,11 +18,12 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask_babel import gettext as _
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
-from contract.payloads import Timestamp, format_ts, utc_now
+from contract.payloads import format_ts, utc_now
 from mobile_web.auth import login_required
-from mobile_web.farms import chartable, profile, visible_view
+from mobile_web.farms import chartable, unit_text, visible_view
+from mobile_web.rest_models import History
 
 log = logging.getLogger("kubmesh.web.history")
 bp = Blueprint("history", __name__)
@@ -34,26 +34,8 @@ RANGES: dict[str, tuple[timedelta, timedelta]] = {
     "7d": (timedelta(days=7), timedelta(hours=2)),
 }
 TIMEOUT_S = 5.0
+CHART_DECIMALS = 2  # for a value whose profile does not say its decimals (an agent older than profile version 2)
 MAX_BODY = 2 * 1024 * 1024
-
-
-class HistoryPoint(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    ts: Timestamp
-    value: float | None = None
-    min: float | None = None
-    max: float | None = None
-
-
-class History(BaseModel):
-    """The discovery API's answer: ``{"farm", "name", "points": [{"ts", "value", "min", "max", "avg"}]}``."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    farm: str
-    name: str
-    points: list[HistoryPoint]
 
 
 class HistoryUnavailable(Exception):
@@ -77,8 +59,8 @@ def fetch_history(base_url: str, token: str | None, farm_id: str, name: str, ran
     if len(body) > MAX_BODY:
         raise HistoryUnavailable("the discovery API's answer is too large")
     try:
-        return History.model_validate(json.loads(body))
-    except (ValueError, ValidationError) as exc:
+        return History.model_validate_json(body)  # pydantic's parser: no Python recursion on deep nesting
+    except ValidationError as exc:
         raise HistoryUnavailable(f"the discovery API's answer is not history: {exc}") from None
 
 
@@ -92,7 +74,8 @@ def history(farm_id: str) -> tuple[Response, int]:
     view = visible_view(farm_id)
     name = request.args.get("name", "")
     range_ = request.args.get("range", "24h")
-    if not chartable(name):
+    info = chartable(view, name)
+    if info is None:
         return _error(400, _("There is no chart for this value."))
     if range_ not in RANGES:
         return _error(400, _("The range must be 24h or 7d."))
@@ -104,7 +87,6 @@ def history(farm_id: str) -> tuple[Response, int]:
     except HistoryUnavailable as exc:
         log.warning("farm %s: history of %s not available: %s", view.farm_id, name, exc)
         return _error(502, _("History is not available right now."))
-    spec = profile().values_by_name[name]
     points: list[dict[str, Any]] = [p.model_dump(mode="json") for p in found.points if p.value is not None]
-    return jsonify(farm=view.farm_id, name=name, range=range_, unit=_(spec.unit) if spec.unit else "",
-                   decimals=spec.decimals, points=points), 200
+    return jsonify(farm=view.farm_id, name=name, range=range_, unit=unit_text(info.unit),
+                   decimals=CHART_DECIMALS if info.decimals is None else info.decimals, points=points), 200

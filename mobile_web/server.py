@@ -39,7 +39,7 @@ class PhoneHandler(WSGIHandler):
 
 
 def serve(settings: WebSettings) -> int:
-    bridge = FarmBridge(Topics(settings.base_topic))
+    bridge = FarmBridge(Topics(settings.base_topic), silence_s=settings.health_silence_s)
     app = create_app(settings, bridge)
     server = WSGIServer((settings.host, settings.port), app, log=None, error_log=log, handler_class=PhoneHandler)
     bridge.start(settings.mqtt(), keepalive=settings.keepalive)

@@ -15,8 +15,9 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from common.identities import Credentials, Role
-from contract.payloads import AlarmItem, Alarms, DeviceInfo, Meta, ProfileSummary, Reading, Status, encode, utc_now
+from contract.payloads import AlarmItem, Alarms, DeviceInfo, Meta, Reading, Status, encode, utc_now
 from contract.topics import Topics
+from farm_agent.profile import load_profile
 from tests.conftest import RunningBroker
 from tests.farm_system import Agent, Simulator, send_a_week_of_history
 from tests.helpers import REPO, ServiceProcess, free_port, wait_until
@@ -167,7 +168,7 @@ def publish_second_farm(client: paho.Client, alarm: bool) -> None:
         (topics.status("farm-002"), encode(Status(state="online", ts=now))),
         (topics.meta("farm-002"), encode(Meta(
             farm_id="farm-002", name="Теплица №2", owner_id="owner-a", device=DeviceInfo(model="KUB-1063"),
-            agent_version="test", poll_interval_s=1, profile=ProfileSummary(name="KUB-1063", values=[]), ts=now))),
+            agent_version="test", poll_interval_s=1, profile=load_profile().summary(), ts=now))),
         (topics.state("farm-002"), encode(Reading(ts=now, seq=1, values={"temp_inside": 19.5},
                                                   status={"temp_inside": "ok"}))),
         (topics.alarms("farm-002"), encode(Alarms(ts=now, active=[item] if alarm else []))),

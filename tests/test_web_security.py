@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import logging
 import re
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common.identities import IdentityStore, Role
+from common.settings import ConfigError, load_settings
 from mobile_web.app import create_app
+from mobile_web.redirects import local_target
 from mobile_web.settings import WebSettings
 from tests.test_mobile_web import FARM, RecordingBridge, csrf_token, feed_farm, log_in
 
@@ -30,7 +35,8 @@ def app(data_dir: Path) -> Iterator[tuple[Flask, RecordingBridge, IdentityStore]
     bridge = RecordingBridge()
     feed_farm(bridge, FARM, owner="owner-a")
     feed_farm(bridge, "farm-b1", owner="owner-a")  # its agent claims owner-a; kubmesh farm add said owner-b
-    yield create_app(WebSettings(data_dir=data_dir, login_limit="5 per minute"), bridge), bridge, store
+    yield create_app(WebSettings(data_dir=data_dir, login_limit="5 per minute", login_delay_max_s=0.05), bridge), \
+        bridge, store
 
 
 def command(client: FlaskClient, farm_id: str = FARM, token: str | None = None) -> int:
@@ -102,25 +108,86 @@ def test_every_form_and_command_needs_the_csrf_token(app: tuple[Flask, Recording
     assert forms and all('method="post"' not in form or "csrf_token" in form for form in forms)
 
 
-def test_failed_logins_are_throttled_per_account_and_per_address(
+def attempt(flask_app: Flask, address: str, username: str, password: str = "wrong",
+            forwarded_for: str | None = None) -> tuple[int, str | None]:
+    client = flask_app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+    token = csrf_token(client)
+    response = client.post("/login", data={"username": username, "password": password, "csrf_token": token},
+                           headers=headers)
+    return response.status_code, response.headers.get("Retry-After")
+
+
+def test_failed_logins_are_throttled_per_address_and_account(
     app: tuple[Flask, RecordingBridge, IdentityStore],
 ) -> None:
     flask_app = app[0]
+    for _ in range(5):
+        assert attempt(flask_app, "10.0.0.1", "vera")[0] == 401
+    status, retry_after = attempt(flask_app, "10.0.0.1", "vera", SECRET)
+    assert status == 429 and retry_after and int(retry_after) > 0  # the guesser's address, for that account
+    assert attempt(flask_app, "10.0.0.1", "olga", SECRET)[0] == 302  # another account from it is not locked
+    assert attempt(flask_app, "10.0.0.1", "Vera ", SECRET)[0] == 429  # nor is a respelt name a way round
 
-    def attempt(address: str, username: str, password: str = "wrong") -> tuple[int, str | None]:
-        client = flask_app.test_client()
-        client.environ_base["REMOTE_ADDR"] = address
-        response = log_in(client, username, password)
-        return response.status_code, response.headers.get("Retry-After")
 
-    for index in range(5):  # one account from five addresses
-        assert attempt(f"10.0.0.{index + 1}", "vera")[0] == 401
-    status, retry_after = attempt("10.0.0.99", "vera", SECRET)
-    assert status == 429 and retry_after and int(retry_after) > 0
-    for name in ("a1", "a2", "a3", "a4", "a5"):  # five accounts from one address
-        assert attempt("10.1.1.1", name)[0] == 401
-    assert attempt("10.1.1.1", "olga", SECRET)[0] == 429
-    assert attempt("10.2.2.2", "olga", SECRET)[0] == 302  # others go on
+def test_a_guesser_from_one_address_cannot_lock_the_owner_out_from_another(
+    app: tuple[Flask, RecordingBridge, IdentityStore],
+) -> None:
+    flask_app = app[0]
+    for index in range(20):  # a known name guessed from one address, then from several
+        attempt(flask_app, "203.0.113.5" if index < 10 else f"203.0.113.{index}", "vera")
+    assert attempt(flask_app, "198.51.100.7", "vera", SECRET)[0] == 302  # the owner's phone
+
+
+def test_loopback_is_not_exempt_and_forwarded_for_counts_only_from_a_trusted_proxy(
+    app: tuple[Flask, RecordingBridge, IdentityStore], data_dir: Path,
+) -> None:
+    flask_app = app[0]
+    for index in range(5):  # a spoofed X-Forwarded-For from an untrusted caller changes nothing
+        assert attempt(flask_app, "127.0.0.1", "vera", forwarded_for=f"192.0.2.{index}")[0] == 401
+    assert attempt(flask_app, "127.0.0.1", "vera", SECRET, forwarded_for="192.0.2.77")[0] == 429
+    behind_proxy = create_app(WebSettings(data_dir=data_dir, login_limit="5 per minute", login_delay_max_s=0.05,
+                                          trusted_proxies=["127.0.0.1", "::1"]), RecordingBridge())
+    for _ in range(5):  # through `tailscale serve` on this host: every caller is loopback
+        assert attempt(behind_proxy, "127.0.0.1", "olga", forwarded_for="203.0.113.5")[0] == 401
+    assert attempt(behind_proxy, "127.0.0.1", "olga", SECRET, forwarded_for="203.0.113.5")[0] == 429
+    assert attempt(behind_proxy, "127.0.0.1", "olga", SECRET, forwarded_for="198.51.100.7")[0] == 302
+    # a client's own X-Forwarded-For entries before the proxy's are not believed: the proxy appends the caller
+    assert attempt(behind_proxy, "127.0.0.1", "olga", SECRET, forwarded_for="198.51.100.7, 203.0.113.5")[0] == 429
+
+
+def test_failed_logins_of_a_name_slow_its_next_login_which_a_right_password_still_passes(
+    app: tuple[Flask, RecordingBridge, IdentityStore],
+) -> None:
+    flask_app = app[0]
+    waited: list[float] = []
+    delays = flask_app.extensions["kubmesh.login_delays"]
+    delays.sleep = waited.append
+    for index in range(8):
+        attempt(flask_app, f"203.0.113.{index}", "vera")
+    assert waited and waited == sorted(waited) and max(waited) <= delays.max_delay_s
+    waited.clear()
+    assert attempt(flask_app, "198.51.100.7", "vera", SECRET)[0] == 302
+    assert waited and waited[0] > 0
+    waited.clear()
+    assert attempt(flask_app, "198.51.100.8", "olga", SECRET)[0] == 302 and waited == []  # others wait for nothing
+
+
+def test_session_cookie_is_secure_and_hsts_sent_behind_an_https_proxy(
+    app: tuple[Flask, RecordingBridge, IdentityStore],
+) -> None:
+    flask_app = app[0]
+    client = flask_app.test_client()
+    https = {"X-Forwarded-Proto": "https"}
+    page = client.get("/login", headers=https)
+    assert page.headers["Strict-Transport-Security"].startswith("max-age=")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True))
+    assert token
+    answer = client.post("/login", data={"username": "vera", "password": SECRET, "csrf_token": token.group(1)},
+                         headers=https)
+    assert answer.status_code == 302 and "Secure" in answer.headers["Set-Cookie"]
+    assert "Strict-Transport-Security" not in flask_app.test_client().get("/login").headers  # plain HTTP
 
 
 def test_passwords_are_never_logged(
@@ -152,8 +219,31 @@ def test_security_headers_on_every_kind_of_answer(app: tuple[Flask, RecordingBri
 def test_login_redirects_only_within_the_site(app: tuple[Flask, RecordingBridge, IdentityStore]) -> None:
     flask_app = app[0]
     for target, expected in (("/farms/x", "/farms/x"), ("//evil.example", "/"), ("/\\evil.example", "/"),
-                             ("https://evil.example", "/")):
+                             ("https://evil.example", "/"), ("/%09/evil.example", "/"), ("/%2F/evil.example", "/"),
+                             ("/x%0D%0ASet-Cookie:%20a=b", "/"), ("/%0A/evil.example", "/"),
+                             ("%20//evil.example", "/"), ("/farms/x?range=7d", "/farms/x?range=7d")):
         client = flask_app.test_client()
         response = client.post(f"/login?next={target}", data={
             "username": "vera", "password": SECRET, "csrf_token": csrf_token(client)})
-        assert response.headers["Location"] == expected, target
+        assert response.status_code == 302 and response.headers["Location"] == expected, target
+
+
+BROWSER_DROPS = re.compile(r"[\t\n\r]")  # what the URL standard removes from a URL before parsing it
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(max_size=40), st.text(alphabet="/\\:.%@?#\t\n\r \x00evil", max_size=20),
+                 st.builds("/{}".format, st.text(max_size=30))))
+def test_a_kept_redirect_target_stays_on_the_site_as_a_browser_reads_it(target: str) -> None:
+    kept = local_target(target)
+    assert kept in (target, "/")
+    resolved = urllib.parse.urlsplit(urllib.parse.urljoin("https://farm.example/", BROWSER_DROPS.sub("", kept)))
+    assert resolved.netloc == "farm.example" and resolved.scheme == "https"
+    assert "\\" not in kept and not kept.startswith("//") and kept.isascii() and kept.isprintable()
+
+
+def test_trusted_proxies_come_from_the_environment_and_a_bad_one_is_named() -> None:
+    env = {"KUBMESH_TRUSTED_PROXIES": "127.0.0.1, ::1,100.64.0.0/10"}
+    assert load_settings(WebSettings, env=env).trusted_proxies == ["127.0.0.1", "::1", "100.64.0.0/10"]
+    with pytest.raises(ConfigError, match=r"KUBMESH_TRUSTED_PROXIES.*'proxy\.example' is not an address"):
+        load_settings(WebSettings, env={"KUBMESH_TRUSTED_PROXIES": "127.0.0.1,proxy.example"})

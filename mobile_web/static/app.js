@@ -44,9 +44,11 @@
     });
   }
 
-  // A bit the profile gives no name arrives as "alarm bit N" (mobile_web/farms.py alarm_label).
-  function alarmLabel(kind, bit, label) {
-    if (label !== `${kind} bit ${bit}`) return label;
+  // A raised bit in the page's language (the server's rule, mobile_web/farms.py alarm_text): its labels,
+  // or for a bit the farm's profile does not name, its number; an older agent's label text as it is.
+  function alarmLabel(main, kind, bit, label, labels) {
+    if (labels) return labels[lang] || labels.en;
+    if (main.dataset.namesBits !== "true") return label;
     return (kind === "alarm" ? i18n.alarm_bit : i18n.warning_bit).replace("{bit}", bit);
   }
 
@@ -99,8 +101,8 @@
       state: (data) => {
         const el = card(data.farm);
         if (!el) return;
-        const temp = el.querySelector('[data-value="temp_inside"]');
-        if (temp) temp.textContent = formatValue(temp, data.values.temp_inside);
+        const shown = el.querySelector("[data-value]"); // the farm's main value, as its profile says
+        if (shown) shown.textContent = formatValue(shown, data.values[shown.dataset.value]);
         el.dataset.updated = Math.floor(Date.now() / 1000);
         el.querySelector("time[data-ts]").dataset.ts = Math.floor(Date.parse(data.ts) / 1000);
         markStale();
@@ -121,6 +123,7 @@
         markStale();
         sortCards();
       },
+      profile: () => location.reload(), // a farm's main value may be another now
       alarms: (data) => {
         const el = card(data.farm);
         if (!el) return;
@@ -138,6 +141,7 @@
   function farmPage(main) {
     const pending = new Map();
     const eventTexts = JSON.parse(main.dataset.eventTexts || "{}");
+    const namedBits = JSON.parse(main.dataset.alarmLabels || "{}"); // kind → bit → label, from the profile
 
     function markStale() {
       main.classList.toggle("stale", isStale(main));
@@ -153,7 +157,7 @@
         const list = group.querySelector("ul");
         list.replaceChildren(...items.map((item) => {
           const li = document.createElement("li");
-          li.textContent = alarmLabel(kind, item.bit, item.label);
+          li.textContent = alarmLabel(main, kind, item.bit, item.label, item.labels);
           return li;
         }));
         group.hidden = items.length === 0;
@@ -173,7 +177,9 @@
       if (!template) return event.message;
       const detail = Object.assign({}, event.detail || {});
       if (/^(alarm|warning)_/.test(event.kind) && typeof detail.bit === "number") {
-        detail.label = alarmLabel(event.kind.split("_")[0], detail.bit, detail.label);
+        const kind = event.kind.split("_")[0];
+        const named = (namedBits[kind] || {})[String(detail.bit)];
+        detail.label = named || alarmLabel(main, kind, detail.bit, detail.label, null);
       }
       if (event.kind === "sensor_status") {
         detail.name = valueLabel(detail.name);
@@ -209,6 +215,7 @@
         markStale();
       },
       alarms: renderAlarms,
+      profile: () => location.reload(), // the farm's agent runs another profile: other values and controls
       events: (data) => {
         const list = main.querySelector("[data-events]");
         list.querySelectorAll(".muted").forEach((el) => el.remove());
