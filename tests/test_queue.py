@@ -28,7 +28,7 @@ def test_readings_are_numbered_queued_and_survive_a_reopen(tmp_path: Path) -> No
     clock = Clock()
     store = AgentStore(tmp_path / "agent.db")
     queue = ReadingQueue(store, max_readings=100, max_age_s=3600, clock=clock)
-    numbered = [queue.add(reading_at(clock))[0].seq for _ in range(5)]
+    numbered = [queue.add(reading_at(clock)).reading.seq for _ in range(5)]
     assert numbered == [1, 2, 3, 4, 5] and len(queue) == 5
     queue.remove([1, 2])
     store.close()  # as after a crash: all that was committed is there
@@ -37,13 +37,13 @@ def test_readings_are_numbered_queued_and_survive_a_reopen(tmp_path: Path) -> No
     oldest = again.oldest(below=again.next_seq, limit=10)
     assert [q.seq for q in oldest] == [3, 4, 5]
     assert decode(Reading, oldest[0].payload).seq == 3
-    assert again.add(reading_at(clock))[0].seq == 6  # a restart never reuses a number
+    assert again.add(reading_at(clock)).reading.seq == 6  # a restart never reuses a number
 
 
 def test_the_count_bound_drops_the_oldest_and_counts_them(tmp_path: Path) -> None:
     clock = Clock()
     queue = ReadingQueue(AgentStore(tmp_path / "agent.db"), max_readings=3, max_age_s=3600, clock=clock)
-    drops = [queue.add(reading_at(clock))[1] for _ in range(7)]
+    drops = [queue.add(reading_at(clock)).dropped for _ in range(7)]
     assert drops == [0, 0, 0, 1, 1, 1, 1]
     assert [q.seq for q in queue.oldest(below=100, limit=10)] == [5, 6, 7]
     assert queue.dropped == 4 and queue.unreported_drops() == 4
@@ -57,6 +57,6 @@ def test_the_age_bound_drops_readings_older_than_it(tmp_path: Path) -> None:
     for _ in range(3):
         queue.add(reading_at(clock))
         clock.now += timedelta(seconds=25)
-    reading, dropped = queue.add(reading_at(clock))  # now T0 + 75 s: the first (T0) is older than 60 s
-    assert dropped == 1 and reading.seq == 4
+    added = queue.add(reading_at(clock))  # now T0 + 75 s: the first (T0) is older than 60 s
+    assert added.dropped == 1 and added.reading.seq == 4
     assert [q.seq for q in queue.oldest(below=100, limit=10)] == [2, 3, 4] and queue.dropped == 1
