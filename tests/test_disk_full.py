@@ -77,18 +77,27 @@ def fill(folder: Path) -> Path:
     return filler
 
 
+Farm = tuple[Agent, TcpProxy, MqttWatcher]
+
+
 @pytest.fixture
-def farm(broker: RunningBroker, simulator: Simulator, small_disk: Path,
-         tmp_path: Path) -> Iterator[tuple[Agent, TcpProxy, MqttWatcher]]:
-    proxy = TcpProxy(broker.port).start()
-    credentials = broker.add(FARM, Role.FARM)
-    watcher = MqttWatcher(broker.port, broker.admin.username, broker.admin.password, f"kub/farms/{FARM}/#")
-    agent = Agent(tmp_path, small_disk, FARM, f"mqtt://{FARM}:{credentials.password}@127.0.0.1:{proxy.port}",
-                  simulator.modbus_url, poll_interval=0.3, extra_env=FAST).start()
-    yield agent, proxy, watcher
-    agent.stop()
-    watcher.close()
-    proxy.close()
+def farm_factory(broker: RunningBroker, simulator: Simulator, small_disk: Path, tmp_path: Path) -> Iterator[Any]:
+    made: list[Farm] = []
+
+    def make(env: dict[str, str] | None = None) -> Farm:
+        proxy = TcpProxy(broker.port).start()
+        credentials = broker.add(FARM, Role.FARM)
+        watcher = MqttWatcher(broker.port, broker.admin.username, broker.admin.password, f"kub/farms/{FARM}/#")
+        agent = Agent(tmp_path, small_disk, FARM, f"mqtt://{FARM}:{credentials.password}@127.0.0.1:{proxy.port}",
+                      simulator.modbus_url, poll_interval=0.3, extra_env={**FAST, **(env or {})}).start()
+        made.append((agent, proxy, watcher))
+        return made[-1]
+
+    yield make
+    for agent, proxy, watcher in made:
+        agent.stop()
+        watcher.close()
+        proxy.close()
 
 
 def _topic(kind: str) -> str:
@@ -104,9 +113,9 @@ def _events(watcher: MqttWatcher, kind: str) -> list[dict[str, Any]]:
 
 
 def test_agent_with_a_full_data_dir_keeps_publishing_says_so_and_recovers_by_itself(
-    farm: tuple[Agent, TcpProxy, MqttWatcher], small_disk: Path
+    farm_factory: Any, small_disk: Path
 ) -> None:
-    agent, proxy, watcher = farm
+    agent, proxy, watcher = farm_factory()
     wait_until(lambda: len(_seqs(watcher)) >= 3, 15, what="the first readings")
     polls, newest = agent.health()["polls_ok"], max(_seqs(watcher))
     filler = fill(small_disk)
@@ -147,3 +156,28 @@ def test_agent_with_a_full_data_dir_keeps_publishing_says_so_and_recovers_by_its
     filler.unlink()
     wait_until(lambda: _events(watcher, "storage_restored"), 15, what="a storage_restored event")
     assert agent.health()["status"] == "ok"
+
+
+def test_the_memory_buffer_of_a_full_disk_is_bounded_and_what_it_drops_is_reported(
+    farm_factory: Any, small_disk: Path
+) -> None:
+    agent, proxy, watcher = farm_factory({"QUEUE_MAX_MEMORY_READINGS": "5"})
+    wait_until(lambda: len(_seqs(watcher)) >= 3, 15, what="the first readings")
+    filler = fill(small_disk)
+    wait_until(lambda: agent.health()["storage"] == "error", 15, what="the full disk noticed")
+    proxy.cut()
+    wait_until(lambda: agent.health()["dropped"] >= 5, 20, what="the memory bound reached")
+    health = agent.health()
+    assert health["in_memory"] == 5
+    filler.unlink()
+    proxy.restore()
+    wait_until(lambda: (h := agent.health())["status"] == "ok" and h["backlog"] == 0, 30, what="recovered")
+    dropped = agent.health()["dropped"]
+    events = wait_until(lambda: _events(watcher, "backlog_dropped"), 10, what="the drop reported")
+    wait_until(lambda: sum(e["detail"]["dropped"] for e in _events(watcher, "backlog_dropped")) == dropped, 10,
+               what=f"all {dropped} dropped readings reported")
+    assert events
+    wait_until(lambda: watcher.last(_topic("heartbeat"))["dropped"] == dropped, 5, what="the heartbeat's count")
+    newest = int(http_json(f"http://127.0.0.1:{agent.api_port}/api/data")["seq"])
+    wait_until(lambda: len(set(range(1, newest + 1)) - _seqs(watcher)) == dropped, 10,
+               what="exactly the dropped readings missing from the bus")

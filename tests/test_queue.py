@@ -60,3 +60,26 @@ def test_the_age_bound_drops_readings_older_than_it(tmp_path: Path) -> None:
     added = queue.add(reading_at(clock))  # now T0 + 75 s: the first (T0) is older than 60 s
     assert added.dropped == 1 and added.reading.seq == 4
     assert [q.seq for q in queue.oldest(below=100, limit=10)] == [2, 3, 4] and queue.dropped == 1
+
+
+def test_a_disk_that_refuses_writes_keeps_the_queue_in_memory_until_it_takes_them_again(tmp_path: Path) -> None:
+    clock = Clock()
+    store = AgentStore(tmp_path / "agent.db")
+    queue = ReadingQueue(store, max_readings=100, max_age_s=3600, clock=clock, max_memory=3)
+    for _ in range(3):
+        queue.add(reading_at(clock))
+    store.db.execute("PRAGMA query_only=1")  # SQLite refuses every write from here, as on a full disk
+    added = [queue.add(reading_at(clock)) for _ in range(4)]
+    assert [a.reading.seq for a in added] == [4, 5, 6, 7]  # numbering goes on in memory
+    assert queue.storage_error and queue.in_memory == 3 and added[-1].dropped == 1 and queue.dropped == 1
+    queue.remove([1, 6])  # acknowledged: one row on disk, one in memory
+    assert len(queue) == 4 and [q.seq for q in queue.oldest(below=100, limit=10)] == [2, 3, 5, 7]
+    assert not queue.persist()  # still refused: nothing changes
+    assert len(queue) == 4 and queue.storage_error
+
+    store.db.execute("PRAGMA query_only=0")
+    assert queue.persist() and queue.storage_error is None and queue.in_memory == 0
+    store.close()
+    again = ReadingQueue(AgentStore(tmp_path / "agent.db"), max_readings=100, max_age_s=3600, clock=clock)
+    assert [q.seq for q in again.oldest(below=100, limit=10)] == [2, 3, 5, 7]
+    assert again.next_seq == 8 and again.dropped == 1 and again.unreported_drops() == 1
