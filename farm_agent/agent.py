@@ -67,9 +67,7 @@ class FarmState:
     mqtt_connected: bool = False
     polls_ok: int = 0
     polls_failed: int = 0
-    last_poll_ts: float | None = None
     last_published: float = 0.0  # monotonic time of the last published reading
-    polls_unchanged: int = 0
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -159,7 +157,6 @@ class FarmAgent:
             return
         seconds = time.monotonic() - started
         self.state.polls_ok += 1
-        self.state.last_poll_ts = time.time()
         if not self.state.modbus_ok:
             await self._modbus_restored()
         ts = self.clock()
@@ -177,7 +174,6 @@ class FarmAgent:
         due = time.monotonic() - self.state.last_published >= self.settings.max_interval
         if not due and not worth_publishing(self.profile, previous.values if previous else None,
                                             previous.status if previous else None, result.values, result.status):
-            self.state.polls_unchanged += 1
             return None
         added = self.queue.add(lambda seq: Reading(
             ts=ts, seq=seq, values=result.values, status=result.status,
@@ -199,8 +195,8 @@ class FarmAgent:
         if (error is None) == (was is None):
             return
         if error is not None:
-            log.error("farm %s: the data dir refuses writes (%s): polling goes on, readings wait in memory",
-                      self.farm_id, error)
+            log.error("farm %s: the data dir refuses writes (%s): polling goes on, unsent readings wait in "
+                      "memory (at most %d)", self.farm_id, error, self.queue.max_memory)
             await self.extensions.health(HealthChange("storage", ok=False, message=error))
         else:
             log.info("farm %s: the data dir takes writes again", self.farm_id)

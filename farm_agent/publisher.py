@@ -30,10 +30,6 @@ class Publisher:
     def detach(self) -> None:
         self._client = None
 
-    @property
-    def connected(self) -> bool:
-        return self._client is not None
-
     async def publish(self, topic: str, payload: bytes, retain: bool = False) -> bool:
         """True once the broker has acknowledged it; False when there is no session or it broke."""
         client = self._client

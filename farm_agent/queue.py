@@ -9,8 +9,9 @@ the agent reports it in ``heartbeat`` and ``events``.
 When the data dir cannot be written (a full disk, an I/O error), the queue goes on in memory: new
 readings, and the acknowledgements of readings already on disk, are kept in a bounded buffer and
 ``storage_error`` says why. :meth:`ReadingQueue.persist` writes them all in one transaction once
-the disk takes writes again; until then the numbering and the counters live in memory, so a crash
-in that state loses what only memory held.
+the disk takes writes again; until then the counters live in memory, and the numbering in a mark
+the store writes over itself in place, so a crash in that state loses what only memory held but a
+restart never gives a number twice.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class ReadingQueue:
         self.max_memory = max_memory
         store.db.executescript(SCHEMA)
         self._on_disk = int(store.db.execute("SELECT COUNT(*) FROM queue").fetchone()[0])
-        self._seq = store.get(SEQ)
+        self._seq = max(store.get(SEQ), store.marked_seq())  # the mark is ahead after a crash on a full disk
         self._dropped = store.get(DROPPED)
         self._reported = store.get(DROPPED_REPORTED)
         self._memory: dict[int, Queued] = {}  # readings the disk refused, oldest first
@@ -96,6 +97,7 @@ class ReadingQueue:
             else:
                 self._on_disk += 1 - dropped
         if self.storage_error is not None:
+            self.store.mark_seq(queued.seq)
             self._memory[queued.seq] = queued
             dropped = self._apply_memory_bound()
         self._dropped += dropped
@@ -170,13 +172,11 @@ class ReadingQueue:
         self._memory.clear()
         self._acked_on_disk.clear()
         self.storage_error = None
-        log.info("the data dir takes writes again: %d reading(s) kept in memory are on disk", len(memory))
         return True
 
     def _refused(self, exc: sqlite3.Error) -> None:
+        """From now on the queue is in memory (the agent logs and reports the change, once)."""
         self.storage_error = _reason(exc)
-        log.error("cannot write the queue to disk (%s): readings are kept in memory, at most %d",
-                  self.storage_error, self.max_memory)
 
     @property
     def next_seq(self) -> int:

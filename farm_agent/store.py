@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +18,7 @@ WAL_SIZE_LIMIT = 64 * 1024
 class AgentStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._mark = _open_mark(path.with_suffix(".seq"))
         self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -48,5 +51,36 @@ class AgentStore:
         row = self.db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         return int(row[0]) if row else 0
 
+    def mark_seq(self, seq: int) -> None:
+        """Keep the last number given where a full disk still takes it: 8 bytes written over themselves.
+
+        While SQLite refuses writes this is what stops a restart from giving the same numbers again.
+        """
+        if self._mark is not None:
+            with contextlib.suppress(OSError):  # then the database's own counter is all there is
+                os.pwrite(self._mark, seq.to_bytes(8, "big"), 0)
+
+    def marked_seq(self) -> int:
+        if self._mark is None:
+            return 0
+        return int.from_bytes(os.pread(self._mark, 8, 0).ljust(8, b"\0"), "big")
+
     def close(self) -> None:
         self.db.close()
+        if self._mark is not None:
+            os.close(self._mark)
+
+
+def _open_mark(path: Path) -> int | None:
+    """The mark's file, its 8 bytes allocated now, while there is room (None when there is none)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_size < 8:
+            os.pwrite(fd, bytes(8), 0)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd

@@ -179,5 +179,11 @@ def test_the_memory_buffer_of_a_full_disk_is_bounded_and_what_it_drops_is_report
     assert events
     wait_until(lambda: watcher.last(_topic("heartbeat"))["dropped"] == dropped, 5, what="the heartbeat's count")
     newest = int(http_json(f"http://127.0.0.1:{agent.api_port}/api/data")["seq"])
-    wait_until(lambda: len(set(range(1, newest + 1)) - _seqs(watcher)) == dropped, 10,
-               what="exactly the dropped readings missing from the bus")
+
+    def missing() -> set[int]:
+        return set(range(1, newest + 1)) - _seqs(watcher)
+
+    # a reading the broker took just as the link was cut, whose PUBACK never came, counts as dropped
+    # and yet reached the bus: at most one, as publishes go one at a time
+    wait_until(lambda: len(missing()) <= dropped, 10, what=f"no more than the {dropped} dropped readings missing")
+    assert dropped - 1 <= len(missing()) <= dropped, (dropped, sorted(missing()))

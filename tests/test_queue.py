@@ -83,3 +83,15 @@ def test_a_disk_that_refuses_writes_keeps_the_queue_in_memory_until_it_takes_the
     again = ReadingQueue(AgentStore(tmp_path / "agent.db"), max_readings=100, max_age_s=3600, clock=clock)
     assert [q.seq for q in again.oldest(below=100, limit=10)] == [2, 3, 5, 7]
     assert again.next_seq == 8 and again.dropped == 1 and again.unreported_drops() == 1
+
+
+def test_a_restart_after_a_crash_on_a_refusing_disk_never_gives_a_number_twice(tmp_path: Path) -> None:
+    clock = Clock()
+    store = AgentStore(tmp_path / "agent.db")
+    queue = ReadingQueue(store, max_readings=100, max_age_s=3600, clock=clock)
+    queue.add(reading_at(clock))
+    store.db.execute("PRAGMA query_only=1")
+    assert [queue.add(reading_at(clock)).reading.seq for _ in range(3)] == [2, 3, 4]
+    store.close()  # killed before the disk took writes again: readings 2 to 4 went out live, and are lost here
+    again = ReadingQueue(AgentStore(tmp_path / "agent.db"), max_readings=100, max_age_s=3600, clock=clock)
+    assert len(again) == 1 and again.add(reading_at(clock)).reading.seq == 5
