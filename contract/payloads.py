@@ -198,6 +198,8 @@ class Heartbeat(WireModel):
     backlog: int = 0  # readings queued on disk, not yet acknowledged by the broker
     dropped: int = 0  # readings the backlog's bounds dropped, ever
     bytes_per_hour: int | None = None
+    storage_error: str | None = None  # set while the agent's data dir refuses writes: readings wait in memory
+    in_memory: int | None = None  # readings held in memory meanwhile (of ``backlog``)
 
 
 class Reading(WireModel):

@@ -1,34 +1,29 @@
-"""The farm agent: polls the controller, publishes what it reads, and keeps the farm's presence.
+"""The farm agent's core: the poll loop, the queue and its reporter, and the farm's MQTT session.
 
-Two loops share one :class:`FarmState`: the poll loop owns the Modbus link and
-never stops on a link fault, nor waits for the broker; the MQTT session loop
-(re)connects with the farm's last will, republishes the farm's retained topics
-on every connect, and publishes readings, alarms, events and heartbeats.
-
-Every reading worth publishing is numbered and queued on disk first
-(:mod:`farm_agent.queue`), then published live on ``state``; it leaves the queue
-on its PUBACK. After a reconnect the newest reading goes out on ``state`` at once
-and the rest of the queue is replayed on ``backlog``, oldest first, at a bounded
-rate beside the live readings.
+The poll loop owns the Modbus link and never stops on a fault, nor waits for the broker: a reading
+worth publishing (:mod:`farm_agent.report`) is numbered and queued (:mod:`farm_agent.queue`), then
+sent by the :class:`~farm_agent.reporter.Reporter`. The session (:class:`common.session.MqttSession`)
+reconnects with the farm's last will and, on every connect, publishes the farm's retained topics
+again and replays the backlog. Every other feature is an extension (:mod:`farm_agent.extension`),
+told about polls, health changes, connects and messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib.metadata import version
-from typing import Any
 
 import aiomqtt
 
-from common.mqtt import LastWill, async_client
+from common.mqtt import LastWill
 from common.runtime import run_until_stopped
+from common.session import MqttSession
 from contract.payloads import (
     AlarmItem,
     Alarms,
@@ -42,15 +37,15 @@ from contract.payloads import (
     encode,
     utc_now,
 )
-from contract.topics import Topics, ha_status_topic
-from farm_agent import homeassistant
-from farm_agent.control import CommandHandler
-from farm_agent.events import alarm_events, sensor_events
+from contract.topics import Topics
+from farm_agent.extension import Extension, Extensions, HealthChange, Inbound, Polled
 from farm_agent.link import ModbusFailure
-from farm_agent.poller import Poller
+from farm_agent.poller import Poller, PollResult
 from farm_agent.profile import Profile
-from farm_agent.queue import ReadingQueue
+from farm_agent.publisher import Publisher
+from farm_agent.queue import Queued, ReadingQueue
 from farm_agent.report import named_bits, worth_publishing
+from farm_agent.reporter import Reporter
 from farm_agent.settings import AgentSettings
 
 log = logging.getLogger("kubmesh.agent")
@@ -60,20 +55,19 @@ AGENT_VERSION = version("kubmesh")
 
 @dataclass
 class FarmState:
-    """What the agent knows now; the HTTP API and heartbeats read it."""
+    """What the agent knows now; the HTTP API, heartbeats and metrics read it."""
 
     reading: Reading | None = None
+    latest: Queued | None = None  # the newest reading's bytes, as published on ``state``
     alarms: Alarms | None = None
     firmware: str | None = None
     modbus_ok: bool = False
     modbus_error: str | None = None
+    storage_error: str | None = None  # why readings are kept in memory: the data dir refuses writes
     mqtt_connected: bool = False
     polls_ok: int = 0
     polls_failed: int = 0
-    last_poll_ts: float | None = None
     last_published: float = 0.0  # monotonic time of the last published reading
-    polls_unchanged: int = 0
-    bytes_published: int = 0
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -88,44 +82,58 @@ class FarmAgent:
         profile: Profile,
         poller: Poller,
         queue: ReadingQueue,
-        control: CommandHandler,
+        extensions: Sequence[type[Extension]],
         clock: Clock = utc_now,
     ) -> None:
         self.settings = settings
         self.profile = profile
         self.poller = poller
         self.queue = queue
-        self.control = control
         self.clock = clock
-        self.topics = Topics(settings.base_topic)
         self.farm_id = settings.farm_id
+        self.topics = Topics(settings.base_topic)
         self.state = FarmState()
-        self._client: aiomqtt.Client | None = None
-        self._publish_lock = asyncio.Lock()
-        self._poll_now = asyncio.Event()  # set after a command, so its effect shows without waiting a poll
-        self.on_poll_timed: Callable[[float], None] | None = None  # seconds each successful poll took (metrics)
-        self._sending: set[asyncio.Task[object]] = set()  # publishes the poll loop started and does not wait for
-        self._reporting_drops = asyncio.Lock()  # one report at a time, so no drop is told twice
+        self.publisher = Publisher(self.farm_id)
+        self.reporter = Reporter(self.publisher, queue, self.topics, self.farm_id,
+                                 settings.replay_rate, settings.replay_window)
+        self.extensions = Extensions(extensions, self)
+        self._poll_now = asyncio.Event()
+        self._stop = asyncio.Event()
 
     # ---- running ----------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        session = MqttSession(
+            self.settings.mqtt(), f"kubmesh-agent-{self.farm_id}", purpose=f"farm {self.farm_id}",
+            will=LastWill(self.topics.status(self.farm_id),
+                          encode(Status(state="offline", ts=self.clock(), reason="connection lost"))),
+            keepalive=self.settings.keepalive, reconnect_max=self.settings.reconnect_max,
+        )
+        await self.extensions.start()
         poll = asyncio.create_task(self._poll_loop(stop), name="poll")
-        session = asyncio.create_task(self._mqtt_loop(stop), name="mqtt")
         try:
-            await stop.wait()
+            await session.run(stop, self._serve)
         finally:
             poll.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poll
-            await session
+            await self.extensions.stop()
             self.poller.close()
+
+    def poll_now(self) -> None:
+        """Poll at once (after a command, so that its effect shows without waiting a poll interval)."""
+        self._poll_now.set()
 
     async def _poll_loop(self, stop: asyncio.Event) -> None:
         interval = self.settings.poll_interval
         next_at = time.monotonic()
         while not stop.is_set():
-            await self.poll_once()
+            try:
+                await self.poll_once()
+            except Exception:  # a fault no one foresaw must not end polling for good
+                self.state.polls_failed += 1
+                log.exception("farm %s: poll failed", self.farm_id)
             next_at += interval
             now = time.monotonic()
             if next_at < now:  # a slow poll (timeouts) moves the schedule instead of bursting to catch up
@@ -136,75 +144,64 @@ class FarmAgent:
                 next_at = time.monotonic()
 
     async def poll_once(self) -> None:
-        """One poll: read, decode, publish. A link fault is reported and the next poll tries again."""
+        """One poll: read, decode, queue and publish. A link fault is reported and the next poll tries again."""
         try:
             if self.state.firmware is None:
                 self.state.firmware = await self.poller.read_firmware()
-                await self._publish_meta()
+                self.publisher.soon(self.publish_meta())
             started = time.monotonic()
             result = await self.poller.poll()
         except ModbusFailure as exc:
             self.state.polls_failed += 1
             await self._modbus_failed(exc)
             return
+        seconds = time.monotonic() - started
         self.state.polls_ok += 1
-        self.state.last_poll_ts = time.time()
-        if self.on_poll_timed is not None:
-            self.on_poll_timed(time.monotonic() - started)
         if not self.state.modbus_ok:
             await self._modbus_restored()
         ts = self.clock()
-        previous = self.state.reading
+        previous, alarms_before = self.state.reading, self.state.alarms
         alarms = Alarms(ts=ts, **result.alarms)
-        events = sensor_events(previous.status if previous else None, result.status, ts)
-        alarms_changed = self.state.alarms is None or _alarm_lists(self.state.alarms) != _alarm_lists(alarms)
-        if alarms_changed:
-            events += alarm_events(_alarm_lists(self.state.alarms) if self.state.alarms else None,
-                                   _alarm_lists(alarms), ts)
-        due = time.monotonic() - self.state.last_published >= self.settings.max_interval
-        if due or worth_publishing(self.profile, previous.values if previous else None,
-                                   previous.status if previous else None, result.values, result.status):
-            reading, dropped = self.queue.add(lambda seq: Reading(
-                ts=ts, seq=seq, values=result.values, status=result.status,
-                bits=named_bits(self.profile, result.values) or None,
-            ))
-            self.state.reading = reading
-            self.state.last_published = time.monotonic()
-            self._send_soon(self._publish_live(reading))
-            if dropped:
-                self._send_soon(self._report_drops())
-        else:
-            self.state.polls_unchanged += 1
-        if alarms_changed:
+        reading = await self._report(result, ts, previous)
+        if alarms_before is None or alarm_lists(alarms_before) != alarm_lists(alarms):
             self.state.alarms = alarms
-            self._send_soon(self._publish(self.topics.alarms(self.farm_id), encode(alarms), retain=True))
-        for event in events:
-            self._send_soon(self._publish_event(event))
+            self.publisher.soon(self.publish_alarms())
+        await self._check_storage()
+        await self.extensions.poll(Polled(ts, seconds, result.status, previous, reading, alarms_before, alarms))
 
-    def _send_soon(self, publish: Coroutine[Any, Any, object]) -> None:
-        """Publish without holding up the poll: a half-open link may keep a PUBACK waiting for seconds.
+    async def _report(self, result: PollResult, ts: datetime, previous: Reading | None) -> Reading | None:
+        """Queue and send a reading when it is due or something moved beyond its deadband."""
+        due = time.monotonic() - self.state.last_published >= self.settings.max_interval
+        if not due and not worth_publishing(self.profile, previous.values if previous else None,
+                                            previous.status if previous else None, result.values, result.status):
+            return None
+        added = self.queue.add(lambda seq: Reading(
+            ts=ts, seq=seq, values=result.values, status=result.status,
+            bits=named_bits(self.profile, result.values) or None,
+        ))
+        self.state.reading, self.state.latest = added.reading, added.queued
+        self.state.last_published = time.monotonic()
+        self.publisher.soon(self.reporter.send_live(added.queued))
+        if added.dropped:
+            await self.extensions.dropped()
+        return added.reading
 
-        The publish lock is taken in the order the tasks start, so the order of messages is kept.
-        """
-        task = asyncio.create_task(publish)
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _publish_live(self, reading: Reading) -> None:
-        if await self._publish(self.topics.state(self.farm_id), encode(reading), retain=True):
-            self.queue.remove([reading.seq])
-
-    async def _report_drops(self) -> None:
-        """Readings the queue's bounds pushed out are told about, once, as soon as the broker listens."""
-        async with self._reporting_drops:
-            count = self.queue.unreported_drops()
-            if count <= 0:
-                return
-            event = Event(ts=self.clock(), kind="backlog_dropped",
-                          message=f"backlog full: the {count} oldest unsent reading(s) were dropped",
-                          detail={"dropped": count, "dropped_total": self.queue.dropped})
-            if await self._publish(self.topics.events(self.farm_id), encode(event)):
-                self.queue.drops_reported(count)
+    async def _check_storage(self) -> None:
+        """Try the disk again while the queue is in memory; tell the extensions when it fails or recovers."""
+        if self.queue.storage_error is not None:
+            self.queue.persist()
+        error, was = self.queue.storage_error, self.state.storage_error
+        self.state.storage_error = error
+        if (error is None) == (was is None):
+            return
+        if error is not None:
+            log.error("farm %s: the data dir refuses writes (%s): polling goes on, unsent readings wait in "
+                      "memory (at most %d)", self.farm_id, error, self.queue.max_memory)
+            await self.extensions.health(HealthChange("storage", ok=False, message=error))
+        else:
+            log.info("farm %s: the data dir takes writes again", self.farm_id)
+            await self.extensions.health(HealthChange("storage", ok=True, message="readings are stored on disk again",
+                                                      recovered=True))
 
     async def _modbus_failed(self, exc: ModbusFailure) -> None:
         message = str(exc)
@@ -213,176 +210,79 @@ class FarmAgent:
             self.state.modbus_ok = False
             self.state.modbus_error = message
             self.state.firmware = None  # read again once the device answers: it may have been replaced
-            await self._publish_event(
-                Event(ts=self.clock(), kind="modbus_error", message=message, detail={"error": type(exc).__name__})
-            )
-            await self._publish_heartbeat()
+            await self.extensions.health(HealthChange("modbus", ok=False, message=message, kind=type(exc).__name__))
 
     async def _modbus_restored(self) -> None:
-        if self.state.modbus_error is not None:
+        recovered = self.state.modbus_error is not None  # else this is the first answer since the start
+        if recovered:
             log.info("farm %s: Modbus link restored", self.farm_id)
-            await self._publish_event(Event(ts=self.clock(), kind="modbus_restored", message="Modbus link restored"))
         self.state.modbus_ok = True
         self.state.modbus_error = None
-        await self._publish_heartbeat()
+        await self.extensions.health(HealthChange("modbus", ok=True, message="Modbus link restored",
+                                                  recovered=recovered))
 
-    # ---- MQTT session -------------------------------------------------------------------------------
+    # ---- the MQTT session ---------------------------------------------------------------------------
 
-    async def _mqtt_loop(self, stop: asyncio.Event) -> None:
-        url = self.settings.mqtt()
-        will = LastWill(
-            self.topics.status(self.farm_id),
-            encode(Status(state="offline", ts=self.clock(), reason="connection lost")),
-        )
-        delay = min(1.0, self.settings.reconnect_max)
-        while not stop.is_set():
-            try:
-                async with async_client(
-                    url, f"kubmesh-agent-{self.farm_id}", will=will, keepalive=self.settings.keepalive
-                ) as client:
-                    delay = min(1.0, self.settings.reconnect_max)
-                    try:
-                        backlog_below = self.queue.next_seq  # what was read before this connect is backlog
-                        await self._on_connected(client)
-                        await client.subscribe(self.topics.set_filter(self.farm_id), qos=1)
-                        if self.settings.ha_discovery:
-                            await client.subscribe(ha_status_topic(self.settings.ha_prefix), qos=1)
-                        # returns on stop; a broken connection raises MqttError here, and we reconnect
-                        if await run_until_stopped(stop, self._heartbeats(), self._messages(client),
-                                                   self._replay(client, backlog_below)):
-                            await self._say_goodbye(client)
-                            return
-                        raise aiomqtt.MqttError("the broker ended the session")
-                    finally:
-                        # at once, not after the client's own clean-up, which may wait out its timeout
-                        self._client = None
-                        self.state.mqtt_connected = False
-            except aiomqtt.MqttError as exc:
-                log.warning("farm %s: broker %s unreachable: %s; retrying in %.0f s",
-                            self.farm_id, url.redacted(), exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, self.settings.reconnect_max)
-
-    async def _on_connected(self, client: aiomqtt.Client) -> None:
-        """Publish (again) everything a broker that lost its retained messages needs to show the farm."""
-        log.info("farm %s: connected to the broker", self.farm_id)
-        self._client = client
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """One connection: announce the farm, subscribe, replay the backlog and serve messages until stop."""
+        backlog_below = self.queue.next_seq  # what was read before this connect is backlog
+        self.publisher.attach(client)
         self.state.mqtt_connected = True
-        await self._publish(self.topics.status(self.farm_id),
-                            encode(Status(state="online", ts=self.clock())), retain=True)
-        await self._publish_meta()
-        if self.state.reading:
-            await self._publish_live(self.state.reading)
-        if self.state.alarms:
-            await self._publish(self.topics.alarms(self.farm_id), encode(self.state.alarms), retain=True)
-        await self._publish_event(Event(ts=self.clock(), kind="agent_online",
-                                        message=f"agent {AGENT_VERSION} connected"))
-        await self._report_drops()
-
-    async def _replay(self, client: aiomqtt.Client, below: int) -> None:
-        """Send the queued readings numbered below ``below`` on ``backlog``, oldest first, then idle.
-
-        A window of readings is in flight at a time, and the pace is capped at ``replay_rate`` per
-        second, so live readings, published beside it, keep their pace through the broker.
-        """
-        topic = self.topics.backlog(self.farm_id)
-        rate, window = self.settings.replay_rate, self.settings.replay_window
-        started, sent = time.monotonic(), 0
-        while batch := self.queue.oldest(below, window):
-            await asyncio.gather(*(client.publish(topic, queued.payload, qos=1) for queued in batch))
-            self.queue.remove([queued.seq for queued in batch])
-            sent += len(batch)
-            self.state.bytes_published += sum(len(queued.payload) + len(topic) for queued in batch)
-            if rate > 0:
-                await asyncio.sleep(max(0.0, started + sent / rate - time.monotonic()))
-        if sent:
-            log.info("farm %s: replayed %d backlog reading(s) in %.1f s", self.farm_id, sent,
-                     time.monotonic() - started)
-        await asyncio.Event().wait()  # the session's other loops decide when it ends
-
-    async def _heartbeats(self) -> None:
-        while True:
-            await self._publish_heartbeat()
-            await asyncio.sleep(self.settings.heartbeat_interval)
+        try:
+            log.info("farm %s: connected to the broker", self.farm_id)
+            await self.publish_status()
+            await self.publish_meta()
+            if self.state.latest:
+                await self.reporter.send_live(self.state.latest)
+            await self.publish_alarms()
+            for topic in self.extensions.subscriptions():
+                await client.subscribe(topic, qos=1)
+            await self.extensions.connected()
+            if await run_until_stopped(self._stop, self._messages(client),
+                                       self.reporter.replay(client, backlog_below)):
+                await self.extensions.stopping()
+                await self.publish_status(reason="agent stopped")
+        finally:
+            # at once, not after the client's own clean-up, which may wait out its timeout
+            self.publisher.detach()
+            self.state.mqtt_connected = False
+            await self.extensions.disconnected()
 
     async def _messages(self, client: aiomqtt.Client) -> None:
-        ha_status = ha_status_topic(self.settings.ha_prefix)
-        announcing: set[asyncio.Task[None]] = set()
         async for message in client.messages:
-            topic = message.topic.value
-            if topic == ha_status:
-                if message.payload == b"online":
-                    task = asyncio.create_task(self._announce_to_home_assistant_again())
-                    announcing.add(task)
-                    task.add_done_callback(announcing.discard)
-                continue
-            try:
-                name = self.topics.parse(topic).name
-            except ValueError:
-                name = topic.rsplit("/", 1)[-1]
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-            result = await self.control.handle(name, payload, retained=bool(message.retain))
-            await self._publish(self.topics.ack(self.farm_id), encode(result.ack))
-            if result.applied:
-                ack = result.ack
-                await self._publish_event(Event(
-                    ts=ack.ts, kind="command_applied", message=f"{ack.name} = {ack.value}",
-                    detail={"id": ack.id, "name": ack.name, "value": ack.value},
-                ))
-                self._poll_now.set()
+            await self.extensions.message(Inbound(message.topic.value, payload, bool(message.retain)))
 
-    async def _say_goodbye(self, client: aiomqtt.Client) -> None:
-        """A clean stop: tell everyone, then disconnect (a clean disconnect sends no last will)."""
-        await self._publish_event(Event(ts=self.clock(), kind="agent_stopping", message="agent stopping"))
-        await self._publish(self.topics.status(self.farm_id),
-                            encode(Status(state="offline", ts=self.clock(), reason="agent stopped")), retain=True)
+    # ---- what the core publishes ------------------------------------------------------------------------
 
-    async def _publish(self, topic: str, payload: bytes, retain: bool = False) -> bool:
-        client = self._client
-        if client is None:
-            return False
-        try:
-            async with self._publish_lock:
-                await client.publish(topic, payload, qos=1, retain=retain)
-        except aiomqtt.MqttError as exc:
-            log.warning("farm %s: publish to %s failed: %s", self.farm_id, topic, exc)
-            return False
-        self.state.bytes_published += len(payload) + len(topic)
-        return True
+    async def publish_status(self, reason: str | None = None) -> None:
+        """``online``, or ``offline`` with the reason of a clean stop (a clean disconnect sends no last will)."""
+        status = Status(state="offline", ts=self.clock(), reason=reason) if reason else \
+            Status(state="online", ts=self.clock())
+        await self.publisher.publish(self.topics.status(self.farm_id), encode(status), retain=True)
 
-    async def _publish_event(self, event: Event) -> None:
-        await self._publish(self.topics.events(self.farm_id), encode(event))
+    async def publish_meta(self) -> None:
+        meta = self.meta()
+        if await self.publisher.publish(self.topics.meta(self.farm_id), encode(meta), retain=True):
+            await self.extensions.meta(meta)
 
-    async def _publish_heartbeat(self) -> None:
-        await self._publish(self.topics.heartbeat(self.farm_id), encode(self.heartbeat()), retain=True)
-
-    async def _publish_meta(self) -> None:
-        await self._publish(self.topics.meta(self.farm_id), encode(self.meta()), retain=True)
-        await self._publish_home_assistant_config()
-
-    async def _publish_home_assistant_config(self) -> None:
-        if not self.settings.ha_discovery:
-            return
-        config = homeassistant.device_config(
-            self.profile, self.topics, self.farm_id, farm_name=self.settings.farm_name or self.farm_id,
-            firmware=self.state.firmware, location=self.settings.location, agent_version=AGENT_VERSION,
-            language=self.settings.ha_language,
-        )
-        await self._publish(homeassistant.config_topic(self.settings.ha_prefix, self.farm_id),
-                            json.dumps(config, ensure_ascii=False).encode(), retain=True)
-
-    async def _announce_to_home_assistant_again(self) -> None:
-        """HA restarted: configs again after a short random delay (a fleet must not burst), then states."""
-        await asyncio.sleep(random.uniform(0, 3))
-        await self._publish_home_assistant_config()
-        await self._publish(self.topics.status(self.farm_id),
-                            encode(Status(state="online", ts=self.clock())), retain=True)
-        if self.state.reading:
-            await self._publish(self.topics.state(self.farm_id), encode(self.state.reading), retain=True)
+    async def publish_alarms(self) -> None:
         if self.state.alarms:
-            await self._publish(self.topics.alarms(self.farm_id), encode(self.state.alarms), retain=True)
-        await self._publish_heartbeat()
+            await self.publisher.publish(self.topics.alarms(self.farm_id), encode(self.state.alarms), retain=True)
+
+    async def publish_heartbeat(self) -> None:
+        await self.publisher.publish(self.topics.heartbeat(self.farm_id), encode(self.heartbeat()), retain=True)
+
+    async def publish_event(self, event: Event) -> None:
+        await self.publisher.publish(self.topics.events(self.farm_id), encode(event))
+
+    async def republish_retained(self) -> None:
+        """``status``, ``state``, ``alarms`` and ``heartbeat`` again, for a consumer that lost them."""
+        await self.publish_status()
+        if self.state.latest:
+            await self.publisher.publish(self.topics.state(self.farm_id), self.state.latest.payload, retain=True)
+        await self.publish_alarms()
+        await self.publish_heartbeat()
 
     # ---- payloads -------------------------------------------------------------------------------------
 
@@ -397,7 +297,9 @@ class FarmAgent:
             modbus="ok" if state.modbus_ok else "error",
             backlog=len(self.queue),
             dropped=self.queue.dropped,
-            bytes_per_hour=int(state.bytes_published / hours),
+            bytes_per_hour=int(self.publisher.bytes_published / hours),
+            storage_error=state.storage_error,
+            in_memory=self.queue.in_memory if state.storage_error else None,
         )
 
     def meta(self) -> Meta:
@@ -431,7 +333,7 @@ async def _wait_any(events: tuple[asyncio.Event, ...], seconds: float) -> None:
             waiter.cancel()
 
 
-def _alarm_lists(alarms: Alarms) -> dict[str, list[AlarmItem]]:
+def alarm_lists(alarms: Alarms) -> dict[str, list[AlarmItem]]:
     return {
         "active": alarms.active,
         "latched": alarms.latched,

@@ -139,10 +139,13 @@ class CommandHandler:
                   ts=self.clock())
         if command_id:
             self._recent[command_id] = (time.monotonic(), ack)
-        self._audit.execute(
-            "INSERT INTO commands VALUES (?, ?, ?, ?, ?, ?)",
-            (ack.id, name, None if value is None else str(value), int(ack.ok), error, format_ts(ack.ts)),
-        )
+        try:
+            self._audit.execute(
+                "INSERT INTO commands VALUES (?, ?, ?, ?, ?, ?)",
+                (ack.id, name, None if value is None else str(value), int(ack.ok), error, format_ts(ack.ts)),
+            )
+        except sqlite3.Error as exc:  # a full disk: the command is still answered, and the log keeps it
+            log.warning("command %s not written to the audit file: %s", ack.id, exc)
         shown = name if VALUE_NAME_PATTERN.fullmatch(name) else repr(name)  # a topic level may hold a line break
         log.log(logging.INFO if ack.ok else logging.WARNING, "command %s %s=%s: %s",
                 ack.id or "-", shown, value, "applied" if ack.ok else error)

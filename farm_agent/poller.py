@@ -115,8 +115,11 @@ class Poller:
             return
         document = {"fingerprint": self._fingerprint, "blocks": [[b.start, b.count] for b in self.plan]}
         tmp = self.plan_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(document))
-        tmp.replace(self.plan_file)
+        try:
+            tmp.write_text(json.dumps(document))
+            tmp.replace(self.plan_file)
+        except OSError as exc:  # a full disk: the plan works from memory, and is found again after a restart
+            log.warning("cannot keep the read plan in %s: %s", self.plan_file, exc.strerror or exc)
 
     def close(self) -> None:
         self.link.close()

@@ -5,11 +5,19 @@ it leaves the queue only after its PUBACK. What the broker never acknowledged (t
 the agent was killed) is replayed on ``backlog`` after the next connect. The queue is bounded by
 count and by age; when a bound is reached the oldest readings go, and the loss is counted so that
 the agent reports it in ``heartbeat`` and ``events``.
+
+When the data dir cannot be written (a full disk, an I/O error), the queue goes on in memory: new
+readings, and the acknowledgements of readings already on disk, are kept in a bounded buffer and
+``storage_error`` says why. :meth:`ReadingQueue.persist` writes them all in one transaction once
+the disk takes writes again; until then the counters live in memory, and the numbering in a mark
+the store writes over itself in place, so a crash in that state loses what only memory held but a
+restart never gives a number twice.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,6 +31,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (seq INTEGER PRIMARY KEY, ts REAL NOT NULL, payload BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS queue_ts ON queue (ts);
 """
+SEQ = "seq"  # the last number given to a reading
 DROPPED = "dropped"  # readings dropped by the bounds, ever
 DROPPED_REPORTED = "dropped_reported"  # of which an ``events`` message has told
 
@@ -31,72 +40,164 @@ DROPPED_REPORTED = "dropped_reported"  # of which an ``events`` message has told
 class Queued:
     seq: int
     payload: bytes  # the encoded Reading, published as it was read
+    ts: float = 0.0  # when it was read (epoch seconds), for the age bound
+
+
+@dataclass(frozen=True)
+class Added:
+    reading: Reading
+    queued: Queued  # its bytes, encoded once: these go on the wire
+    dropped: int  # old readings the bounds pushed out to make room
 
 
 class ReadingQueue:
-    def __init__(self, store: AgentStore, max_readings: int, max_age_s: float, clock: Clock = utc_now) -> None:
+    def __init__(self, store: AgentStore, max_readings: int, max_age_s: float, clock: Clock = utc_now,
+                 max_memory: int = 2000) -> None:
         self.store = store
         self.max_readings = max_readings
         self.max_age = timedelta(seconds=max_age_s)
         self.clock = clock
+        self.max_memory = max_memory
         store.db.executescript(SCHEMA)
-        self._length = int(store.db.execute("SELECT COUNT(*) FROM queue").fetchone()[0])
+        self._on_disk = int(store.db.execute("SELECT COUNT(*) FROM queue").fetchone()[0])
+        self._seq = max(store.get(SEQ), store.marked_seq())  # the mark is ahead after a crash on a full disk
+        self._dropped = store.get(DROPPED)
+        self._reported = store.get(DROPPED_REPORTED)
+        self._memory: dict[int, Queued] = {}  # readings the disk refused, oldest first
+        self._acked_on_disk: set[int] = set()  # rows acknowledged while the disk refused their DELETE
+        self.storage_error: str | None = None  # why the queue is in memory; None while the disk takes writes
 
     def __len__(self) -> int:
-        return self._length
+        return self._on_disk - len(self._acked_on_disk) + len(self._memory)
 
-    def add(self, build: Callable[[int], Reading]) -> tuple[Reading, int]:
-        """Number a new reading, queue it and apply the bounds; returns it and how many old ones went."""
-        with self.store.transaction() as db:
-            reading = build(self.store.next_seq())
-            db.execute("INSERT INTO queue (seq, ts, payload) VALUES (?, ?, ?)",
-                       (reading.seq, reading.ts.timestamp(), encode(reading)))
-            self._length += 1
-            dropped = self._apply_bounds()
-            if dropped:
-                self.store.add(DROPPED, dropped)
+    @property
+    def in_memory(self) -> int:
+        """Readings held only in memory, waiting for the disk."""
+        return len(self._memory)
+
+    def add(self, build: Callable[[int], Reading]) -> Added:
+        """Number a new reading, queue it and apply the bounds; returns it, its bytes and how many old ones went."""
+        reading = build(self._seq + 1)
+        queued = Queued(reading.seq, encode(reading), reading.ts.timestamp())
+        self._seq = reading.seq
+        dropped = 0
+        if self.storage_error is None:
+            try:
+                with self.store.transaction() as db:
+                    db.execute("INSERT INTO queue (seq, ts, payload) VALUES (?, ?, ?)",
+                               (queued.seq, queued.ts, queued.payload))
+                    self.store.set(SEQ, self._seq)
+                    by_age, by_count = self._apply_disk_bounds(self._on_disk + 1)
+                    dropped = by_age + by_count
+                    if dropped:
+                        self.store.set(DROPPED, self._dropped + dropped)
+            except sqlite3.Error as exc:
+                self._refused(exc)
+                dropped = 0
+            else:
+                self._on_disk += 1 - dropped
+        if self.storage_error is not None:
+            self.store.mark_seq(queued.seq)
+            self._memory[queued.seq] = queued
+            dropped = self._apply_memory_bound()
+        self._dropped += dropped
         if dropped:
             log.warning("backlog bound reached: dropped the %d oldest reading(s)", dropped)
-        return reading, dropped
+        return Added(reading, queued, dropped)
 
-    def _apply_bounds(self) -> int:
+    def _apply_disk_bounds(self, rows: int) -> tuple[int, int]:
+        """Delete what is older than the age bound, then the oldest beyond the count bound (in a transaction)."""
         db = self.store.db
         cutoff = (self.clock() - self.max_age).timestamp()
-        dropped = db.execute("DELETE FROM queue WHERE ts < ?", (cutoff,)).rowcount
-        self._length -= dropped
-        excess = self._length - self.max_readings
-        if excess > 0:
-            db.execute("DELETE FROM queue WHERE seq IN (SELECT seq FROM queue ORDER BY seq LIMIT ?)", (excess,))
-            self._length -= excess
-            dropped += excess
-        return dropped
+        by_age = db.execute("DELETE FROM queue WHERE ts < ?", (cutoff,)).rowcount
+        by_count = max(0, rows - by_age - self.max_readings)
+        if by_count:
+            db.execute("DELETE FROM queue WHERE seq IN (SELECT seq FROM queue ORDER BY seq LIMIT ?)", (by_count,))
+        return by_age, by_count
+
+    def _apply_memory_bound(self) -> int:
+        excess = max(0, len(self._memory) - self.max_memory)
+        for seq in list(self._memory)[:excess]:
+            del self._memory[seq]
+        return excess
 
     def oldest(self, below: int, limit: int) -> list[Queued]:
         """Up to ``limit`` queued readings numbered below ``below``, oldest first."""
         rows = self.store.db.execute(
-            "SELECT seq, payload FROM queue WHERE seq < ? ORDER BY seq LIMIT ?", (below, limit)
+            "SELECT seq, payload, ts FROM queue WHERE seq < ? ORDER BY seq LIMIT ?",
+            (below, limit + len(self._acked_on_disk)),
         ).fetchall()
-        return [Queued(int(seq), bytes(payload)) for seq, payload in rows]
+        found = [Queued(int(seq), bytes(payload), float(ts)) for seq, payload, ts in rows
+                 if seq not in self._acked_on_disk][:limit]
+        found += [queued for seq, queued in self._memory.items() if seq < below][: limit - len(found)]
+        return found
 
     def remove(self, seqs: Sequence[int]) -> None:
         """Acknowledged by the broker: these readings are no longer ours to keep."""
-        if not seqs:
+        on_disk = [seq for seq in seqs if self._memory.pop(seq, None) is None and seq not in self._acked_on_disk]
+        if not on_disk:
             return
-        marks = ",".join("?" * len(seqs))
-        removed = self.store.db.execute(f"DELETE FROM queue WHERE seq IN ({marks})", list(seqs)).rowcount
-        self._length -= removed
+        marks = ",".join("?" * len(on_disk))
+        if self.storage_error is None:
+            try:
+                self._on_disk -= self.store.db.execute(f"DELETE FROM queue WHERE seq IN ({marks})", on_disk).rowcount
+                return
+            except sqlite3.Error as exc:
+                self._refused(exc)
+        present = self.store.db.execute(f"SELECT seq FROM queue WHERE seq IN ({marks})", on_disk).fetchall()
+        self._acked_on_disk.update(int(seq) for (seq,) in present)
+
+    def persist(self) -> bool:
+        """Write what memory holds to the disk, all or nothing; True when the queue is on disk again."""
+        if self.storage_error is None:
+            return True
+        memory = list(self._memory.values())
+        try:
+            with self.store.transaction() as db:
+                acked = sorted(self._acked_on_disk)
+                removed = db.execute(f"DELETE FROM queue WHERE seq IN ({','.join('?' * len(acked))})",
+                                     acked).rowcount if acked else 0
+                db.executemany("INSERT OR REPLACE INTO queue (seq, ts, payload) VALUES (?, ?, ?)",
+                               [(queued.seq, queued.ts, queued.payload) for queued in memory])
+                rows = self._on_disk - removed + len(memory)
+                by_age, by_count = self._apply_disk_bounds(rows)
+                self.store.set(SEQ, self._seq)
+                self.store.set(DROPPED, self._dropped + by_age + by_count)
+                self.store.set(DROPPED_REPORTED, self._reported)
+        except sqlite3.Error as exc:
+            self.storage_error = _reason(exc)
+            return False
+        self._on_disk = rows - by_age - by_count
+        self._dropped += by_age + by_count
+        self._memory.clear()
+        self._acked_on_disk.clear()
+        self.storage_error = None
+        return True
+
+    def _refused(self, exc: sqlite3.Error) -> None:
+        """From now on the queue is in memory (the agent logs and reports the change, once)."""
+        self.storage_error = _reason(exc)
 
     @property
     def next_seq(self) -> int:
         """The number the next reading will get: everything queued is below it."""
-        return self.store.last_seq() + 1
+        return self._seq + 1
 
     @property
     def dropped(self) -> int:
-        return self.store.get(DROPPED)
+        return self._dropped
 
     def unreported_drops(self) -> int:
-        return self.dropped - self.store.get(DROPPED_REPORTED)
+        return self._dropped - self._reported
 
     def drops_reported(self, count: int) -> None:
-        self.store.add(DROPPED_REPORTED, count)
+        self._reported += count
+        if self.storage_error is None:
+            try:
+                self.store.set(DROPPED_REPORTED, self._reported)
+            except sqlite3.Error as exc:
+                self._refused(exc)
+
+
+def _reason(exc: sqlite3.Error) -> str:
+    return str(exc) or type(exc).__name__

@@ -1,15 +1,13 @@
-"""``kubmesh farm-agent`` composed: profile, Modbus link, store, agent and its HTTP API."""
+"""``kubmesh farm-agent`` composed: profile, Modbus link, store and queue, the agent and its extensions, HTTP API."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from aiohttp import web
-
 from contract.payloads import utc_now
 from farm_agent.agent import FarmAgent
-from farm_agent.control import CommandHandler
+from farm_agent.extensions import EXTENSIONS
 from farm_agent.http_api import create_api
 from farm_agent.link import ModbusLink, ModbusUrl
 from farm_agent.poller import Poller
@@ -25,14 +23,12 @@ async def run_agent(settings: AgentSettings, stop: asyncio.Event) -> None:
     profile = load_profile(settings.profile)
     link = ModbusLink(ModbusUrl.parse(settings.modbus_url, profile.link))
     store = AgentStore(settings.data_dir / f"agent-{settings.farm_id}.db")
-    queue = ReadingQueue(store, settings.queue_max_readings, settings.queue_max_age, utc_now)
+    queue = ReadingQueue(store, settings.queue_max_readings, settings.queue_max_age, utc_now,
+                         max_memory=settings.queue_max_memory_readings)
     poller = Poller(profile, link, plan_file=settings.data_dir / f"agent-{settings.farm_id}.plan.json")
-    control = CommandHandler(profile, link, settings.data_dir / f"agent-{settings.farm_id}.commands.db",
-                             clock=utc_now, max_age_s=settings.command_max_age)
-    agent = FarmAgent(settings, profile, poller, queue, control)
-    runner = web.AppRunner(create_api(agent), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, settings.api_host, settings.api_port).start()
+    agent = FarmAgent(settings, profile, poller, queue, EXTENSIONS)
+    api = create_api(agent)
+    await api.start(settings.api_host, settings.api_port)
     log.info(
         "farm %s: agent on http://%s:%s, controller %s, broker %s",
         settings.farm_id, settings.api_host, settings.api_port, link.url, settings.mqtt().redacted(),
@@ -40,6 +36,5 @@ async def run_agent(settings: AgentSettings, stop: asyncio.Event) -> None:
     try:
         await agent.run(stop)
     finally:
-        await runner.cleanup()
-        control.close()
+        await api.close()
         store.close()

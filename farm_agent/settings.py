@@ -23,6 +23,7 @@ class AgentSettings(ServiceSettings):
         "MAX_INTERVAL": "max_interval",
         "QUEUE_MAX_READINGS": "queue_max_readings",
         "QUEUE_MAX_AGE": "queue_max_age",
+        "QUEUE_MAX_MEMORY_READINGS": "queue_max_memory_readings",
         "REPLAY_RATE": "replay_rate",
         "DEVICE_PROFILE": "profile",
         "HA_DISCOVERY": "ha_discovery",
@@ -45,6 +46,7 @@ class AgentSettings(ServiceSettings):
         "modbus.max_interval": "max_interval",
         "buffer.max_readings": "queue_max_readings",
         "buffer.max_age": "queue_max_age",
+        "buffer.max_memory_readings": "queue_max_memory_readings",
         "buffer.replay_rate": "replay_rate",
         "tailscale.tailnet": "tailnet",
         "tailscale.api_key": "tailscale_api_key",
@@ -70,6 +72,8 @@ class AgentSettings(ServiceSettings):
     # the on-disk backlog: room for 7 days of readings at 5 s polling, and readings no older than 7 days
     queue_max_readings: int = Field(7 * 24 * 3600 // 5, ge=1)
     queue_max_age: float = Field(7 * 24 * 3600.0, gt=0)  # seconds
+    # while the data dir refuses writes (a full disk), unsent readings wait in memory, at most this many
+    queue_max_memory_readings: int = Field(2000, ge=1)
     replay_rate: float = Field(100.0, ge=0)  # backlog readings per second after a reconnect; 0 = no cap
     replay_window: int = Field(10, ge=1, le=100)  # backlog readings in flight at once
     profile: str | None = None
