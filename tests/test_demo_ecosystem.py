@@ -61,4 +61,4 @@ def test_demo_announces_both_farms_to_home_assistant_and_passes_the_doctor(demo:
         env={**os.environ, "TAILSCALE_CLI": str(tmp_path / "no-tailscale")},
     )
     assert doctor.returncode == 0, doctor.stdout + output()
-    assert "FAIL" not in doctor.stdout and doctor.stdout.splitlines()[-1] == "7 of 8 checks passed, 1 skipped"
+    assert "FAIL" not in doctor.stdout and doctor.stdout.splitlines()[-1] == "8 of 9 checks passed, 1 skipped"
