@@ -1,27 +1,30 @@
-"""Plug-in: the history of every farm's readings, from ``state`` and ``backlog``, in SQLite.
+"""Extension: the history of every farm's readings, from ``state`` and ``backlog``, in SQLite (``history.db``).
 
 A reading is stored once, keyed by farm and ``seq``: a reading replayed on ``backlog`` after it
 already came live (or the retained ``state`` sent again on every subscribe) changes nothing.
-Writes are batched: readings wait in memory until the bus commits (it acknowledges the messages
-only after :meth:`HistoryRecorder.flush`), or until ``batch`` of them are pending. Raw readings
-are kept for ``raw_days``, then folded into per-``rollup_step`` min/max/avg rows kept for
-``keep_days``. Gaps are counted from ``seq``.
+Readings wait in memory until the bus commits (:meth:`HistoryRecorder.commit`, awaited before the
+bus acknowledges them), then are written in one transaction on the database's writer thread. Raw
+readings are kept for ``raw_days``, then folded into per-``rollup_step`` min/max/avg rows kept for
+``keep_days``, on a timer of its own (the fold runs on the writer thread too). Gaps are counted from
+``seq``. The queries block and run on the database's reader threads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import threading
-import time
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from contract.payloads import Clock, PayloadError, Reading, decode, format_ts
-from contract.topics import FarmTopic, InvalidTopic, Topics
-from discovery.sqlite import connect
+from contract.messages import DiscoveryStatus, FarmMessage
+from contract.payloads import Clock, Reading, format_ts
+from contract.topics import FarmTopic, Topics
+from discovery.extension import Extension, Node
+from discovery.sqlite import Database
 
 log = logging.getLogger("kubmesh.discovery.history")
 
@@ -86,84 +89,93 @@ class Bucket:
                 "min": self.min, "max": self.max, "avg": avg, "count": self.count}
 
 
-class HistoryRecorder:
+class HistoryRecorder(Extension):
+    name = "history"
+
     def __init__(self, path: Path, topics: Topics, clock: Clock, retention: Retention | None = None,
-                 batch: int = 500) -> None:
+                 retention_every_s: float = RETENTION_EVERY_S) -> None:
         self.topics = topics
         self.clock = clock
         self.retention = retention or Retention()
-        self.batch = batch
-        self._db = connect(path)
-        self._db.executescript(SCHEMA)
-        self._stored = int(self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])  # kept up to date after
-        self._lock = threading.Lock()
+        self.retention_every_s = retention_every_s
+        self.db = Database(path, SCHEMA)
+        self._stored = 0
         self._pending: list[tuple[str, int, float, str]] = []
-        self._retention_due = 0.0
+        self._retention_task: asyncio.Task[None] | None = None
 
-    # ---- the plug-in -----------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, node: Node) -> HistoryRecorder:
+        settings = node.settings
+        return cls(settings.history_database, node.topics, node.clock, Retention(
+            settings.history_raw_days, settings.history_rollup_seconds, settings.history_keep_days))
 
-    def subscriptions(self) -> list[str]:
+    # ---- the extension -----------------------------------------------------------------------------
+
+    def filters(self) -> list[str]:
         return [self.topics.all_farms(FarmTopic.STATE), self.topics.all_farms(FarmTopic.BACKLOG)]
 
-    async def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        if not payload:
+    async def start(self) -> None:
+        self.db.open()
+        self._stored = await self.db.read(self._count)  # then kept up to date by the writes
+        self._retention_task = asyncio.create_task(self._retention_timer())
+
+    async def stop(self) -> None:
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            await asyncio.gather(self._retention_task, return_exceptions=True)
+        await self.commit()
+        self.db.close()
+
+    async def on_message(self, message: FarmMessage[Any] | DiscoveryStatus) -> None:
+        if not isinstance(message, FarmMessage) or not isinstance(message.payload, Reading):
             return  # a retained state being cleared
-        try:
-            farm_id = self.topics.parse(topic).farm_id
-            reading = decode(Reading, payload)
-        except (InvalidTopic, PayloadError) as exc:
-            log.warning("dropped a reading on %s: %s", topic, exc)
-            return
-        self._pending.append((farm_id, reading.seq, reading.ts.timestamp(), json.dumps(reading.values)))
-        if len(self._pending) >= self.batch:
-            self.flush()
+        reading = message.payload
+        self._pending.append((message.farm_id, reading.seq, reading.ts.timestamp(), json.dumps(reading.values)))
 
-    # ---- writing -----------------------------------------------------------------------------------
-
-    def flush(self) -> None:
+    async def commit(self) -> None:
         """Write the pending readings in one transaction; a reading already stored is left as it is."""
         pending, self._pending = self._pending, []
-        with self._lock:
-            if pending:
-                self._db.execute("BEGIN")
-                inserted = self._db.executemany(
-                    "INSERT OR IGNORE INTO readings (farm_id, seq, ts, data) VALUES (?, ?, ?, ?)", pending).rowcount
-                self._db.execute("COMMIT")
-                self._stored += inserted
-            if time.monotonic() >= self._retention_due:
-                self._retention_due = time.monotonic() + RETENTION_EVERY_S
-                self._apply_retention()
+        if pending:
+            self._stored += await self.db.write(lambda db: _insert(db, pending))
 
-    def _apply_retention(self) -> None:
+    # ---- retention ---------------------------------------------------------------------------------
+
+    async def _retention_timer(self) -> None:
+        while True:
+            try:
+                await self.apply_retention()
+            except Exception:  # logged; retention tries again at the next tick and the history goes on
+                log.exception("history retention failed")
+            await asyncio.sleep(self.retention_every_s)
+
+    async def apply_retention(self) -> None:
         """Fold raw readings older than ``raw_days`` into rollups; drop rollups older than ``keep_days``."""
         now = self.clock().timestamp()
         step = self.retention.rollup_step
         cutoff = (now - self.retention.raw_days * 86400) // step * step  # whole buckets only
-        self._db.execute("BEGIN")
-        self._db.execute(ROLLUP, {"step": step, "cutoff": cutoff})
-        folded = self._db.execute("DELETE FROM readings WHERE ts < ?", (cutoff,)).rowcount
+        folded, expired = await self.db.write(
+            lambda db: _fold(db, step, cutoff, now - self.retention.keep_days * 86400))
         self._stored -= folded
-        expired = self._db.execute("DELETE FROM rollups WHERE ts < ?",
-                                   (now - self.retention.keep_days * 86400,)).rowcount
-        self._db.execute("COMMIT")
         if folded or expired:
             log.info("history retention: %d raw reading(s) downsampled, %d old rollup(s) removed", folded, expired)
 
-    # ---- reading -----------------------------------------------------------------------------------
+    # ---- reading (blocking: through self.db.read) ---------------------------------------------------
+
+    def _count(self) -> int:
+        return int(self.db.reader().execute("SELECT COUNT(*) FROM readings").fetchone()[0])
 
     def points(self, farm_id: str, name: str, start: datetime, end: datetime,
                step: float | None = None) -> list[dict[str, Any]]:
         """The value's readings between ``start`` and ``end``; with ``step``, min/max/avg per bucket."""
-        self.flush()
         span = (start.timestamp(), end.timestamp())
         path = f'$."{name}"'
-        with self._lock:
-            raw = self._db.execute(
-                "SELECT ts, json_extract(data, ?1) FROM readings WHERE farm_id = ?2 AND ts BETWEEN ?3 AND ?4 "
-                "AND json_type(data, ?1) IS NOT NULL ORDER BY ts, seq", (path, farm_id, *span)).fetchall()
-            rolled = self._db.execute(
-                "SELECT ts, min, max, avg, count FROM rollups WHERE farm_id = ? AND name = ? AND ts BETWEEN ? AND ? "
-                "ORDER BY ts", (farm_id, name, *span)).fetchall()
+        db = self.db.reader()
+        raw = db.execute(
+            "SELECT ts, json_extract(data, ?1) FROM readings WHERE farm_id = ?2 AND ts BETWEEN ?3 AND ?4 "
+            "AND json_type(data, ?1) IS NOT NULL ORDER BY ts, seq", (path, farm_id, *span)).fetchall()
+        rolled = db.execute(
+            "SELECT ts, min, max, avg, count FROM rollups WHERE farm_id = ? AND name = ? AND ts BETWEEN ? AND ? "
+            "ORDER BY ts", (farm_id, name, *span)).fetchall()
         if step is None:
             older = [{"ts": _iso(ts), "value": avg, "min": low, "max": high, "avg": avg, "count": count}
                      for ts, low, high, avg, count in rolled]
@@ -183,21 +195,33 @@ class HistoryRecorder:
 
     def gaps(self, farm_id: str) -> dict[str, Any]:
         """How many readings are stored, and how many ``seq`` numbers are missing between them (and where)."""
-        self.flush()
-        with self._lock:
-            count, first, last = self._db.execute(
-                "SELECT COUNT(*), MIN(seq), MAX(seq) FROM readings WHERE farm_id = ?", (farm_id,)).fetchone()
-            # a gap begins after every stored seq whose successor is missing (the last one excepted)
-            gaps = self._db.execute(
-                "SELECT COUNT(*) FROM readings AS r WHERE farm_id = ? AND seq < ? AND NOT EXISTS "
-                "(SELECT 1 FROM readings WHERE farm_id = r.farm_id AND seq = r.seq + 1)", (farm_id, last),
-            ).fetchone()[0] if count else 0
+        db = self.db.reader()
+        count, first, last = db.execute(
+            "SELECT COUNT(*), MIN(seq), MAX(seq) FROM readings WHERE farm_id = ?", (farm_id,)).fetchone()
+        # a gap begins after every stored seq whose successor is missing (the last one excepted)
+        gaps = db.execute(
+            "SELECT COUNT(*) FROM readings AS r WHERE farm_id = ? AND seq < ? AND NOT EXISTS "
+            "(SELECT 1 FROM readings WHERE farm_id = r.farm_id AND seq = r.seq + 1)", (farm_id, last),
+        ).fetchone()[0] if count else 0
         missing = last - first + 1 - count if count else 0  # seq is the key: each one stored at most once
         return {"readings": count, "first_seq": first, "last_seq": last, "gaps": gaps, "missing": missing}
 
-    def close(self) -> None:
-        self.flush()
-        self._db.close()
+
+def _insert(db: sqlite3.Connection, pending: list[tuple[str, int, float, str]]) -> int:
+    db.execute("BEGIN")
+    inserted = db.executemany(
+        "INSERT OR IGNORE INTO readings (farm_id, seq, ts, data) VALUES (?, ?, ?, ?)", pending).rowcount
+    db.execute("COMMIT")
+    return int(inserted)
+
+
+def _fold(db: sqlite3.Connection, step: float, cutoff: float, expiry: float) -> tuple[int, int]:
+    db.execute("BEGIN")
+    db.execute(ROLLUP, {"step": step, "cutoff": cutoff})
+    folded = db.execute("DELETE FROM readings WHERE ts < ?", (cutoff,)).rowcount
+    expired = db.execute("DELETE FROM rollups WHERE ts < ?", (expiry,)).rowcount
+    db.execute("COMMIT")
+    return int(folded), int(expired)
 
 
 def _iso(ts: float) -> str:

@@ -8,7 +8,6 @@ from typing import Any
 
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_spec
-from prometheus_client import CollectorRegistry
 
 from common.identities import IdentityStore, Role
 from contract.payloads import Reading, Status, encode, utc_now
@@ -24,9 +23,12 @@ from tests.test_discovery import FARM, Discovery, discovery, farm_client, meta, 
 def test_the_document_is_valid_openapi_3_and_names_every_route(tmp_path: Path) -> None:
     document = openapi_document()
     validate_spec(document)
+    async def scrape() -> bytes:
+        return b""
+
     app = create_api(Registry(tmp_path / "d.db"), CommandAudit(tmp_path / "d.db", Topics(), utc_now), "token",
                      dict, HistoryRecorder(tmp_path / "h.db", Topics(), utc_now), IdentityStore(tmp_path),
-                     metrics=CollectorRegistry())
+                     metrics=scrape)
     routes = {r.resource.canonical for r in app.router.routes() if r.method == "GET" and r.resource is not None}
     assert routes == set(document["paths"])
 
