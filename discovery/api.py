@@ -42,6 +42,7 @@ from contract.rest import (
     HistoryQuery,
     Parameters,
     TailnetDevices,
+    rest_schemas,
 )
 from discovery.audit import CommandAudit
 from discovery.history import HistoryRecorder
@@ -252,8 +253,10 @@ async def _tailnet_devices(request: web.Request) -> web.Response:
 
 @functools.cache
 def openapi_document() -> dict[str, Any]:
-    """The API described as OpenAPI 3 (``openapi.yaml`` beside this module), served at ``/openapi.json``."""
+    """The API described as OpenAPI 3.1, served at ``/openapi.json``: the routes from ``openapi.yaml`` beside
+    this module, the answers' schemas generated from :mod:`contract.rest`."""
     document: dict[str, Any] = yaml.safe_load(OPENAPI_FILE.read_text(encoding="utf-8"))
+    document["components"]["schemas"] = rest_schemas()
     return document
 
 
