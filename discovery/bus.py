@@ -66,18 +66,22 @@ class DiscoveryBus:
 
     async def _dispatch(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            topic = message.topic.value
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-            try:
-                decoded = decode_message(self.topics, topic, payload, bool(message.retain))
-            except MessageError as exc:
-                self._reject(exc)
-            else:
-                await self.extensions.deliver(topic, decoded)
+            await self.handle(message.topic.value, payload, bool(message.retain))
             if message.qos > 0:
                 self._unacked.append((message.mid, message.qos))
                 if len(self._unacked) >= COMMIT_BATCH:
                     self._batch_full.set()
+
+    async def handle(self, topic: str, payload: bytes, retained: bool) -> None:
+        """Decode one message and deliver it to the extensions that asked for it; drop it if it is not of the
+        contract."""
+        try:
+            decoded = decode_message(self.topics, topic, payload, retained)
+        except MessageError as exc:
+            self._reject(exc)
+        else:
+            await self.extensions.deliver(topic, decoded)
 
     def _reject(self, exc: MessageError) -> None:
         self.extensions.rejected += 1

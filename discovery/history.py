@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.messages import DiscoveryStatus, FarmMessage
-from contract.payloads import Clock, Reading, format_ts
+from contract.payloads import Clock, Reading
 from contract.topics import FarmTopic, Topics
 from discovery.extension import Extension, Node
 from discovery.sqlite import Database
@@ -59,6 +59,7 @@ ON CONFLICT (farm_id, name, ts) DO UPDATE SET
     count = rollups.count + excluded.count
 """
 RETENTION_EVERY_S = 3600.0
+FIRST_TS = datetime.min.replace(tzinfo=UTC).timestamp()
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class Bucket:
 
     def point(self) -> dict[str, Any]:
         avg = self.total / self.count
-        return {"ts": _iso(self.ts), "value": avg,
+        return {"ts": _moment(self.ts), "value": avg,
                 "min": self.min, "max": self.max, "avg": avg, "count": self.count}
 
 
@@ -130,6 +131,11 @@ class HistoryRecorder(Extension):
         if not isinstance(message, FarmMessage) or not isinstance(message.payload, Reading):
             return  # a retained state being cleared
         reading = message.payload
+        if not _storable(reading.ts):
+            # stored, its time would make every later query of the farm's history fail
+            log.warning("farm %s: dropped reading %d: its time %s is not a time in UTC", message.farm_id,
+                        reading.seq, reading.ts.isoformat())
+            return
         self._pending.append((message.farm_id, reading.seq, reading.ts.timestamp(), json.dumps(reading.values)))
 
     async def commit(self) -> None:
@@ -177,9 +183,9 @@ class HistoryRecorder(Extension):
             "SELECT ts, min, max, avg, count FROM rollups WHERE farm_id = ? AND name = ? AND ts BETWEEN ? AND ? "
             "ORDER BY ts", (farm_id, name, *span)).fetchall()
         if step is None:
-            older = [{"ts": _iso(ts), "value": avg, "min": low, "max": high, "avg": avg, "count": count}
+            older = [{"ts": _moment(ts), "value": avg, "min": low, "max": high, "avg": avg, "count": count}
                      for ts, low, high, avg, count in rolled]
-            return older + [{"ts": _iso(ts), "value": value} for ts, value in raw]
+            return older + [{"ts": _moment(ts), "value": value} for ts, value in raw]
         buckets: dict[float, Bucket] = {}
         samples = [(ts, low, high, avg, count) for ts, low, high, avg, count in rolled]
         samples += [(ts, value, value, value, 1) for ts, value in raw if isinstance(value, int | float)]
@@ -224,6 +230,15 @@ def _fold(db: sqlite3.Connection, step: float, cutoff: float, expiry: float) -> 
     return int(folded), int(expired)
 
 
-def _iso(ts: float) -> str:
-    return format_ts(datetime.fromtimestamp(ts, UTC))
+def _moment(ts: float) -> datetime:
+    # a bucket of a reading in year 1 may start before it: shown from the first moment there is
+    return datetime.fromtimestamp(max(ts, FIRST_TS), UTC)
 
+
+def _storable(moment: datetime) -> bool:
+    """Whether the history can serve a reading of this time: one that exists in UTC (years 1 to 9999)."""
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True

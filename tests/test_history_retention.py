@@ -34,7 +34,7 @@ async def test_old_readings_are_downsampled_and_still_charted(tmp_path: Path) ->
     read = history.db.read
     points = await read(history.points, "farm-001", "temp_inside", NOW - timedelta(days=4), NOW)
     assert [(p["min"], p["max"], p["avg"], p["count"]) for p in points[:2]] == [(0, 9, 4.5, 10), (10, 19, 14.5, 10)]
-    assert points[2] == {"ts": "2026-11-24T20:00:00.000Z", "value": 30.0}
+    assert points[2] == {"ts": datetime(2026, 11, 24, 20, 0, tzinfo=UTC), "value": 30.0}
     assert len(points) == 3  # the 5-day-old reading is gone
     assert await read(history.points, "farm-001", "co2", NOW - timedelta(days=4), NOW) == []  # nulls: not averaged
     hourly = await read(history.points, "farm-001", "temp_inside", NOW - timedelta(days=4), NOW, step=3600)
