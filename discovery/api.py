@@ -219,7 +219,7 @@ async def _known_farm(request: web.Request) -> tuple[str, dict[str, Any]]:
 async def _farm(request: web.Request) -> web.Response:
     farm_id, farm = await _known_farm(request)
     history = request.app[HISTORY]
-    return answer(FarmDetail.model_validate(farm | {"history": await history.db.read(history.gaps, farm_id)}))
+    return answer(FarmDetail.model_validate(farm | {"history": await history.gaps(farm_id)}))
 
 
 async def _history(request: web.Request) -> web.Response:

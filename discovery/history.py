@@ -6,7 +6,7 @@ Readings wait in memory until the bus commits (:meth:`HistoryRecorder.commit`, a
 bus acknowledges them), then are written in one transaction on the database's writer thread. Raw
 readings are kept for ``raw_days``, then folded into per-``rollup_step`` min/max/avg rows kept for
 ``keep_days``, on a timer of its own (the fold runs on the writer thread too). Gaps are counted from
-``seq``. The queries block and run on the database's reader threads.
+``seq`` (:mod:`discovery.gaps`). The queries block and run on the database's reader threads.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from contract.messages import DiscoveryStatus, FarmMessage
 from contract.payloads import Clock, Reading
 from contract.topics import FarmTopic, Topics
 from discovery.extension import Extension, Node
+from discovery.gaps import SeqRuns
 from discovery.sqlite import Database
 
 log = logging.getLogger("kubmesh.discovery.history")
@@ -103,6 +104,8 @@ class HistoryRecorder(Extension):
         self._stored = 0
         self._pending: list[tuple[str, int, float, str]] = []
         self._retention_task: asyncio.Task[None] | None = None
+        self._runs: dict[str, SeqRuns] = {}  # per farm; used on the writer thread only
+        self._reports: dict[str, dict[str, Any]] = {}  # their reports, replaced whole by the writer thread
 
     @classmethod
     def build(cls, node: Node) -> HistoryRecorder:
@@ -142,7 +145,7 @@ class HistoryRecorder(Extension):
         """Write the pending readings in one transaction; a reading already stored is left as it is."""
         pending, self._pending = self._pending, []
         if pending:
-            self._stored += await self.db.write(lambda db: _insert(db, pending))
+            self._stored += await self.db.write(lambda db: self._insert(db, pending))
 
     # ---- retention ---------------------------------------------------------------------------------
 
@@ -160,7 +163,7 @@ class HistoryRecorder(Extension):
         step = self.retention.rollup_step
         cutoff = (now - self.retention.raw_days * 86400) // step * step  # whole buckets only
         folded, expired = await self.db.write(
-            lambda db: _fold(db, step, cutoff, now - self.retention.keep_days * 86400))
+            lambda db: self._fold(db, step, cutoff, now - self.retention.keep_days * 86400))
         self._stored -= folded
         if folded or expired:
             log.info("history retention: %d raw reading(s) downsampled, %d old rollup(s) removed", folded, expired)
@@ -199,26 +202,47 @@ class HistoryRecorder(Extension):
         """Raw readings stored (for metrics): counted once at start, then kept by the writes."""
         return self._stored
 
-    def gaps(self, farm_id: str) -> dict[str, Any]:
-        """How many readings are stored, and how many ``seq`` numbers are missing between them (and where)."""
-        db = self.db.reader()
-        count, first, last = db.execute(
-            "SELECT COUNT(*), MIN(seq), MAX(seq) FROM readings WHERE farm_id = ?", (farm_id,)).fetchone()
-        # a gap begins after every stored seq whose successor is missing (the last one excepted)
-        gaps = db.execute(
-            "SELECT COUNT(*) FROM readings AS r WHERE farm_id = ? AND seq < ? AND NOT EXISTS "
-            "(SELECT 1 FROM readings WHERE farm_id = r.farm_id AND seq = r.seq + 1)", (farm_id, last),
-        ).fetchone()[0] if count else 0
-        missing = last - first + 1 - count if count else 0  # seq is the key: each one stored at most once
-        return {"readings": count, "first_seq": first, "last_seq": last, "gaps": gaps, "missing": missing}
+    async def gaps(self, farm_id: str) -> dict[str, Any]:
+        """How many readings are stored, and how many ``seq`` numbers are missing between them (and where).
 
+        Counted once per farm on the writer thread, then kept up to date there by every insert, so that a
+        farm page costs nothing on the disk."""
+        report = self._reports.get(farm_id)
+        if report is None:
+            report = await self.db.write(lambda db: self._count_runs(db, farm_id))
+        return report
 
-def _insert(db: sqlite3.Connection, pending: list[tuple[str, int, float, str]]) -> int:
-    db.execute("BEGIN")
-    inserted = db.executemany(
-        "INSERT OR IGNORE INTO readings (farm_id, seq, ts, data) VALUES (?, ?, ?, ?)", pending).rowcount
-    db.execute("COMMIT")
-    return int(inserted)
+    def _count_runs(self, db: sqlite3.Connection, farm_id: str) -> dict[str, Any]:
+        runs = self._runs.get(farm_id)
+        if runs is None:  # a second request may have counted it while this one waited
+            runs = self._runs[farm_id] = SeqRuns.counted(db, farm_id)
+        self._reports[farm_id] = report = runs.report()
+        return report
+
+    def _insert(self, db: sqlite3.Connection, pending: list[tuple[str, int, float, str]]) -> int:
+        """On the writer thread: store the readings, and update the summaries of the farms already counted."""
+        inserted = 0
+        changed: set[str] = set()
+        db.execute("BEGIN")
+        for row in pending:
+            if db.execute("INSERT OR IGNORE INTO readings (farm_id, seq, ts, data) VALUES (?, ?, ?, ?)",
+                          row).rowcount:
+                inserted += 1
+                farm_id, seq = row[0], row[1]
+                if farm_id in self._runs:
+                    self._runs[farm_id].added(db, farm_id, seq)
+                    changed.add(farm_id)
+        db.execute("COMMIT")
+        for farm_id in changed:
+            self._reports[farm_id] = self._runs[farm_id].report()
+        return inserted
+
+    def _fold(self, db: sqlite3.Connection, step: float, cutoff: float, expiry: float) -> tuple[int, int]:
+        folded, expired = _fold(db, step, cutoff, expiry)
+        if folded:  # readings left: the summaries are counted again when next asked
+            self._runs.clear()
+            self._reports.clear()
+        return folded, expired
 
 
 def _fold(db: sqlite3.Connection, step: float, cutoff: float, expiry: float) -> tuple[int, int]:

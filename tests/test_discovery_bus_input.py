@@ -118,7 +118,7 @@ class Rig:
         for farm in await presence.registry.db.read(presence.registry.farms):
             farm_id = farm["farm_id"]
             detail = await presence.registry.db.read(presence.registry.farm, farm_id)
-            FarmDetail.model_validate(detail | {"history": await history.db.read(history.gaps, farm_id)})
+            FarmDetail.model_validate(detail | {"history": await history.gaps(farm_id)})
             start, end = datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 30, tzinfo=UTC)
             points = await history.db.read(history.points, farm_id, "temp_inside", start, end)
             History.model_validate({"farm": farm_id, "name": "temp_inside", "from": start, "to": end,

@@ -39,5 +39,5 @@ async def test_old_readings_are_downsampled_and_still_charted(tmp_path: Path) ->
     assert await read(history.points, "farm-001", "co2", NOW - timedelta(days=4), NOW) == []  # nulls: not averaged
     hourly = await read(history.points, "farm-001", "temp_inside", NOW - timedelta(days=4), NOW, step=3600)
     assert [(p["min"], p["max"], p["count"]) for p in hourly] == [(0, 19, 20), (30.0, 30.0, 1)]
-    assert (await read(history.gaps, "farm-001"))["readings"] == 1  # raw rows; the folded ones live on as rollups
+    assert (await history.gaps("farm-001"))["readings"] == 1  # raw rows; the folded ones live on as rollups
     await history.stop()
