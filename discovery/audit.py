@@ -49,6 +49,9 @@ class CommandAudit(Extension):
     async def stop(self) -> None:
         self.db.close()
 
+    def databases(self) -> list[Database]:
+        return [self.db]
+
     async def on_message(self, message: FarmMessage[Any] | DiscoveryStatus) -> None:
         # a malformed command never gets here: the agent refuses it, and its ack (with the reason) is recorded
         if not isinstance(message, FarmMessage):

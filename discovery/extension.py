@@ -21,6 +21,7 @@ from contract.messages import DiscoveryStatus, FarmMessage, Message
 from contract.payloads import Clock
 from contract.topics import Topics, filter_within
 from discovery.settings import DiscoverySettings
+from discovery.sqlite import Database
 
 if TYPE_CHECKING:
     from broker.server import KubBroker
@@ -63,6 +64,10 @@ class Extension:
     async def commit(self) -> None:
         """Make durable what was received so far; the bus acknowledges those messages once this returns."""
 
+    def databases(self) -> list[Database]:
+        """The databases this extension owns, for their health."""
+        return []
+
 
 class Extensions:
     """The extensions of one node, started in order and stopped in reverse, each kept from the others' faults."""
@@ -78,6 +83,10 @@ class Extensions:
 
     def filters(self) -> list[str]:
         return sorted({f for filters in self._filters.values() for f in filters})
+
+    def write_errors(self) -> dict[str, int]:
+        """Writes that failed, per database file, ever."""
+        return {db.path.name: db.write_errors for extension in self.all for db in extension.databases()}
 
     async def start(self) -> None:
         for extension in self.all:

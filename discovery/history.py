@@ -130,6 +130,9 @@ class HistoryRecorder(Extension):
         await self.commit()
         self.db.close()
 
+    def databases(self) -> list[Database]:
+        return [self.db]
+
     async def on_message(self, message: FarmMessage[Any] | DiscoveryStatus) -> None:
         if not isinstance(message, FarmMessage) or not isinstance(message.payload, Reading):
             return  # a retained state being cleared

@@ -84,6 +84,11 @@ class DiscoveryCollector(Collector):
         for extension in extensions.all:
             failures.add_metric([extension.name], extensions.failures[extension.name])
         yield failures
+        errors = CounterMetricFamily("kubmesh_database_write_errors", "Writes to a database that failed",
+                                     labels=["database"])
+        for database, count in sorted(extensions.write_errors().items()):
+            errors.add_metric([database], count)
+        yield errors
         if self.broker is not None:
             yield from broker_metrics(self.broker)
         tailnet = extensions.get(Tailnet)

@@ -11,6 +11,7 @@ from contract.payloads import Clock
 from contract.topics import FarmTopic, Topics
 from discovery.extension import Extension, Node
 from discovery.registry import Registry
+from discovery.sqlite import Database
 
 RECORDERS: dict[FarmTopic, Callable[..., None]] = {
     FarmTopic.STATUS: Registry.record_status,
@@ -41,6 +42,9 @@ class Presence(Extension):
 
     async def stop(self) -> None:
         self.registry.db.close()
+
+    def databases(self) -> list[Database]:
+        return [self.registry.db]
 
     async def on_message(self, message: FarmMessage[Any] | DiscoveryStatus) -> None:
         if not isinstance(message, FarmMessage) or message.payload is None:

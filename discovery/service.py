@@ -66,13 +66,15 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
     bus = DiscoveryBus(_bus_url(settings), topics, extensions, settings.keepalive, settings.reconnect_max)
     presence, history = extensions.get(Presence), extensions.get(HistoryRecorder)
     audit, metrics, tailnet = extensions.get(CommandAudit), extensions.get(Metrics), extensions.get(Tailnet)
-    assert presence and history and audit  # the REST API serves them; they are always on
+    if presence is None or history is None or audit is None:
+        raise RuntimeError("the REST API needs the presence, history and audit extensions in EXTENSIONS")
 
     def health() -> dict[str, Any]:
         report: dict[str, Any] = {"broker": "connected" if bus.connected else "disconnected",
                                   "embedded_broker": broker is not None,
                                   "extensions": {"failures": dict(extensions.failures),
-                                                 "rejected_messages": extensions.rejected}}
+                                                 "rejected_messages": extensions.rejected},
+                                  "database_write_errors": extensions.write_errors()}
         if tailnet is not None:
             report["tailnet"] = tailnet.manager.health()
         return report

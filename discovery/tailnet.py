@@ -8,6 +8,7 @@ import asyncio
 from discovery.extension import Extension, Node
 from discovery.presence import Presence
 from discovery.registry import Registry
+from discovery.sqlite import Database
 from discovery.tailscale.manager import TailscaleManager, build_manager, known_farms
 
 
@@ -41,3 +42,6 @@ class Tailnet(Extension):
         if self._task is not None:
             await self._task
         self.manager.store.db.close()
+
+    def databases(self) -> list[Database]:
+        return [self.manager.store.db]

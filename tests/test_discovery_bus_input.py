@@ -29,6 +29,7 @@ from discovery.metrics import Metrics
 from discovery.presence import Presence
 from discovery.service import build_extensions
 from discovery.settings import DiscoverySettings
+from discovery.sqlite import Database
 
 TOPICS = Topics()
 FARM = "farm-001"
@@ -84,6 +85,10 @@ def messages(draw: st.DrawFn) -> tuple[str, bytes, bool]:
     return topic, draw(payloads(kind)), draw(st.booleans())
 
 
+def rows(db: Database, table: str) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in db.reader().execute(f"SELECT * FROM {table} ORDER BY 1, 2")]
+
+
 @dataclass
 class Rig:
     loop: asyncio.AbstractEventLoop
@@ -108,8 +113,7 @@ class Rig:
         state: dict[str, Any] = {"readings_counted": dict(self.get(Metrics).readings)}
         for table, db in tables.items():
             await db.write(lambda connection: None)  # a barrier: the writes queued before it are done
-            state[table] = await db.read(lambda db=db, table=table: [  # type: ignore[misc]
-                tuple(row) for row in db.reader().execute(f"SELECT * FROM {table} ORDER BY 1, 2")])
+            state[table] = await db.read(rows, db, table)
         return state
 
     async def served(self) -> None:

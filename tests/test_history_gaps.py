@@ -42,6 +42,10 @@ STEPS = st.lists(st.none() | st.lists(st.tuples(st.sampled_from(FARMS), st.integ
                  max_size=12)
 
 
+def count_again(recorder: HistoryRecorder, farm_id: str) -> dict[str, Any]:
+    return SeqRuns.counted(recorder.db.reader(), farm_id).report()
+
+
 @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(steps=STEPS)
 def test_the_kept_gap_count_equals_the_counted_one(history: tuple[asyncio.AbstractEventLoop, HistoryRecorder],
@@ -59,7 +63,7 @@ def test_the_kept_gap_count_equals_the_counted_one(history: tuple[asyncio.Abstra
                 await recorder.on_message(reading(farms[FARMS.index(farm)], seq))
             await recorder.commit()
         for farm in farms:
-            counted = await recorder.db.read(lambda f=farm: SeqRuns.counted(recorder.db.reader(), f).report())
+            counted = await recorder.db.read(count_again, recorder, farm)
             assert await recorder.gaps(farm) == counted, (farm, steps)
 
     loop.run_until_complete(run())
