@@ -89,6 +89,14 @@ class Parameters(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
     problem: ClassVar[str] = "invalid parameter"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_absent(cls, values: Any) -> Any:
+        """``?from=&to=`` (a form's empty fields) means the defaults, as if they were not given."""
+        if isinstance(values, dict):
+            return {key: value for key, value in values.items() if value != ""}
+        return values
+
 
 class FarmPath(Parameters):
     problem: ClassVar[str] = "invalid farm id"

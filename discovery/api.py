@@ -147,9 +147,7 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return await handler(request)
     except Refused as refused:
         return refused.response
-    except web.HTTPException as exc:
-        if exc.content_type == "application/json":
-            raise
+    except web.HTTPException as exc:  # aiohttp's own (no such route, method not allowed), as JSON too
         return error(exc.status, exc.reason.lower())
     except Exception:
         log.exception("%s %s failed", request.method, request.path)

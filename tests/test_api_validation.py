@@ -61,14 +61,17 @@ def test_history_times_that_do_not_exist_in_utc_answer_400_with_a_reason(node: D
     assert status == 400 and body["error"] == "invalid history query" and body["detail"], body
 
 
-@pytest.mark.parametrize("limit", ["\u0663", "\u00b2", "\uff15", "1\u200b", " 5", "1e3", "0x10", "", "1001", "0"])
+@pytest.mark.parametrize("limit", ["\u0663", "\u00b2", "\uff15", "1\u200b", " 5", "1e3", "0x10", "1001", "0"])
 def test_a_limit_that_is_not_ascii_digits_from_1_to_1000_answers_400(node: Discovery, limit: str) -> None:
     status, body = node.get(f"/api/farms/{FARM}/commands?limit={urllib.parse.quote(limit)}")
     assert status == 400 and body["error"] == "invalid limit" and body["detail"], body
 
 
-def test_a_valid_limit_still_answers(node: Discovery) -> None:
+def test_valid_and_empty_parameters_still_answer(node: Discovery) -> None:
     assert node.get(f"/api/farms/{FARM}/commands?limit=1000")[0] == 200
+    assert node.get(f"/api/farms/{FARM}/commands?limit=")[0] == 200  # empty: the default
+    status, body = node.get(f"/api/farms/{FARM}/history?name=temp_inside&from=&to=&step=")
+    assert status == 200 and [p["value"] for p in body["points"]] == [21.5]
 
 
 def any_text_for(parameter: dict[str, Any]) -> SearchStrategy[str]:
