@@ -241,20 +241,22 @@ class HistoryRecorder(Extension):
         return inserted
 
     def _fold(self, db: sqlite3.Connection, step: float, cutoff: float, expiry: float) -> tuple[int, int]:
-        folded, expired = _fold(db, step, cutoff, expiry)
-        if folded:  # readings left: the summaries are counted again when next asked
-            self._runs.clear()
-            self._reports.clear()
-        return folded, expired
-
-
-def _fold(db: sqlite3.Connection, step: float, cutoff: float, expiry: float) -> tuple[int, int]:
-    db.execute("BEGIN")
-    db.execute(ROLLUP, {"step": step, "cutoff": cutoff})
-    folded = db.execute("DELETE FROM readings WHERE ts < ?", (cutoff,)).rowcount
-    expired = db.execute("DELETE FROM rollups WHERE ts < ?", (expiry,)).rowcount
-    db.execute("COMMIT")
-    return int(folded), int(expired)
+        """On the writer thread: the readings older than ``cutoff`` folded into rollups, then deleted (those of
+        the farms with a summary one by one, so that it stays true), and rollups older than ``expiry``."""
+        db.execute("BEGIN")
+        db.execute(ROLLUP, {"step": step, "cutoff": cutoff})
+        folded = 0
+        for farm_id, runs in self._runs.items():
+            old = db.execute("SELECT seq FROM readings WHERE farm_id = ? AND ts < ?", (farm_id, cutoff)).fetchall()
+            for (seq,) in old:
+                runs.removed(db, farm_id, seq)
+            folded += len(old)
+            if old:
+                self._reports[farm_id] = runs.report()
+        folded += db.execute("DELETE FROM readings WHERE ts < ?", (cutoff,)).rowcount
+        expired = db.execute("DELETE FROM rollups WHERE ts < ?", (expiry,)).rowcount
+        db.execute("COMMIT")
+        return folded, int(expired)
 
 
 def _moment(ts: float) -> datetime:
