@@ -1,27 +1,31 @@
-"""Plug-in: the history of every farm's readings, from ``state`` and ``backlog``, in SQLite.
+"""Extension: the history of every farm's readings, from ``state`` and ``backlog``, in SQLite (``history.db``).
 
 A reading is stored once, keyed by farm and ``seq``: a reading replayed on ``backlog`` after it
 already came live (or the retained ``state`` sent again on every subscribe) changes nothing.
-Writes are batched: readings wait in memory until the bus commits (it acknowledges the messages
-only after :meth:`HistoryRecorder.flush`), or until ``batch`` of them are pending. Raw readings
-are kept for ``raw_days``, then folded into per-``rollup_step`` min/max/avg rows kept for
-``keep_days``. Gaps are counted from ``seq``.
+Readings wait in memory until the bus commits (:meth:`HistoryRecorder.commit`, awaited before the
+bus acknowledges them), then are written in one transaction on the database's writer thread. Raw
+readings are kept for ``raw_days``, then folded into per-``rollup_step`` min/max/avg rows kept for
+``keep_days``, on a timer of its own (the fold runs on the writer thread too). Gaps are counted from
+``seq`` (:mod:`discovery.gaps`). The queries block and run on the database's reader threads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import threading
-import time
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from contract.payloads import Clock, PayloadError, Reading, decode, format_ts
-from contract.topics import FarmTopic, InvalidTopic, Topics
-from discovery.sqlite import connect
+from contract.messages import DiscoveryStatus, FarmMessage
+from contract.payloads import Clock, Reading
+from contract.topics import FarmTopic, Topics
+from discovery.extension import Extension, Node
+from discovery.gaps import SeqRuns
+from discovery.sqlite import Database
 
 log = logging.getLogger("kubmesh.discovery.history")
 
@@ -56,6 +60,7 @@ ON CONFLICT (farm_id, name, ts) DO UPDATE SET
     count = rollups.count + excluded.count
 """
 RETENTION_EVERY_S = 3600.0
+FIRST_TS = datetime.min.replace(tzinfo=UTC).timestamp()
 
 
 @dataclass(frozen=True)
@@ -82,92 +87,111 @@ class Bucket:
 
     def point(self) -> dict[str, Any]:
         avg = self.total / self.count
-        return {"ts": _iso(self.ts), "value": avg,
+        return {"ts": _moment(self.ts), "value": avg,
                 "min": self.min, "max": self.max, "avg": avg, "count": self.count}
 
 
-class HistoryRecorder:
+class HistoryRecorder(Extension):
+    name = "history"
+
     def __init__(self, path: Path, topics: Topics, clock: Clock, retention: Retention | None = None,
-                 batch: int = 500) -> None:
+                 retention_every_s: float = RETENTION_EVERY_S) -> None:
         self.topics = topics
         self.clock = clock
         self.retention = retention or Retention()
-        self.batch = batch
-        self._db = connect(path)
-        self._db.executescript(SCHEMA)
-        self._stored = int(self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])  # kept up to date after
-        self._lock = threading.Lock()
+        self.retention_every_s = retention_every_s
+        self.db = Database(path, SCHEMA)
+        self._stored = 0
         self._pending: list[tuple[str, int, float, str]] = []
-        self._retention_due = 0.0
+        self._retention_task: asyncio.Task[None] | None = None
+        self._runs: dict[str, SeqRuns] = {}  # per farm; used on the writer thread only
+        self._reports: dict[str, dict[str, Any]] = {}  # their reports, replaced whole by the writer thread
 
-    # ---- the plug-in -----------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, node: Node) -> HistoryRecorder:
+        settings = node.settings
+        return cls(settings.history_database, node.topics, node.clock, Retention(
+            settings.history_raw_days, settings.history_rollup_seconds, settings.history_keep_days))
 
-    def subscriptions(self) -> list[str]:
+    # ---- the extension -----------------------------------------------------------------------------
+
+    def filters(self) -> list[str]:
         return [self.topics.all_farms(FarmTopic.STATE), self.topics.all_farms(FarmTopic.BACKLOG)]
 
-    async def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        if not payload:
+    async def start(self) -> None:
+        self.db.open()
+        self._stored = await self.db.read(self._count)  # then kept up to date by the writes
+        self._retention_task = asyncio.create_task(self._retention_timer())
+
+    async def stop(self) -> None:
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            await asyncio.gather(self._retention_task, return_exceptions=True)
+        await self.commit()
+        self.db.close()
+
+    def databases(self) -> list[Database]:
+        return [self.db]
+
+    async def on_message(self, message: FarmMessage[Any] | DiscoveryStatus) -> None:
+        if not isinstance(message, FarmMessage) or not isinstance(message.payload, Reading):
             return  # a retained state being cleared
-        try:
-            farm_id = self.topics.parse(topic).farm_id
-            reading = decode(Reading, payload)
-        except (InvalidTopic, PayloadError) as exc:
-            log.warning("dropped a reading on %s: %s", topic, exc)
+        reading = message.payload
+        if not _storable(reading.ts):
+            # stored, its time would make every later query of the farm's history fail
+            log.warning("farm %s: dropped reading %d: its time %s is not a time in UTC", message.farm_id,
+                        reading.seq, reading.ts.isoformat())
             return
-        self._pending.append((farm_id, reading.seq, reading.ts.timestamp(), json.dumps(reading.values)))
-        if len(self._pending) >= self.batch:
-            self.flush()
+        self._pending.append((message.farm_id, reading.seq, reading.ts.timestamp(), json.dumps(reading.values)))
 
-    # ---- writing -----------------------------------------------------------------------------------
-
-    def flush(self) -> None:
+    async def commit(self) -> None:
         """Write the pending readings in one transaction; a reading already stored is left as it is."""
         pending, self._pending = self._pending, []
-        with self._lock:
-            if pending:
-                self._db.execute("BEGIN")
-                inserted = self._db.executemany(
-                    "INSERT OR IGNORE INTO readings (farm_id, seq, ts, data) VALUES (?, ?, ?, ?)", pending).rowcount
-                self._db.execute("COMMIT")
-                self._stored += inserted
-            if time.monotonic() >= self._retention_due:
-                self._retention_due = time.monotonic() + RETENTION_EVERY_S
-                self._apply_retention()
+        if pending:
+            self._stored += await self.db.write(lambda db: self._insert(db, pending))
 
-    def _apply_retention(self) -> None:
+    # ---- retention ---------------------------------------------------------------------------------
+
+    async def _retention_timer(self) -> None:
+        while True:
+            try:
+                await self.apply_retention()
+            except Exception:  # logged; retention tries again at the next tick and the history goes on
+                log.exception("history retention failed")
+            await asyncio.sleep(self.retention_every_s)
+
+    async def apply_retention(self) -> None:
         """Fold raw readings older than ``raw_days`` into rollups; drop rollups older than ``keep_days``."""
         now = self.clock().timestamp()
         step = self.retention.rollup_step
         cutoff = (now - self.retention.raw_days * 86400) // step * step  # whole buckets only
-        self._db.execute("BEGIN")
-        self._db.execute(ROLLUP, {"step": step, "cutoff": cutoff})
-        folded = self._db.execute("DELETE FROM readings WHERE ts < ?", (cutoff,)).rowcount
+        folded, expired = await self.db.write(
+            lambda db: self._fold(db, step, cutoff, now - self.retention.keep_days * 86400))
         self._stored -= folded
-        expired = self._db.execute("DELETE FROM rollups WHERE ts < ?",
-                                   (now - self.retention.keep_days * 86400,)).rowcount
-        self._db.execute("COMMIT")
         if folded or expired:
             log.info("history retention: %d raw reading(s) downsampled, %d old rollup(s) removed", folded, expired)
 
-    # ---- reading -----------------------------------------------------------------------------------
+    # ---- reading (blocking: through self.db.read) ---------------------------------------------------
+
+    def _count(self) -> int:
+        return int(self.db.reader().execute("SELECT COUNT(*) FROM readings").fetchone()[0])
 
     def points(self, farm_id: str, name: str, start: datetime, end: datetime,
                step: float | None = None) -> list[dict[str, Any]]:
         """The value's readings between ``start`` and ``end``; with ``step``, min/max/avg per bucket."""
-        self.flush()
         span = (start.timestamp(), end.timestamp())
         path = f'$."{name}"'
-        with self._lock:
-            raw = self._db.execute(
-                "SELECT ts, json_extract(data, ?1) FROM readings WHERE farm_id = ?2 AND ts BETWEEN ?3 AND ?4 "
-                "AND json_type(data, ?1) IS NOT NULL ORDER BY ts, seq", (path, farm_id, *span)).fetchall()
-            rolled = self._db.execute(
-                "SELECT ts, min, max, avg, count FROM rollups WHERE farm_id = ? AND name = ? AND ts BETWEEN ? AND ? "
-                "ORDER BY ts", (farm_id, name, *span)).fetchall()
+        db = self.db.reader()
+        raw = db.execute(
+            "SELECT ts, json_extract(data, ?1) FROM readings WHERE farm_id = ?2 AND ts BETWEEN ?3 AND ?4 "
+            "AND json_type(data, ?1) IS NOT NULL ORDER BY ts, seq", (path, farm_id, *span)).fetchall()
+        rolled = db.execute(
+            "SELECT ts, min, max, avg, count FROM rollups WHERE farm_id = ? AND name = ? AND ts BETWEEN ? AND ? "
+            "ORDER BY ts", (farm_id, name, *span)).fetchall()
         if step is None:
-            older = [{"ts": _iso(ts), "value": avg, "min": low, "max": high, "avg": avg, "count": count}
+            older = [{"ts": _moment(ts), "value": avg, "min": low, "max": high, "avg": avg, "count": count}
                      for ts, low, high, avg, count in rolled]
-            return older + [{"ts": _iso(ts), "value": value} for ts, value in raw]
+            return older + [{"ts": _moment(ts), "value": value} for ts, value in raw]
         buckets: dict[float, Bucket] = {}
         samples = [(ts, low, high, avg, count) for ts, low, high, avg, count in rolled]
         samples += [(ts, value, value, value, 1) for ts, value in raw if isinstance(value, int | float)]
@@ -181,25 +205,69 @@ class HistoryRecorder:
         """Raw readings stored (for metrics): counted once at start, then kept by the writes."""
         return self._stored
 
-    def gaps(self, farm_id: str) -> dict[str, Any]:
-        """How many readings are stored, and how many ``seq`` numbers are missing between them (and where)."""
-        self.flush()
-        with self._lock:
-            count, first, last = self._db.execute(
-                "SELECT COUNT(*), MIN(seq), MAX(seq) FROM readings WHERE farm_id = ?", (farm_id,)).fetchone()
-            # a gap begins after every stored seq whose successor is missing (the last one excepted)
-            gaps = self._db.execute(
-                "SELECT COUNT(*) FROM readings AS r WHERE farm_id = ? AND seq < ? AND NOT EXISTS "
-                "(SELECT 1 FROM readings WHERE farm_id = r.farm_id AND seq = r.seq + 1)", (farm_id, last),
-            ).fetchone()[0] if count else 0
-        missing = last - first + 1 - count if count else 0  # seq is the key: each one stored at most once
-        return {"readings": count, "first_seq": first, "last_seq": last, "gaps": gaps, "missing": missing}
+    async def gaps(self, farm_id: str) -> dict[str, Any]:
+        """How many readings are stored, and how many ``seq`` numbers are missing between them (and where).
 
-    def close(self) -> None:
-        self.flush()
-        self._db.close()
+        Counted once per farm on the writer thread, then kept up to date there by every insert, so that a
+        farm page costs nothing on the disk."""
+        report = self._reports.get(farm_id)
+        if report is None:
+            report = await self.db.write(lambda db: self._count_runs(db, farm_id))
+        return report
+
+    def _count_runs(self, db: sqlite3.Connection, farm_id: str) -> dict[str, Any]:
+        runs = self._runs.get(farm_id)
+        if runs is None:  # a second request may have counted it while this one waited
+            runs = self._runs[farm_id] = SeqRuns.counted(db, farm_id)
+        self._reports[farm_id] = report = runs.report()
+        return report
+
+    def _insert(self, db: sqlite3.Connection, pending: list[tuple[str, int, float, str]]) -> int:
+        """On the writer thread: store the readings, and update the summaries of the farms already counted."""
+        inserted = 0
+        changed: set[str] = set()
+        db.execute("BEGIN")
+        for row in pending:
+            if db.execute("INSERT OR IGNORE INTO readings (farm_id, seq, ts, data) VALUES (?, ?, ?, ?)",
+                          row).rowcount:
+                inserted += 1
+                farm_id, seq = row[0], row[1]
+                if farm_id in self._runs:
+                    self._runs[farm_id].added(db, farm_id, seq)
+                    changed.add(farm_id)
+        db.execute("COMMIT")
+        for farm_id in changed:
+            self._reports[farm_id] = self._runs[farm_id].report()
+        return inserted
+
+    def _fold(self, db: sqlite3.Connection, step: float, cutoff: float, expiry: float) -> tuple[int, int]:
+        """On the writer thread: the readings older than ``cutoff`` folded into rollups, then deleted (those of
+        the farms with a summary one by one, so that it stays true), and rollups older than ``expiry``."""
+        db.execute("BEGIN")
+        db.execute(ROLLUP, {"step": step, "cutoff": cutoff})
+        folded = 0
+        for farm_id, runs in self._runs.items():
+            old = db.execute("SELECT seq FROM readings WHERE farm_id = ? AND ts < ?", (farm_id, cutoff)).fetchall()
+            for (seq,) in old:
+                runs.removed(db, farm_id, seq)
+            folded += len(old)
+            if old:
+                self._reports[farm_id] = runs.report()
+        folded += db.execute("DELETE FROM readings WHERE ts < ?", (cutoff,)).rowcount
+        expired = db.execute("DELETE FROM rollups WHERE ts < ?", (expiry,)).rowcount
+        db.execute("COMMIT")
+        return folded, int(expired)
 
 
-def _iso(ts: float) -> str:
-    return format_ts(datetime.fromtimestamp(ts, UTC))
+def _moment(ts: float) -> datetime:
+    # a bucket of a reading in year 1 may start before it: shown from the first moment there is
+    return datetime.fromtimestamp(max(ts, FIRST_TS), UTC)
 
+
+def _storable(moment: datetime) -> bool:
+    """Whether the history can serve a reading of this time: one that exists in UTC (years 1 to 9999)."""
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True

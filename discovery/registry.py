@@ -1,16 +1,20 @@
-"""The farm registry and presence, in SQLite: what the discovery node knows of every farm."""
+"""The farm registry and presence, in SQLite: what the discovery node knows of every farm.
+
+Writes are queued to the database's writer thread and return at once; the reads block, so the REST
+API runs them through :meth:`Database.read <discovery.sqlite.Database.read>`.
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import threading
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from contract.payloads import Alarms, Heartbeat, Meta, Reading, Status, format_ts
-from discovery.sqlite import connect, upsert
+from discovery.sqlite import Database, upsert
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS farms (
@@ -26,22 +30,17 @@ CREATE TABLE IF NOT EXISTS farms (
     heartbeat TEXT,
     state TEXT,
     alarms TEXT
-)
+);
 """
 
 
 class Registry:
-    """One connection, used from the event loop; a lock keeps the odd thread (tests, tools) safe."""
-
     def __init__(self, path: Path) -> None:
-        self._db = connect(path)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute(SCHEMA)
-        self._lock = threading.Lock()
+        self.db = Database(path, SCHEMA)
 
     def _touch(self, farm_id: str, seen: datetime, **columns: Any) -> None:
-        with self._lock:
-            upsert(self._db, "farms", {"farm_id": farm_id}, {"last_seen": format_ts(seen), **columns})
+        row = {"last_seen": format_ts(seen), **columns}
+        self.db.submit(lambda db: upsert(db, "farms", {"farm_id": farm_id}, row))
 
     def record_status(self, farm_id: str, status: Status, seen: datetime) -> None:
         self._touch(farm_id, seen, online=int(status.state == "online"), status_ts=format_ts(status.ts),
@@ -60,33 +59,33 @@ class Registry:
     def record_alarms(self, farm_id: str, alarms: Alarms, seen: datetime) -> None:
         self._touch(farm_id, seen, alarms=alarms.model_dump_json(exclude_none=True))
 
+    # ---- reading (blocking) ----------------------------------------------------------------------------
+
     def farms(self, owner: str | None = None) -> list[dict[str, Any]]:
         query = "SELECT * FROM farms" + (" WHERE owner_id = ?" if owner is not None else "") + " ORDER BY farm_id"
-        with self._lock:
-            rows = self._db.execute(query, (owner,) if owner is not None else ()).fetchall()
+        rows = self.db.reader().execute(query, (owner,) if owner is not None else ()).fetchall()
         return [_summary(row) for row in rows]
 
     def farm(self, farm_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM farms WHERE farm_id = ?", (farm_id,)).fetchone()
+        row = self.db.reader().execute("SELECT * FROM farms WHERE farm_id = ?", (farm_id,)).fetchone()
         if row is None:
             return None
         return {**_summary(row), "state": _json(row["state"]), "alarms": _json(row["alarms"])}
 
+    def presence(self) -> Counter[bool]:
+        """How many farms are online (True) and offline (False)."""
+        rows = self.db.reader().execute("SELECT online, COUNT(*) FROM farms GROUP BY online").fetchall()
+        return Counter({bool(online): count for online, count in rows})
+
     def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM farms").fetchone()[0])
+        return int(self.db.reader().execute("SELECT COUNT(*) FROM farms").fetchone()[0])
 
     def healthy(self) -> bool:
         try:
-            with self._lock:
-                self._db.execute("SELECT 1").fetchone()
+            self.db.reader().execute("SELECT 1").fetchone()
         except sqlite3.Error:
             return False
         return True
-
-    def close(self) -> None:
-        self._db.close()
 
 
 def _json(text: str | None) -> Any:

@@ -1,10 +1,15 @@
-"""``kubmesh discovery`` composed: the embedded broker (unless MQTT_URL is set), the bus and its
-plug-ins, the registry and the REST API."""
+"""``kubmesh discovery`` composed: the embedded broker (unless MQTT_URL is set), the bus and its extensions,
+and the REST API.
+
+A feature of the node is an extension (:mod:`discovery.extension`): one module, and one line in
+:data:`EXTENSIONS`. They are started in this order, before the bus connects, and stopped in reverse.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -16,15 +21,24 @@ from contract.payloads import utc_now
 from contract.topics import Topics
 from discovery.api import create_api
 from discovery.audit import CommandAudit
-from discovery.bus import DiscoveryBus, Plugin
-from discovery.history import HistoryRecorder, Retention
-from discovery.metrics import DiscoveryCollector, ReadingCounter, metrics_registry
-from discovery.presence import PresencePlugin
-from discovery.registry import Registry
+from discovery.bus import DiscoveryBus
+from discovery.extension import Extension, Extensions, Node
+from discovery.history import HistoryRecorder
+from discovery.metrics import Metrics
+from discovery.presence import Presence
 from discovery.settings import DiscoverySettings
-from discovery.tailscale.manager import build_manager, known_farms
+from discovery.tailnet import Tailnet
 
 log = logging.getLogger("kubmesh.discovery")
+
+# each builds its extension from the node, or None when the settings switch it off
+EXTENSIONS: list[Callable[[Node], Extension | None]] = [
+    Presence.build,
+    HistoryRecorder.build,
+    CommandAudit.build,
+    Metrics.build,
+    Tailnet.build,
+]
 
 
 def _bus_url(settings: DiscoverySettings) -> MqttUrl:
@@ -37,49 +51,48 @@ def _bus_url(settings: DiscoverySettings) -> MqttUrl:
     )
 
 
+def build_extensions(node: Node) -> Extensions:
+    built = [extension for build in EXTENSIONS if (extension := build(node)) is not None]
+    node.extensions = Extensions(built)
+    return node.extensions
+
+
 async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> None:
     topics = Topics(settings.base_topic)
     broker = await start_broker(settings) if settings.embedded_broker else None
-    registry = Registry(settings.database)
-    audit = CommandAudit(settings.database.with_name("commands.db"), topics, utc_now)
-    readings = ReadingCounter(topics)
-    history = HistoryRecorder(settings.history_database, topics, utc_now, Retention(
-        settings.history_raw_days, settings.history_rollup_seconds, settings.history_keep_days))
-    plugins: list[Plugin] = [PresencePlugin(registry, topics, utc_now), audit, readings, history]
-    bus = DiscoveryBus(_bus_url(settings), topics, plugins, settings.keepalive, settings.reconnect_max)
     identities = IdentityStore(settings.data_dir)
-    tailnet = None
-    if settings.tailscale_enabled:
-        tailnet = build_manager(settings, lambda: known_farms(registry, identities), utc_now)
+    node = Node(settings, topics, utc_now, identities, broker)
+    extensions = build_extensions(node)
+    bus = DiscoveryBus(_bus_url(settings), topics, extensions, settings.keepalive, settings.reconnect_max)
+    presence, history = extensions.get(Presence), extensions.get(HistoryRecorder)
+    audit, metrics, tailnet = extensions.get(CommandAudit), extensions.get(Metrics), extensions.get(Tailnet)
+    if presence is None or history is None or audit is None:
+        raise RuntimeError("the REST API needs the presence, history and audit extensions in EXTENSIONS")
 
     def health() -> dict[str, Any]:
         report: dict[str, Any] = {"broker": "connected" if bus.connected else "disconnected",
-                                  "embedded_broker": broker is not None}
+                                  "embedded_broker": broker is not None,
+                                  "extensions": {"failures": dict(extensions.failures),
+                                                 "rejected_messages": extensions.rejected},
+                                  "database_write_errors": extensions.write_errors()}
         if tailnet is not None:
-            report["tailnet"] = tailnet.health()
+            report["tailnet"] = tailnet.manager.health()
         return report
 
     if not settings.api_token:
         log.info("no static API token (API_TOKEN): /api accepts only tokens made by kubmesh token add")
-    metrics = metrics_registry(DiscoveryCollector(registry, readings, broker, tailnet, history.size))
-    api = create_api(registry, audit, settings.api_token, health, history, identities, metrics=metrics,
-                     tailnet=tailnet)
+    await extensions.start()
+    api = create_api(presence.registry, audit, settings.api_token, health, history, identities,
+                     metrics=metrics.scrape if metrics else None, tailnet=tailnet.manager if tailnet else None)
     runner = web.AppRunner(api, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, settings.api_host, settings.api_port).start()
-    log.info("discovery REST API on http://%s:%s, MQTT %s", settings.api_host, settings.api_port,
-             f"embedded on port {settings.mqtt_port}" if broker else settings.mqtt().redacted())
     try:
-        if tailnet is None:
-            await bus.run(stop)
-        else:
-            await asyncio.gather(bus.run(stop), tailnet.run(stop))
+        await web.TCPSite(runner, settings.api_host, settings.api_port).start()
+        log.info("discovery REST API on http://%s:%s, MQTT %s", settings.api_host, settings.api_port,
+                 f"embedded on port {settings.mqtt_port}" if broker else settings.mqtt().redacted())
+        await bus.run(stop)
     finally:
         await runner.cleanup()
-        if tailnet is not None:
-            tailnet.store.close()
-        registry.close()
-        audit.close()
-        history.close()
+        await extensions.stop()
         if broker is not None:
             await stop_broker(broker)

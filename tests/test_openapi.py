@@ -1,19 +1,23 @@
-"""``/openapi.json``: a valid OpenAPI 3 document that names every route of the discovery API, and whose
-schemas the live node's answers fit."""
+"""``/openapi.json``: a valid OpenAPI 3.1 document that names every route of the discovery API, whose answer
+schemas are the models of contract/rest.py, and whose schemas the live node's answers fit."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from openapi_schema_validator import OAS30Validator
+import pytest
+import yaml
+from jsonschema import ValidationError
+from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate as validate_spec
-from prometheus_client import CollectorRegistry
 
 from common.identities import IdentityStore, Role
 from contract.payloads import Reading, Status, encode, utc_now
+from contract.rest import History, rest_schemas
 from contract.topics import Topics
-from discovery.api import create_api, openapi_document
+from discovery.api import OPENAPI_FILE, create_api, openapi_document
 from discovery.audit import CommandAudit
 from discovery.history import HistoryRecorder
 from discovery.registry import Registry
@@ -24,11 +28,43 @@ from tests.test_discovery import FARM, Discovery, discovery, farm_client, meta, 
 def test_the_document_is_valid_openapi_3_and_names_every_route(tmp_path: Path) -> None:
     document = openapi_document()
     validate_spec(document)
+    async def scrape() -> bytes:
+        return b""
+
     app = create_api(Registry(tmp_path / "d.db"), CommandAudit(tmp_path / "d.db", Topics(), utc_now), "token",
                      dict, HistoryRecorder(tmp_path / "h.db", Topics(), utc_now), IdentityStore(tmp_path),
-                     metrics=CollectorRegistry())
+                     metrics=scrape)
     routes = {r.resource.canonical for r in app.router.routes() if r.method == "GET" and r.resource is not None}
     assert routes == set(document["paths"])
+
+
+def references(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        return ({node["$ref"]} if "$ref" in node else set()).union(*(references(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(references(item) for item in node))
+    return set()
+
+
+def test_the_answer_schemas_are_the_contracts_models_and_every_reference_resolves() -> None:
+    document = openapi_document()
+    assert document["components"]["schemas"] == rest_schemas()
+    on_disk = yaml.safe_load(OPENAPI_FILE.read_text(encoding="utf-8"))
+    assert "schemas" not in on_disk["components"]  # one model: the file never holds a second copy
+    for reference in references(document):
+        target: Any = document
+        for part in reference.removeprefix("#/").split("/"):
+            assert part in target, f"{reference} names nothing in the document"
+            target = target[part]
+
+
+def test_a_history_answer_that_breaks_its_model_is_refused_by_its_schema() -> None:
+    schema = {**rest_schemas()["History"], "components": {"schemas": rest_schemas()}}
+    good = History.model_validate({"farm": FARM, "name": "temp_inside", "from": utc_now(), "to": utc_now(),
+                                   "points": [{"ts": utc_now(), "value": 21.5}]})
+    OAS31Validator(schema).validate(json.loads(good.model_dump_json(by_alias=True, exclude_unset=True)))
+    with pytest.raises(ValidationError):
+        OAS31Validator(schema).validate({"farm": FARM, "name": "temp_inside", "points": [{"value": "warm"}]})
 
 
 def resolved(node: Any, document: dict[str, Any]) -> Any:
@@ -69,10 +105,10 @@ def test_the_live_answers_fit_the_documented_schemas(discovery: Discovery) -> No
     for path, url in asked.items():
         status, body = discovery.get(url)
         schema = document["paths"][path]["get"]["responses"][str(status)]["content"]["application/json"]["schema"]
-        OAS30Validator(resolved(schema, document)).validate(body)
+        OAS31Validator(resolved(schema, document)).validate(body)
     for url, status in ((f"/api/farms/{FARM}/history?name=temp_inside&step=0", 400), ("/api/farms/nobody", 404)):
         got, body = discovery.get(url)
         assert got == status
         schema = document["paths"][url.split("?")[0].replace("nobody", "{farm}").replace(FARM, "{farm}")]
         error = schema["get"]["responses"][str(status)]
-        OAS30Validator(resolved(error, document)["content"]["application/json"]["schema"]).validate(body)
+        OAS31Validator(resolved(error, document)["content"]["application/json"]["schema"]).validate(body)

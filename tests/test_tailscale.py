@@ -43,7 +43,9 @@ def tailscale_api() -> Iterator[FakeTailscaleApi]:
 
 def manager(tmp_path: Path, api: TailscaleApi | None, farms: set[str] | None = None,
             cli: str = STANDIN) -> TailscaleManager:
-    return TailscaleManager(TailnetStore(tmp_path / "tailnet.db"), TailscaleCli(cli), api,
+    store = TailnetStore(tmp_path / "tailnet.db")
+    store.db.open()
+    return TailscaleManager(store, TailscaleCli(cli), api,
                             lambda: farms if farms is not None else {"farm-001", "farm-002", "farm-003"},
                             lambda: NOW, interval_s=300, retry_s=10)
 
@@ -107,7 +109,8 @@ async def test_a_device_removed_from_the_tailnet_leaves_the_store(
     await node.sync_once()
     tailscale_api.devices = {"devices": tailscale_api.devices["devices"][:1]}
     await node.sync_once()
-    assert [d["hostname"] for d in node.store.devices()] == ["farm-001"]
+    assert [d["hostname"] for d in node.devices_report()["devices"]] == ["farm-001"]
+    assert [d["hostname"] for d in await node.store.db.read(node.store.devices)] == ["farm-001"]
 
 
 async def test_failed_syncs_are_reported_and_retried_with_backoff(

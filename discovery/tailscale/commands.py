@@ -67,7 +67,7 @@ def _status(args: argparse.Namespace) -> int:
         store = TailnetStore(settings.tailnet_db)
         devices = store.devices()
         report["last_sync"] = store.last_sync()
-        store.close()
+        store.db.close()
     else:
         devices, report["last_sync"] = [], None
     report["farms"] = farms_summary(devices, farm_ids)
@@ -87,7 +87,7 @@ def _farm_ids(settings: DiscoverySettings) -> set[str]:
     try:
         return known_farms(registry, identities)
     finally:
-        registry.close()
+        registry.db.close()
 
 
 def _print_status(report: dict[str, Any]) -> None:

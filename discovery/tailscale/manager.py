@@ -70,10 +70,18 @@ class TailscaleManager:
         self.problem: SyncProblem | None = None
         self.failures = 0
         self.next_attempt: datetime | None = None
+        # what the last sync wrote, kept here so that health and reports never wait on the disk
+        self.records: list[dict[str, Any]] = []
+        self.last: dict[str, Any] = {"synced_at": None, "source": None, "tailnet": None}
 
     @property
     def source(self) -> str:
         return "api" if self.api else "local"
+
+    async def load(self) -> None:
+        """The devices and the sync the store holds from before (read once, at start, off the event loop)."""
+        self.records = await self.store.db.read(self.store.devices)
+        self.last = await self.store.db.read(self.store.last_sync)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -93,10 +101,13 @@ class TailscaleManager:
             devices = await self._devices()
         except (TailscaleApiError, TailscaleCliError) as exc:
             return self._failed(exc)
-        farm_ids = self.farm_ids()
+        farm_ids = await asyncio.to_thread(self.farm_ids)  # the registry's and the identities' files
         now = self.clock()
         records = device_records(devices, farm_ids, now, self.expiry_warning)
-        self.store.replace(records, now, self.source, self._tailnet_name())
+        tailnet = self._tailnet_name()
+        await self.store.replace(records, now, self.source, tailnet)
+        self.records = records
+        self.last = {"synced_at": format_ts(now), "source": self.source, "tailnet": tailnet}
         if self.problem:
             log.info("tailnet sync works again after %d failure(s)", self.failures)
         self.problem = None
@@ -145,7 +156,7 @@ class TailscaleManager:
     # ---- what the node reports ----------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        last = self.store.last_sync()
+        last = self.last
         return {
             "source": self.source,
             "last_sync": last["synced_at"],
@@ -158,8 +169,9 @@ class TailscaleManager:
         }
 
     def devices_report(self) -> dict[str, Any]:
-        records = self.store.devices()
-        last = self.store.last_sync()
+        """The synced devices and the farms they belong to (blocking: ``farm_ids`` reads the node's files)."""
+        records = self.records
+        last = self.last
         return {
             "tailnet": last["tailnet"],
             "source": last["source"],

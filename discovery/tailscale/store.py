@@ -1,16 +1,18 @@
-"""The tailnet's devices as last synced, matched to farms, in SQLite (``tailnet.db`` next to ``discovery.db``)."""
+"""The tailnet's devices as last synced, matched to farms, in SQLite (``tailnet.db`` next to ``discovery.db``).
+
+A sync is written on the database's writer thread; the reads block (the manager keeps what it wrote in
+memory and reads the store once, at start, off the event loop)."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from contract.payloads import format_ts
-from discovery.sqlite import connect, upsert
+from discovery.sqlite import Database, upsert
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -32,39 +34,31 @@ CREATE TABLE IF NOT EXISTS sync (
 
 class TailnetStore:
     def __init__(self, path: Path) -> None:
-        self._db = connect(path)
-        self._db.row_factory = sqlite3.Row
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
+        self.db = Database(path, SCHEMA)
 
-    def replace(self, devices: list[dict[str, Any]], synced_at: datetime, source: str, tailnet: str | None) -> None:
+    async def replace(self, devices: list[dict[str, Any]], synced_at: datetime, source: str,
+                      tailnet: str | None) -> None:
         """The tailnet as one sync saw it: devices gone from the tailnet go from the table too."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.execute("DELETE FROM devices")
-                for device in devices:
-                    self._db.execute(
-                        "INSERT INTO devices (id, name, hostname, farm_id, online, record) VALUES (?, ?, ?, ?, ?, ?)",
-                        (device["id"], device["name"], device["hostname"], device["farm_id"],
-                         None if device["online"] is None else int(device["online"]), json.dumps(device)),
-                    )
-                upsert(self._db, "sync", {"id": 1},
-                       {"synced_at": format_ts(synced_at), "source": source, "tailnet": tailnet})
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        await self.db.write(lambda db: _replace(db, devices, {"synced_at": format_ts(synced_at), "source": source,
+                                                              "tailnet": tailnet}))
 
     def devices(self) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute("SELECT record FROM devices ORDER BY farm_id IS NULL, farm_id, name").fetchall()
+        rows = self.db.reader().execute(
+            "SELECT record FROM devices ORDER BY farm_id IS NULL, farm_id, name").fetchall()
         return [json.loads(row["record"]) for row in rows]
 
     def last_sync(self) -> dict[str, Any]:
-        with self._lock:
-            row = self._db.execute("SELECT synced_at, source, tailnet FROM sync WHERE id = 1").fetchone()
+        row = self.db.reader().execute("SELECT synced_at, source, tailnet FROM sync WHERE id = 1").fetchone()
         return dict(row) if row else {"synced_at": None, "source": None, "tailnet": None}
 
-    def close(self) -> None:
-        self._db.close()
+
+def _replace(db: sqlite3.Connection, devices: list[dict[str, Any]], sync: dict[str, Any]) -> None:
+    db.execute("BEGIN")
+    db.execute("DELETE FROM devices")
+    db.executemany(
+        "INSERT INTO devices (id, name, hostname, farm_id, online, record) VALUES (?, ?, ?, ?, ?, ?)",
+        [(device["id"], device["name"], device["hostname"], device["farm_id"],
+          None if device["online"] is None else int(device["online"]), json.dumps(device)) for device in devices],
+    )
+    upsert(db, "sync", {"id": 1}, sync)
+    db.execute("COMMIT")

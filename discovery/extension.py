@@ -1,0 +1,117 @@
+"""The discovery node's features as extensions around a small core (the bus and the REST API).
+
+An :class:`Extension` is one feature: it opens what it owns in :meth:`~Extension.start`, closes it in
+:meth:`~Extension.stop`, names the topic filters it wants and receives those messages already decoded
+(:class:`~contract.messages.FarmMessage`, :class:`~contract.messages.DiscoveryStatus`). One that buffers
+writes commits them in :meth:`~Extension.commit`, which the bus awaits before it acknowledges the
+messages to the broker. :class:`Extensions` runs them: an extension that raises is logged with the farm
+and the topic, counted (``/health``, ``/metrics``) and left out of that one call; the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, TypeVar
+
+from common.identities import IdentityStore
+from contract.messages import DiscoveryStatus, FarmMessage, Message
+from contract.payloads import Clock
+from contract.topics import Topics, filter_within
+from discovery.settings import DiscoverySettings
+from discovery.sqlite import Database
+
+if TYPE_CHECKING:
+    from broker.server import KubBroker
+
+log = logging.getLogger("kubmesh.discovery")
+
+E = TypeVar("E", bound="Extension")
+
+
+@dataclass
+class Node:
+    """What every extension may use: the settings, the topics, the clock and the other extensions."""
+
+    settings: DiscoverySettings
+    topics: Topics
+    clock: Clock
+    identities: IdentityStore
+    broker: KubBroker | None = None
+    extensions: Extensions = field(default_factory=lambda: Extensions([]))
+
+
+class Extension:
+    """One feature of the discovery node. Subclasses override what they need."""
+
+    name: ClassVar[str]
+
+    def filters(self) -> list[str]:
+        """The topic filters whose messages this extension receives."""
+        return []
+
+    async def start(self) -> None:
+        """Open what the extension owns; the bus delivers nothing before every start has returned."""
+
+    async def stop(self) -> None:
+        """Close what the extension owns; nothing is delivered after."""
+
+    async def on_message(self, message: FarmMessage | DiscoveryStatus) -> None:
+        """A message on one of :meth:`filters`, decoded by the contract."""
+
+    async def commit(self) -> None:
+        """Make durable what was received so far; the bus acknowledges those messages once this returns."""
+
+    def databases(self) -> list[Database]:
+        """The databases this extension owns, for their health."""
+        return []
+
+
+class Extensions:
+    """The extensions of one node, started in order and stopped in reverse, each kept from the others' faults."""
+
+    def __init__(self, extensions: list[Extension]) -> None:
+        self.all = extensions
+        self.failures: Counter[str] = Counter()  # calls that raised, per extension
+        self.rejected = 0  # messages the bus dropped before delivery: not of the contract
+        self._filters = {extension.name: extension.filters() for extension in extensions}
+
+    def get(self, kind: type[E]) -> E | None:
+        return next((extension for extension in self.all if isinstance(extension, kind)), None)
+
+    def filters(self) -> list[str]:
+        return sorted({f for filters in self._filters.values() for f in filters})
+
+    def write_errors(self) -> dict[str, int]:
+        """Writes that failed, per database file, ever."""
+        return {db.path.name: db.write_errors for extension in self.all for db in extension.databases()}
+
+    async def start(self) -> None:
+        for extension in self.all:
+            await self._guarded(extension, extension.start(), "start call")
+
+    async def stop(self) -> None:
+        for extension in reversed(self.all):
+            await self._guarded(extension, extension.stop(), "stop call")
+
+    async def deliver(self, topic: str, message: Message) -> None:
+        for extension in self.all:
+            if any(filter_within(topic, f) for f in self._filters[extension.name]):
+                farm = message.farm_id if isinstance(message, FarmMessage) else "-"
+                await self._guarded(extension, extension.on_message(message), f"message of farm {farm} on {topic}")
+
+    async def commit(self) -> bool:
+        """Commit every extension's writes; False when one failed (its messages must not be acknowledged)."""
+        results = [await self._guarded(extension, extension.commit(), "commit call") for extension in self.all]
+        return all(results)
+
+    async def _guarded(self, extension: Extension, call: Awaitable[None], what: str) -> bool:
+        try:
+            await call
+        except Exception:  # one extension's fault must not stop the node or the other extensions
+            self.failures[extension.name] += 1
+            log.exception("extension %s failed on a %s", extension.name, what)
+            return False
+        return True

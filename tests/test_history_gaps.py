@@ -1,0 +1,84 @@
+"""The farm page's gap count, kept up to date by the history's writes and retention, always equals the one
+counted from the table, whatever order readings come in (live, replayed, repeated, in batches), whatever
+retention folds away, and whenever it is asked."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from contract.messages import FarmMessage
+from contract.payloads import Reading
+from contract.topics import FarmTopic, Topics
+from discovery.gaps import SeqRuns
+from discovery.history import HistoryRecorder, Retention
+
+NOW = datetime(2026, 11, 24, 21, 0, tzinfo=UTC)
+FARMS = ("farm-001", "farm-002")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> Iterator[tuple[asyncio.AbstractEventLoop, HistoryRecorder]]:
+    loop = asyncio.new_event_loop()
+    # raw readings kept a minute, folded by the minute: a fold at k takes every reading with seq < k
+    recorder = HistoryRecorder(tmp_path / "history.db", Topics(), Clock(), Retention(1 / 1440, 60, 365))
+    loop.run_until_complete(recorder.start())
+    yield loop, recorder
+    loop.run_until_complete(recorder.stop())
+    loop.close()
+
+
+def reading(farm_id: str, seq: int) -> FarmMessage[Any]:
+    return FarmMessage(farm_id, FarmTopic.BACKLOG, Reading(ts=NOW + timedelta(minutes=seq), seq=seq,
+                                                           values={"t": 1.0}))
+
+
+# batches of (farm, seq); None asks for the gaps there; a number k has retention fold away every seq < k
+STEPS = st.lists(st.none() | st.integers(0, 40)
+                 | st.lists(st.tuples(st.sampled_from(FARMS), st.integers(0, 40)), max_size=12), max_size=12)
+
+
+def count_again(recorder: HistoryRecorder, farm_id: str) -> dict[str, Any]:
+    return SeqRuns.counted(recorder.db.reader(), farm_id).report()
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(steps=STEPS)
+def test_the_kept_gap_count_equals_the_counted_one(history: tuple[asyncio.AbstractEventLoop, HistoryRecorder],
+                                                   steps: list[list[tuple[str, int]] | int | None]) -> None:
+    loop, recorder = history
+    farms = tuple(f"{farm}-{id(steps)}" for farm in FARMS)  # fresh farms for every example, one database
+
+    async def run() -> None:
+        for step in steps:
+            if step is None:
+                for farm in farms:
+                    await recorder.gaps(farm)  # from here on, this farm's summary is kept by the writes
+                continue
+            if isinstance(step, int):
+                recorder.clock.now = NOW + timedelta(minutes=step + 1)  # type: ignore[attr-defined]
+                await recorder.apply_retention()
+                continue
+            for farm, seq in step:
+                await recorder.on_message(reading(farms[FARMS.index(farm)], seq))
+            await recorder.commit()
+        for farm in farms:
+            counted = await recorder.db.read(count_again, recorder, farm)
+            assert await recorder.gaps(farm) == counted, (farm, steps)
+
+    loop.run_until_complete(run())
