@@ -24,6 +24,7 @@ BENCHMARKS = (
     "broker_memory",
     "connect_storm",
     "sse_fanout",
+    "farm_page_load",
 )
 TIMEOUT_S = 1800
 

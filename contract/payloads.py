@@ -40,7 +40,8 @@ def utc_now() -> datetime:
 def format_ts(moment: datetime) -> str:
     """ISO-8601 UTC with milliseconds and a ``Z``: ``2026-11-24T21:05:00.123Z``."""
     moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # the year by hand: strftime writes year 943 as "943", which fromisoformat cannot read back
+    return f"{moment.year:04d}-" + moment.strftime("%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def parse_ts(text: str) -> datetime:

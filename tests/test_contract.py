@@ -25,6 +25,7 @@ from contract.payloads import (
     decode_set_command,
     encode,
     format_ts,
+    parse_ts,
 )
 from contract.topics import FarmTopic, InvalidTopic, Topics, check_farm_id, filter_within
 
@@ -81,6 +82,11 @@ def test_filter_within(topic_filter: str, pattern: str, inside: bool) -> None:
 def test_timestamps_are_iso_utc_with_milliseconds() -> None:
     assert format_ts(NOW) == "2026-11-24T21:05:00.123Z"
     assert json.loads(encode(Status(state="online", ts=NOW)))["ts"] == "2026-11-24T21:05:00.123Z"
+
+
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_every_timestamp_written_reads_back(moment: datetime) -> None:
+    assert parse_ts(format_ts(moment)) == moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 @pytest.mark.parametrize(
