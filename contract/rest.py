@@ -190,6 +190,8 @@ class FarmList(Answer):
 class Point(Answer):
     """A reading; with ``step`` (or for a time already downsampled), a bucket's min, max, average and count."""
 
+    model_config = ConfigDict(populate_by_name=True, allow_inf_nan=False)  # a chart's JSON has no Infinity
+
     ts: Timestamp
     value: int | float | None = Field(description="the reading, or the bucket's average")
     min: float | None = None

@@ -21,9 +21,9 @@ from flask_babel import gettext as _
 from pydantic import ValidationError
 
 from contract.payloads import format_ts, utc_now
+from contract.rest import History
 from mobile_web.auth import login_required
 from mobile_web.farms import chartable, unit_text, visible_view
-from mobile_web.rest_models import History
 
 log = logging.getLogger("kubmesh.web.history")
 bp = Blueprint("history", __name__)
