@@ -37,7 +37,7 @@ from contract.topics import Topics
 log = logging.getLogger("kubmesh.broker")
 
 _ACCESS = {Action.PUBLISH: Access.PUBLISH, Action.SUBSCRIBE: Access.SUBSCRIBE, Action.RECEIVE: Access.RECEIVE}
-DEFAULT_MAX_PACKET = 256 * 1024 + 4 * 1024  # contract.payloads.MAX_PAYLOAD_BYTES and room for topic and framing
+DEFAULT_MAX_PACKET = 272 * 1024  # contract.payloads.MAX_PAYLOAD_BYTES (256 KiB) and room for topic and framing
 
 
 @dataclass(frozen=True)
@@ -152,15 +152,15 @@ class KubBroker:
 
     async def login(self, session: LeanSession, source: str) -> Identity | int:
         """The identity a CONNECT proves, or the CONNACK code that refuses it; slowed after failures."""
-        delay = self.logins.before_login(source)
-        if delay:
-            await asyncio.sleep(delay)
+        waited = self.logins.before_login(source)
+        if waited:
+            await asyncio.sleep(waited)
         proven = self.auth.authenticate(session.username, session.password)
         if isinstance(proven, str):
             self.logins.failed(source, session.username or "", f"client {session.client_id!r}: {proven}")
-            delay = self.logins.before_refusal(session.username or "")
-            if delay:
-                await asyncio.sleep(delay)
+            rest = self.logins.before_refusal(session.username or "") - waited  # the longer of the two delays
+            if rest > 0:
+                await asyncio.sleep(rest)
             return NOT_AUTHORIZED
         self.logins.succeeded(source)
         client_id = session.client_id or ""

@@ -1,11 +1,12 @@
 """Failed MQTT logins slowed down, per source address and per username, and logged at a bounded rate.
 
-- A source that failed more than :data:`FREE_FAILURES` times in a row waits before its next login is
+- A source that failed :data:`FREE_FAILURES` times in a row waits before its next login is
   even looked at, twice as long after each further failure, up to ``max_delay_s``: a guesser on one
   address gets a few answers a minute, not hundreds a second. Loopback is not exempt: a proxy on the
   same host (``tailscale serve``) makes every caller loopback.
-- A username with failures from anywhere gets its refusals late, the same way; its right password
-  is answered at once, so a guesser elsewhere cannot lock its owner out.
+- A username with failures from anywhere gets its refusals late, the same way (the longer of the two
+  delays applies); its right password is answered at once, so a guesser elsewhere cannot lock its
+  owner out.
 - A success clears the source's count (its owner typed the password wrong a few times); a count
   nobody adds to for ``forget_s`` is forgotten, and at most :data:`MAX_KEYS` are kept.
 - The first failure of a source is logged; later ones are summed up in one line at most every

@@ -51,11 +51,14 @@ def test_the_filter_index_matches_as_amqtt_does(table: list[str], names: list[st
 class RawClient:
     """A blocking socket speaking MQTT bytes, to send what a library would not."""
 
-    def __init__(self, port: int, receive_buffer: int | None = None) -> None:
+    def __init__(self, port: int, receive_buffer: int | None = None, source: str | None = None,
+                 timeout: float = 5) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if receive_buffer is not None:  # set before connecting: the kernel then keeps it this small
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        self.sock.settimeout(5)
+        if source is not None:  # another loopback address: another client as far as the broker knows
+            self.sock.bind((source, 0))
+        self.sock.settimeout(timeout)
         self.sock.connect(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = PacketReader()
