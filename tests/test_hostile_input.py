@@ -7,6 +7,10 @@ as raw MQTT packets, so no client library cleans them up first), path traversal 
 metacharacters in REST paths, parameters and farm ids, and broken or forged cookies on the web.
 Afterwards: every process alive, no answer was a 5xx, nothing was written to the controller, no
 service logged a traceback, and every service still does its job.
+
+And against the broker alone, seeded variants of what a logged-in client may try on the others: take
+over a client id in use or kept for a farm or a service, announce packets far larger than the broker
+takes, guess passwords, retain a command.
 """
 
 from __future__ import annotations
@@ -29,12 +33,15 @@ import paho.mqtt.client as paho
 import pytest
 from itsdangerous import URLSafeTimedSerializer
 
+from benchmarks.mqtt_load import subscribe_packet
 from common.identities import Credentials, IdentityStore, Role
 from contract.payloads import Ack, PayloadError, decode, decode_set_command
 from farm_agent.control import CommandHandler, CommandRefused
 from farm_agent.profile import load_profile
+from tests.conftest import RunningBroker
 from tests.farm_system import Agent, Simulator
 from tests.helpers import MqttWatcher, ServiceProcess, free_port, wait_until, web_login
+from tests.test_broker_limits import connected, publish, still_connected
 
 FARM = "farm-h"
 API_TOKEN = "hostile-test-token"
@@ -444,3 +451,59 @@ def operator_can_log_in(system: System) -> bool:
     client.connect("127.0.0.1", system.mqtt_port)
     client.disconnect()
     return web_login(system.web_port, "olga", "operator-pass") is not None
+
+
+# --- the broker alone: what one client may try on the others --------------------------------------------
+
+def test_hostile_mqtt_clients_take_no_client_id_memory_or_password(broker: RunningBroker) -> None:
+    rng = random.Random(SEED)
+    farm = broker.add("farm-x", Role.FARM)
+    intruders = [broker.add("viewer-x", Role.VIEWER), broker.add("operator-x", Role.OPERATOR, owner="o"),
+                 broker.add("farm-y", Role.FARM), broker.admin]
+    agent, code = connected(broker.port, "kubmesh-agent-farm-x", farm)
+    assert code == b"\x00\x00"
+    tried = Counter[str]()
+    for _ in range(40):  # a client id in use, or kept for a farm or a service
+        client_id = rng.choice(["kubmesh-agent-farm-x", "kubmesh-agent-farm-z", "kubmesh-discovery",
+                                "kubmesh-mobile-web"])
+        who = rng.choice(intruders)
+        _, code = connected(broker.port, client_id, who)
+        assert code == b"\x00\x05", f"{who.username} took the client id {client_id!r}"
+        tried["client ids"] += 1
+    assert still_connected(agent)
+    viewer = intruders[0]
+    for n in range(30):  # packets announcing more than the broker takes, of every kind a client sends
+        client, code = connected(broker.port, f"big-{n}", viewer)
+        assert code == b"\x00\x00"
+        length = rng.choice([278_529, 1 << 20, 200 << 20, 268_435_455])
+        header = rng.choice([0x30, 0x32, 0x34, 0x31, 0x82, 0xA2])
+        client.send(bytes([header]) + _varint(length) + rng.randbytes(rng.randrange(0, 4096)))
+        assert client.closed_by_broker(), f"a packet of type {header >> 4} announcing {length} bytes is buffered"
+        tried["large packets"] += 1
+    for n in range(20):  # retained commands, at every QoS, on every farm and value name
+        topic = f"kub/farms/{rng.choice(['farm-x', 'farm-y', 'ghost'])}/set/{rng.choice([*WRITABLE, 'x', 'a/b'])}"
+        client, _ = connected(broker.port, f"retainer-{n}", broker.admin)
+        qos = rng.choice([0, 1, 2])
+        client.send(publish(topic, b'{"value": 1}', qos=qos, packet_id=1, retain=True))
+        if qos:
+            client.next(4 if qos == 1 else 5)
+        client.close()
+        tried["retained commands"] += 1
+    marker = "kub/farms/farm-x/state"
+    agent.send(publish(marker, b"{}", qos=1, packet_id=7, retain=True))
+    agent.next(4)
+    later, _ = connected(broker.port, "later", broker.admin)
+    later.send(subscribe_packet("kub/farms/+/#", qos=1))
+    _, body = later.next(3)  # every retained message goes out at once, in the order they were kept
+    assert body.startswith(len(marker).to_bytes(2, "big") + marker.encode()), f"a command was retained: {body[:60]!r}"
+    wrong = [Credentials(rng.choice(["farm-x", "admin", "nobody"]), rng.randbytes(8).hex()) for _ in range(30)]
+    for n, credentials in enumerate(wrong[:5]):  # guessed passwords: slowed after the first three
+        with contextlib.suppress(OSError):
+            connected(broker.port, f"guess-{n}", credentials, timeout=2)
+        tried["passwords"] += 1
+    refusals = [line for line in broker.process.output().splitlines() if "refused a login" in line]
+    assert len(refusals) <= 2, refusals
+    _, code = connected(broker.port, "farm-x-tool", farm, source="127.0.0.3")
+    assert code == b"\x00\x00"
+    assert "Traceback" not in broker.process.output()
+    print(f"hostile MQTT clients: {dict(tried)}; all refused, the farm still connected")
