@@ -34,6 +34,7 @@ import pytest
 from itsdangerous import URLSafeTimedSerializer
 
 from benchmarks.mqtt_load import subscribe_packet
+from broker.core import DEFAULT_MAX_PACKET
 from common.identities import Credentials, IdentityStore, Role
 from contract.payloads import Ack, PayloadError, decode, decode_set_command
 from farm_agent.control import CommandHandler, CommandRefused
@@ -195,6 +196,18 @@ class RawMqtt:
             assert chunk, f"the broker hung up after {len(received) // 4} of {count} PUBACKs"
             received += chunk
         assert received == b"".join(b"\x40\x02" + i.to_bytes(2, "big") for i in range(1, count + 1))
+
+    def closed_by_broker(self, timeout: float = 5) -> bool:
+        assert self.sock is not None
+        self.sock.settimeout(timeout)
+        try:
+            while self.sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+        return True
 
     def wait_for_answer(self, timeout: float = 0.2) -> None:
         """Wait for the PUBACK, or for the broker to hang up (it ignores a PUBLISH to a wildcard topic)."""
@@ -373,12 +386,22 @@ def test_a_thousand_hostile_inputs_break_nothing(system: System) -> None:
     acks = MqttWatcher(system.mqtt_port, system.admin.username, system.admin.password, f"kub/farms/{FARM}/ack")
     wait_until(acks.subscribed.is_set, 5, what="the ack watcher")
     raw = RawMqtt(system.mqtt_port, system.admin)
-    commands = 0
-    for packet_id, (topic, payload, retain) in enumerate(mqtt_payload_inputs(rng, counts["mqtt payloads"]), 1):
-        raw.send(publish_packet(topic, payload, retain, packet_id))
+    commands = routed = 0
+    oversized: list[bytes] = []
+    for topic, payload, retain in mqtt_payload_inputs(rng, counts["mqtt payloads"]):
+        packet = publish_packet(topic, payload, retain, routed + 1)
+        if len(packet) - 5 > DEFAULT_MAX_PACKET:  # the broker hangs up on it: sent on a connection of its own
+            oversized.append(packet)
+            continue
+        raw.send(packet)
+        routed += 1
         commands += b"/set/" in topic
-    raw.wait_for_pubacks(counts["mqtt payloads"])
+    raw.wait_for_pubacks(routed)
     raw.close()
+    for packet in oversized:
+        raw.send(packet)
+        assert raw.closed_by_broker(), f"a packet of {len(packet)} bytes was taken"
+        raw.close()
     for packet in bad_topic_inputs(rng, counts["bad topics"]):
         # each on a connection of its own: the broker hangs up on most, and a packet it cannot decode
         # would make it read the rest of the stream out of step
@@ -420,7 +443,8 @@ def test_a_thousand_hostile_inputs_break_nothing(system: System) -> None:
     for name, process in system.all_processes().items():
         assert unexpected_tracebacks(process.output()) == [], f"{name} logged a traceback"
     answers = Counter(f"{service} {status}" for service, _, status in system.statuses)
-    print(f"{TOTAL} hostile inputs in {elapsed:.1f} s; {commands} commands refused; "
+    print(f"{TOTAL} hostile inputs in {elapsed:.1f} s; {commands} commands refused; {len(oversized)} packets "
+          f"over the maximum packet size closed their connection; "
           f"HTTP answers: {dict(answers)}")
 
 
