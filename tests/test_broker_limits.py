@@ -18,7 +18,9 @@ import pytest
 from pydantic import ValidationError
 
 from benchmarks.mqtt_load import PacketReader, connect_packet, subscribe_packet
+from broker import login_throttle
 from broker.core import KubBroker, Limits
+from broker.login_throttle import LoginThrottle
 from broker.server import BrokerSettings, broker_config, stop_broker
 from common.identities import Credentials, IdentityStore, Role
 from common.settings import load_settings
@@ -235,6 +237,39 @@ def _guess(port: int, client_id: str, wrong: Credentials) -> None:
         client, code = connected(port, client_id, wrong)
         assert code == b"\x00\x05"
         client.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_login_throttle_grows_caps_forgets_and_spares_the_right_password() -> None:
+    clock = Clock()
+    throttle = LoginThrottle(max_delay_s=4.0, forget_s=60.0, clock=clock)
+    delays = []
+    for _ in range(8):
+        delays.append(throttle.before_login("10.0.0.1"))
+        throttle.failed("10.0.0.1", "olga", "bad credentials")
+    assert delays == [0, 0, 0, 0.25, 0.5, 1.0, 2.0, 4.0]
+    assert throttle.before_login("10.0.0.1") == 4.0  # capped
+    assert throttle.before_login("10.0.0.2") == 0  # another source is not slowed before its check
+    assert throttle.before_refusal("olga") == 4.0  # but a wrong password for that user is, from anywhere
+    throttle.succeeded("10.0.0.1")
+    assert throttle.before_login("10.0.0.1") == 0
+    clock.now += 61
+    assert throttle.before_refusal("olga") == 0  # forgotten
+
+
+def test_the_login_throttle_keeps_a_bounded_number_of_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(login_throttle, "MAX_KEYS", 100)
+    throttle = LoginThrottle()
+    for n in range(1000):
+        throttle.failed(f"10.0.{n // 256}.{n % 256}", f"user-{n}", "bad credentials")
+    assert len(throttle._sources) == 100 and len(throttle._usernames) == 100
 
 
 # --- commands are never retained -----------------------------------------------------------------------
