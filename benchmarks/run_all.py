@@ -22,6 +22,7 @@ BENCHMARKS = (
     "fleet_latency",
     "broker_memory",
     "connect_storm",
+    "broker_attacks",
     "sse_fanout",
 )
 TIMEOUT_S = 1800

@@ -165,8 +165,7 @@ class KubBroker:
         self.logins.succeeded(source)
         client_id = session.client_id or ""
         if not may_use(client_id, proven, self.table.holder(client_id)):
-            log.warning("refused the client id %r to %r from %s: it belongs to another identity",
-                        client_id, proven.username, source)
+            self.logins.refused(source, f"{proven.username!r} may not use the client id {client_id!r}")
             return NOT_AUTHORIZED
         return proven
 
@@ -273,10 +272,11 @@ class KubBroker:
             return
         heads: dict[int, bytes] = {}
         table = self.table.table
+        subscriptions, check, receive = self.subscriptions, self.acl.check, Access.RECEIVE  # the hot loop's names
         for topic_filter in filters:
-            for target, subscribed_qos in self.subscriptions.subscribers(topic_filter):
+            for target, subscribed_qos in dict.get(subscriptions, topic_filter, ()):
                 granted = subscribed_qos if subscribed_qos < qos else qos
-                if not self.may(target, topic, Action.RECEIVE):
+                if not check(target.username, target.client_id, topic, receive):
                     continue
                 if target.transitions.state != "connected":
                     if granted and not target.clean_session and not target.is_anonymous:

@@ -10,7 +10,8 @@
 - A success clears the source's count (its owner typed the password wrong a few times); a count
   nobody adds to for ``forget_s`` is forgotten, and at most :data:`MAX_KEYS` are kept.
 - The first failure of a source is logged; later ones are summed up in one line at most every
-  :data:`LOG_EVERY_S` per source.
+  :data:`LOG_EVERY_S` per source. The same for logins refused with the right credentials (a client id
+  of another identity), which are not slowed.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class LoginThrottle:
         self.clock = clock
         self._sources: OrderedDict[str, _Failures] = OrderedDict()
         self._usernames: OrderedDict[str, _Failures] = OrderedDict()
+        self._refusals: OrderedDict[str, _Failures] = OrderedDict()  # for their log lines only
 
     def before_login(self, source: str) -> float:
         """Seconds a login from ``source`` waits before its credentials are checked."""
@@ -60,8 +62,18 @@ class LoginThrottle:
         now = self.clock()
         failures = self._count(self._sources, source, now)
         self._count(self._usernames, username, now)
+        self._log(failures, now, source, reason)
+
+    def refused(self, source: str, reason: str) -> None:
+        """A login with the right credentials refused for another reason: logged at the same bounded rate,
+        and not slowed (it is no guess)."""
+        now = self.clock()
+        self._log(self._count(self._refusals, source, now), now, source, reason)
+
+    @staticmethod
+    def _log(failures: _Failures, now: float, source: str, reason: str) -> None:
         if failures.count == 1 or now - failures.logged_at >= LOG_EVERY_S:
-            more = f" ({failures.unlogged} more failed logins from it since the last line)" if failures.unlogged else ""
+            more = f" ({failures.unlogged} more from it since the last line)" if failures.unlogged else ""
             log.warning("refused a login from %s: %s%s", source, reason, more)
             failures.logged_at, failures.unlogged = now, 0
         else:

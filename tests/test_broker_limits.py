@@ -78,7 +78,7 @@ def test_another_identity_cannot_take_over_a_client_id_in_use(broker: RunningBro
     assert code == b"\x00\x05"  # not authorised
     assert intruder.closed_by_broker()
     assert still_connected(agent), "the viewer's CONNECT ended the farm's connection"
-    assert f"refused the client id {client_id!r} to 'viewer-a'" in broker.process.output()
+    assert f"'viewer-a' may not use the client id {client_id!r}" in broker.process.output()
 
 
 def test_the_ids_of_farm_agents_and_services_are_kept_for_them(broker: RunningBroker) -> None:
