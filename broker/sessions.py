@@ -50,9 +50,6 @@ class SessionTable:
         self.offline_dropped = 0  # messages for offline persistent sessions beyond MAX_QUEUED_OFFLINE
         self._drop_subscriptions = drop_subscriptions
 
-    def __len__(self) -> int:
-        return len(self.table)
-
     def session(self, client_id: str) -> LeanSession | None:
         return self.table.get(client_id, (None, None))[0]
 
