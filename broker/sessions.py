@@ -11,7 +11,8 @@ Where amqtt 0.12.1 broke MQTT 3.1.1's promises, kept here:
   starts once it is gone.
 - Take-over across identities: refused (``broker.client_ids``), so a login cannot end the session
   of a client id that belongs to someone else.
-- The offline queue (§3.3.1.3): delivered with RETAIN 0, bounded (:data:`MAX_QUEUED_OFFLINE`).
+- The offline queue (§3.3.1.3): delivered with RETAIN 0, bounded (:data:`MAX_QUEUED_OFFLINE` messages,
+  :data:`MAX_QUEUED_OFFLINE_BYTES`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from broker.amqtt_adapter import LeanSession, MachineError, Retained
 log = logging.getLogger("kubmesh.broker")
 
 MAX_QUEUED_OFFLINE = 100_000  # messages kept for one offline persistent session; later ones are dropped
+MAX_QUEUED_OFFLINE_BYTES = 64 * 1024 * 1024  # and their payloads together (Mosquitto's max_queued_bytes)
+QUEUED_BYTES = "kubmesh.queued_bytes"  # a session's attribute: the payload bytes of its offline queue
 TAKEOVER_WAIT_S = 2.0
 
 
@@ -131,16 +134,20 @@ class SessionTable:
 
     def queue_offline(self, session: LeanSession, topic: str, data: bytes, qos: int) -> None:
         """A QoS 1 or 2 message kept for a persistent session until it reconnects, up to
-        MAX_QUEUED_OFFLINE of them (as Mosquitto's ``max_queued_messages``); beyond that it is dropped,
-        counted and logged at the first drop of each thousand."""
+        MAX_QUEUED_OFFLINE of them and MAX_QUEUED_OFFLINE_BYTES (as Mosquitto's ``max_queued_messages``
+        and ``max_queued_bytes``); beyond that it is dropped, counted and logged at the first drop of
+        each thousand."""
         queue = session.retained_messages
-        if queue.qsize() < MAX_QUEUED_OFFLINE:
+        held = session.attributes.get(QUEUED_BYTES, 0) + len(data)
+        if queue.qsize() < MAX_QUEUED_OFFLINE and held <= MAX_QUEUED_OFFLINE_BYTES:
             queue.put_nowait(Retained(topic, data, qos))
+            session.attributes[QUEUED_BYTES] = held
             return
         self.offline_dropped += 1
         if self.offline_dropped % 1000 == 1:
-            log.warning("dropped a message on %s for the offline session %r: %d queued already (%d dropped so far)",
-                        topic, session.client_id, MAX_QUEUED_OFFLINE, self.offline_dropped)
+            log.warning("dropped a message on %s for the offline session %r: %d messages, %d bytes queued already "
+                        "(%d dropped so far)", topic, session.client_id, queue.qsize(), held - len(data),
+                        self.offline_dropped)
 
     @staticmethod
     def take_queued(session: LeanSession) -> list[Retained]:
@@ -150,5 +157,6 @@ class SessionTable:
         queue = session.retained_messages
         messages = [queue.get_nowait() for _ in range(queue.qsize())]
         session.retained_messages = queue  # empty now: the session lets it go
+        session.attributes.pop(QUEUED_BYTES, None)
         return messages
 

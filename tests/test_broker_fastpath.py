@@ -210,6 +210,18 @@ def test_an_offline_session_keeps_a_bounded_queue_and_counts_what_it_drops(monke
     assert table.offline_dropped == 2
 
 
+def test_an_offline_session_keeps_a_bounded_number_of_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sessions, "MAX_QUEUED_OFFLINE_BYTES", 2500)
+    table = SessionTable(lambda session: None)
+    session = LeanSession()
+    for n in range(5):
+        table.queue_offline(session, "kub/farms/f/set/x", bytes([n]) * 1000, 1)
+    assert [message.data[0] for message in table.take_queued(session)] == [0, 1]
+    assert table.offline_dropped == 3
+    table.queue_offline(session, "kub/farms/f/set/x", b"again" * 200, 1)  # delivered: room again
+    assert len(table.take_queued(session)) == 1
+
+
 def test_a_publish_to_the_brokers_own_topics_is_acknowledged_and_dropped(broker: RunningBroker) -> None:
     admin = broker.admin
     watcher = _connected(broker, "watcher", admin.username, admin.password)
