@@ -15,7 +15,8 @@ amqtt's private members used here, and why:
 - ``Broker._cleanup_session``: logged when it drops an expired session.
 - ``Broker._del_all_subscriptions``: amqtt's cleanup drops a session's subscriptions through kubmesh.
 - ``Broker._broadcast_message``, ``Broker._topic_filtering``: what plug-ins send and ask, through kubmesh.
-- ``Broker._matches``: amqtt's topic matching (:func:`amqtt_matches`), the reference for the filter index.
+- ``Broker._matches``: amqtt's topic matching (:func:`amqtt_matches`), for retained messages on subscribe
+  and as the reference the filter index is tested against.
 - ``PluginManager._event_plugin_callbacks``: whether any plug-in listens to an event (:meth:`AmqttFrame.fire`).
 - ``Session._init_states``: a :class:`LeanSession` gets a small state object, not a ``transitions.Machine``.
 - ``Session._on_enter_connected``, ``Session._on_enter_disconnected``: the connect and disconnect times
