@@ -23,6 +23,7 @@ BENCHMARKS = (
     "fleet_latency",
     "broker_memory",
     "connect_storm",
+    "broker_attacks",
     "sse_fanout",
     "farm_page_load",
 )

@@ -27,7 +27,7 @@ def add_broker_options(parser: argparse.ArgumentParser) -> None:
 BROKER_FLAGS = ("mqtt_host", "mqtt_port", "mqtt_tls_port", "tls_certfile", "tls_keyfile")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("broker", help="run the embedded MQTT broker alone")
     add_service_options(parser)
     add_broker_options(parser)

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import math
 
-from amqtt.session import Session
-from amqtt.utils import gen_client_id
-
-from broker.amqtt_fixes import KEEPALIVE_GRACE
-from broker.tuning import LeanSession
+from broker.amqtt_adapter import LeanSession, gen_client_id
 
 PROTOCOL_LEVEL = 4  # MQTT 3.1.1
 CONNECT, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 3, 4, 5, 6, 7
 SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT = 8, 10, 12, 14
 ACCEPTED, BAD_PROTOCOL, ID_REJECTED, BAD_CREDENTIALS, NOT_AUTHORIZED = 0, 1, 2, 4, 5
 PINGRESP_PACKET = b"\xd0\x00"
+KEEPALIVE_GRACE = 1.5  # MQTT 3.1.1: disconnect after one and a half keepalive periods of silence
 MAX_CONNECT = 10 + 5 * (2 + 65535)  # its fixed fields and five strings of at most 65,535 bytes (§3.1)
 
 
@@ -63,7 +60,7 @@ def read_text(raw: bytes) -> str:
         raise ProtocolError("a string is not UTF-8 (§1.5.3)") from exc
 
 
-def parse_connect(body: bytes) -> Session | int:
+def parse_connect(body: bytes) -> LeanSession | int:
     """The session a CONNECT asks for, or the CONNACK code that refuses it (§3.1)."""
     name, pos = read_string(body, 0)
     if name != b"MQTT":

@@ -1,4 +1,4 @@
-"""The embedded MQTT broker: amqtt with kubmesh's authentication and topic ACL."""
+"""The embedded MQTT broker's settings, and starting and stopping it (``broker.core.KubBroker``)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
-from amqtt.broker import Broker
 from pydantic import Field, field_validator, model_validator
 
-from broker.amqtt_fixes import PromiseKeepingBroker
-from broker.fastpath import FastPathBroker
-from broker.plugins import IdentityAuthPlugin, TopicAclPlugin
+from broker.core import DEFAULT_MAX_PACKET, KubBroker, Limits
+from common.identities import IdentityStore
 from common.settings import ServiceSettings
+from contract.payloads import MAX_PAYLOAD_BYTES
+from contract.topics import Topics
+
+__all__ = ["BrokerSettings", "KubBroker", "broker_config", "make_broker", "run_broker", "start_broker", "stop_broker"]
 
 log = logging.getLogger("kubmesh.broker")
 SHUTDOWN_TIMEOUT_S = 3.0
@@ -30,6 +32,8 @@ class BrokerSettings(ServiceSettings):
         "MQTT_TLS_CERTFILE": "tls_certfile",
         "MQTT_TLS_KEYFILE": "tls_keyfile",
         "MQTT_SESSION_EXPIRY": "session_expiry_s",
+        "MQTT_MAX_PACKET_SIZE": "max_packet_bytes",
+        "MQTT_LOGIN_DELAY_MAX": "login_delay_max_s",
     }
     YAML: ClassVar[dict[str, str]] = {
         **ServiceSettings.YAML,
@@ -39,6 +43,8 @@ class BrokerSettings(ServiceSettings):
         "mqtt.certfile": "tls_certfile",
         "mqtt.keyfile": "tls_keyfile",
         "mqtt.session_expiry": "session_expiry_s",
+        "mqtt.max_packet_size": "max_packet_bytes",
+        "mqtt.login_delay_max": "login_delay_max_s",
     }
 
     mqtt_host: str = "0.0.0.0"
@@ -47,6 +53,9 @@ class BrokerSettings(ServiceSettings):
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
     session_expiry_s: int = Field(default=7 * 86400, ge=0)  # an offline persistent session's life; 0: for ever
+    # a packet's remaining length; a payload model's largest payload must still fit
+    max_packet_bytes: int = Field(default=DEFAULT_MAX_PACKET, gt=MAX_PAYLOAD_BYTES, le=268_435_455)
+    login_delay_max_s: float = Field(default=30.0, ge=0)  # the longest wait of a login throttled by failures
 
     @field_validator("tls_certfile", "tls_keyfile")
     @classmethod
@@ -66,17 +75,8 @@ class BrokerSettings(ServiceSettings):
         return self.tls_certfile is not None and self.tls_keyfile is not None
 
 
-class KubBroker(FastPathBroker, PromiseKeepingBroker):
-    """amqtt's broker with kubmesh's tuning (``broker.tuning``), its lean connections
-    (``broker.fastpath``) and the MQTT promises amqtt breaks kept (``broker.amqtt_fixes``)."""
-
-
 def broker_config(settings: BrokerSettings) -> dict[str, object]:
-    store = {
-        "data_dir": str(settings.data_dir.resolve()),
-        "base_topic": settings.base_topic,
-        "ha_prefix": settings.ha_prefix,
-    }
+    """amqtt's configuration: the listeners and session expiry."""
     listeners: dict[str, dict[str, object]] = {
         "default": {"type": "tcp", "bind": f"{settings.mqtt_host}:{settings.mqtt_port}"},
     }
@@ -91,23 +91,25 @@ def broker_config(settings: BrokerSettings) -> dict[str, object]:
     return {
         "listeners": listeners,
         "session_expiry_interval": settings.session_expiry_s or None,
-        "plugins": {
-            f"{IdentityAuthPlugin.__module__}.{IdentityAuthPlugin.__name__}": store,
-            f"{TopicAclPlugin.__module__}.{TopicAclPlugin.__name__}": store,
-        },
     }
+
+
+def make_broker(settings: BrokerSettings) -> KubBroker:
+    limits = Limits(max_packet_bytes=settings.max_packet_bytes, login_delay_max_s=settings.login_delay_max_s)
+    return KubBroker(broker_config(settings), IdentityStore(settings.data_dir.resolve()), Topics(settings.base_topic),
+                     settings.ha_prefix, limits)
 
 
 async def start_broker(settings: BrokerSettings) -> KubBroker:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    broker = KubBroker(broker_config(settings))
+    broker = make_broker(settings)
     await broker.start()
     log.info("MQTT broker listening on %s:%s%s", settings.mqtt_host, settings.mqtt_port,
              f", TLS on port {settings.mqtt_tls_port}" if settings.tls else "")
     return broker
 
 
-async def stop_broker(broker: Broker, seconds: float = SHUTDOWN_TIMEOUT_S) -> None:
+async def stop_broker(broker: KubBroker, seconds: float = SHUTDOWN_TIMEOUT_S) -> None:
     """amqtt's shutdown waits for in-flight QoS 1 deliveries, which a lost PUBACK keeps open forever."""
     try:
         await asyncio.wait_for(broker.shutdown(), seconds)

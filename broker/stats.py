@@ -1,15 +1,15 @@
 """What the embedded broker is doing, for ``/metrics``: clients, messages, ACL refusals, retained
 messages, messages dropped for offline sessions.
 
-Messages are counted by :class:`broker.server.KubBroker`; the ACL refusals are
-the :class:`broker.plugins.TopicAclPlugin`'s own counter.
+Messages are counted by :class:`broker.core.KubBroker`; the ACL refusals are
+the :class:`broker.access.TopicAcl`'s own counter.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.server import KubBroker
+from broker.core import KubBroker
 
 
 @dataclass(frozen=True)
@@ -22,12 +22,10 @@ class BrokerStats:
 
 
 def broker_stats(broker: KubBroker) -> BrokerStats:
-    acl = broker.plugins_manager.get_plugin("TopicAclPlugin")
-    clients = sum(1 for session, _ in broker.sessions.values() if session.transitions.state == "connected")
     return BrokerStats(
-        clients=clients,
+        clients=broker.table.connected(),
         messages_received=broker.messages_received,
-        acl_refusals=getattr(acl, "refusals", 0),
-        retained=len(broker.retained_messages),
+        acl_refusals=broker.acl.refusals,
+        retained=len(broker.retained),
         offline_dropped=broker.offline_dropped,
     )

@@ -1,18 +1,23 @@
-"""The broker's topic filters arranged by level, so a message finds the filters that match it.
+"""The broker's subscriptions, and their topic filters arranged by level, so a message finds the
+filters that match it.
 
 amqtt tries every subscription's filter against every message, a cost that grows with the number
 of filters (each farm subscribes to its own commands). :class:`FilterIndex` walks only the levels
 of the topic, and remembers the answer per topic until a filter is added or removed;
-:class:`Subscriptions`, amqtt's subscription table, keeps it up to date.
+:class:`Subscriptions`, the subscription table (the one amqtt's frame and plug-ins see), keeps it
+up to date and each session's own list of filters, so a session that leaves is dropped from its
+filters without walking the table.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from amqtt.session import Session
+from broker.amqtt_adapter import LeanSession
 
 MEMO_LIMIT = 100_000
+FILTERS = "kubmesh.filters"  # a session's attribute: the topic filters it subscribed to
+REFUSED = 0x80
 
 
 class _Level:
@@ -99,21 +104,18 @@ def _walk(node: _Level, levels: list[str], index: int, matched: list[str]) -> No
         _walk(child, levels, index + 1, matched)
 
 
-class Subscriptions(dict[str, list[tuple[Session, int]]]):
-    """amqtt's subscription table, with its filters kept in a :class:`FilterIndex` as they come and go.
+class Subscriptions(dict[str, list[tuple[LeanSession, int]]]):
+    """The subscription table: filter → (session, QoS) pairs, with its filters kept in a
+    :class:`FilterIndex` as they come and go.
 
-    amqtt walks the table across awaits (retained messages on connect, its own broadcast), so it
-    is walked over snapshots: a client subscribing or leaving meanwhile raised "dictionary changed
-    size during iteration".
+    amqtt's plug-in context may walk the table across awaits, so it is walked over snapshots.
     """
 
-    def __init__(self, table: dict[str, list[tuple[Session, int]]], index: FilterIndex) -> None:
-        super().__init__(table)
+    def __init__(self, index: FilterIndex) -> None:
+        super().__init__()
         self.index = index
-        for topic_filter in table:
-            index.add(topic_filter)
 
-    def __setitem__(self, topic_filter: str, subscribers: list[tuple[Session, int]]) -> None:
+    def __setitem__(self, topic_filter: str, subscribers: list[tuple[LeanSession, int]]) -> None:
         if topic_filter not in self:
             self.index.add(topic_filter)
         super().__setitem__(topic_filter, subscribers)
@@ -129,5 +131,52 @@ class Subscriptions(dict[str, list[tuple[Session, int]]]):
     def __iter__(self) -> Iterator[str]:
         return iter(list(self.keys()))
 
-    def items(self) -> list[tuple[str, list[tuple[Session, int]]]]:  # type: ignore[override]
+    def items(self) -> list[tuple[str, list[tuple[LeanSession, int]]]]:  # type: ignore[override]
         return [(topic, list(subscribers)) for topic, subscribers in super().items()]
+
+    def subscribers(self, topic_filter: str) -> list[tuple[LeanSession, int]]:
+        return dict.get(self, topic_filter) or []
+
+    def add(self, session: LeanSession, topic_filter: str, qos: int) -> None:
+        """§3.8.4: a repeated subscription replaces the old one, with its QoS."""
+        session.attributes.setdefault(FILTERS, set()).add(topic_filter)
+        subscribers = dict.get(self, topic_filter)
+        if subscribers is None:
+            self[topic_filter] = [(session, qos)]
+            return
+        others = [(s, q) for s, q in subscribers if s.client_id != session.client_id]
+        subscribers[:] = [*others, (session, qos)]
+
+    def remove(self, session: LeanSession, topic_filter: str) -> None:
+        session.attributes.get(FILTERS, set()).discard(topic_filter)
+        subscribers = dict.get(self, topic_filter)
+        if subscribers is None:
+            return
+        subscribers[:] = [(s, q) for s, q in subscribers if s.client_id != session.client_id]
+        if not subscribers:
+            del self[topic_filter]  # and out of the filter index: nothing left to deliver to
+
+    def drop(self, session: LeanSession) -> None:
+        """Every subscription of a session, found from its own list rather than by walking the table."""
+        for topic_filter in list(session.attributes.pop(FILTERS, ())):
+            self.remove(session, topic_filter)
+
+    @staticmethod
+    def filters_of(session: LeanSession) -> list[str]:
+        return list(session.attributes.get(FILTERS, ()))
+
+    def granted(self, session: LeanSession, topic_filter: str) -> int | None:
+        """The QoS ``session`` holds a subscription to ``topic_filter`` at, or None."""
+        for subscriber, qos in self.subscribers(topic_filter):
+            if subscriber.client_id == session.client_id:
+                return qos
+        return None
+
+
+def valid_filter(topic_filter: str) -> bool:
+    """§4.7.1: ``#`` alone on the last level, ``+`` alone on its level."""
+    levels = topic_filter.split("/")
+    return bool(topic_filter) and not any(
+        ("#" in level and (level != "#" or index != len(levels) - 1)) or ("+" in level and level != "+")
+        for index, level in enumerate(levels)
+    )

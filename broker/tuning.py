@@ -1,4 +1,4 @@
-"""What makes amqtt 0.12.1 hold thousands of farms: its memory and Python's runtime.
+"""What makes the embedded broker hold thousands of farms: its memory and Python's runtime.
 
 Measured with ``benchmarks/fleet_latency.py``, ``broker_memory.py`` and ``connect_storm.py``
 (figures in ``benchmarks/RESULTS.md``); each change below is there because a figure moved. The
@@ -7,16 +7,14 @@ queues per client, tasks per message), is ``broker/fastpath.py``; with it, at 2,
 message/s the broker needs 6 % of a core (43 % before) and 5.7 KB per farm (39.4 KB).
 
 - **ACL without tasks.** amqtt asks its topic plug-ins through one asyncio task per plug-in per
-  check, and checks every publish and every delivery. :class:`TunedBroker` calls the ACL
-  plug-in's cached decision (``broker.plugins.AclCache``) directly (:meth:`TunedBroker.may`).
+  check, and checks every publish and every delivery. ``broker.core.KubBroker.may`` asks the
+  cached decision (``broker.access.AclCache``) directly.
 - **Dead sessions freed.** A retained message kept a reference to the session that published
   it, so every farm that ever published a retained ``state`` kept its whole session after it
-  left; the broker keeps retained messages without it (``FastPathBroker.store_retained``).
-- **Lean sessions.** Every amqtt ``Session`` builds its own ``transitions.Machine`` (about 13 KB,
-  with reference cycles through bound methods, so freed only by the cyclic garbage collector):
-  :func:`patch_session_state` gives sessions a small state object with the same interface. And
-  two ``asyncio.Queue`` (some 6 KB together) that a farm rarely uses: :class:`LeanSession` makes
-  them when first used.
+  left; the broker keeps retained messages without it (``broker.retained``).
+- **Lean sessions.** Every amqtt ``Session`` builds its own ``transitions.Machine`` and two
+  ``asyncio.Queue`` that a farm rarely uses: ``broker.amqtt_adapter.LeanSession`` has a small state
+  object and makes its queues when first used.
 - **Garbage collection for a long-lived heap.** Python's collector walks every tracked object in a
   full collection; with thousands of sessions that is a pause of half a second every few seconds.
   :class:`HeapFreezer` moves what has survived into the permanent generation (``gc.freeze``) at
@@ -24,7 +22,7 @@ message/s the broker needs 6 % of a core (43 % before) and 5.7 KB per farm (39.4
   that young collections are rarer.
 - **Connect storms.** The listeners take a backlog of :data:`LISTEN_BACKLOG` connections instead
   of asyncio's 100, so farms reconnecting all at once after a restart are not dropped and retried
-  by the kernel (``FastPathBroker._create_server_instance``).
+  by the kernel (``broker.core.KubBroker.serve``).
 - **Event loop.** uvloop, when installed, runs the broker's sockets with less overhead than the
   stock loop (:func:`use_fast_event_loop`).
 """
@@ -35,15 +33,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import weakref
-from typing import Any, ClassVar
-
-from amqtt.broker import Broker
-from amqtt.contexts import Action
-from amqtt.session import Session
-from transitions import MachineError
-
-from broker.plugins import TopicAclPlugin
 
 log = logging.getLogger("kubmesh.broker")
 
@@ -63,96 +52,6 @@ def use_fast_event_loop() -> str:
     return "uvloop"
 
 
-class SessionState:
-    """The part of ``transitions.Machine`` amqtt uses on a session: ``state``, ``connect``,
-    ``disconnect``, ``is_connected``; the same moves, the same errors, the same enter callbacks."""
-
-    __slots__ = ("_session", "state")
-
-    _MOVES: ClassVar[dict[str, dict[str, str]]] = {
-        "connect": {"new": "connected", "disconnected": "connected"},
-        "disconnect": {"connected": "disconnected", "new": "disconnected", "disconnected": "disconnected"},
-    }
-
-    def __init__(self, session: Session) -> None:
-        self._session = weakref.ref(session)  # no cycle: a session leaves memory as soon as it is dropped
-        self.state = "new"
-
-    def _move(self, trigger: str) -> bool:
-        target = self._MOVES[trigger].get(self.state)
-        if target is None:
-            raise MachineError(f"Can't trigger event {trigger} from state {self.state}!")
-        self.state = target
-        session = self._session()
-        if session is not None:
-            if target == "connected":
-                session._on_enter_connected()
-            else:
-                session._on_enter_disconnected()
-        return True
-
-    def connect(self) -> bool:
-        return self._move("connect")
-
-    def disconnect(self) -> bool:
-        return self._move("disconnect")
-
-    def is_connected(self) -> bool:
-        return self.state == "connected"
-
-    def is_disconnected(self) -> bool:
-        return self.state == "disconnected"
-
-    def is_new(self) -> bool:
-        return self.state == "new"
-
-
-def _lean_init_states(self: Session) -> None:
-    self.transitions = SessionState(self)
-
-
-def patch_session_state() -> None:
-    """Every amqtt session from now on gets a :class:`SessionState` instead of a ``transitions.Machine``."""
-    Session._init_states = _lean_init_states
-
-
-class _QueueWhenNeeded:
-    """A session's message queue, made when first used and dropped again while empty.
-
-    An empty ``asyncio.Queue`` holds four deques, about 3 KB; every amqtt session has two, and a
-    farm's session rarely needs either (the offline queue of a persistent session, the stock
-    handler's delivery queue). Setting an empty queue drops it: an empty queue and none behave the same.
-    """
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, session: Session | None, owner: type | None = None) -> Any:
-        if session is None:
-            return self
-        queue = session.__dict__.get(self.name)
-        if queue is None:
-            queue = session.__dict__[self.name] = asyncio.Queue()
-        return queue
-
-    def __set__(self, session: Session, queue: asyncio.Queue[Any]) -> None:
-        if queue.empty():
-            session.__dict__.pop(self.name, None)
-        else:
-            session.__dict__[self.name] = queue
-
-
-class LeanSession(Session):
-    """amqtt's session with its two queues made only when used (:class:`_QueueWhenNeeded`)."""
-
-    retained_messages = _QueueWhenNeeded()
-    delivered_message_queue = _QueueWhenNeeded()
-
-    def clear_queues(self) -> None:
-        self.__dict__.pop("retained_messages", None)
-        self.__dict__.pop("delivered_message_queue", None)
-
-
 class HeapFreezer:
     """Keeps the cyclic garbage collector off the broker's long-lived objects.
 
@@ -162,7 +61,7 @@ class HeapFreezer:
     full collection and ``gc.freeze()``; every ``every_s``, a collection of the young generations
     only and a freeze of what survived, so full collections never walk the sessions. What leaves
     later is still freed, by reference counting: sessions hold no cycles (see
-    :func:`patch_session_state`, and ``FastPathBroker.store_retained``). Every ``sweep_every_s`` one
+    ``broker.amqtt_adapter.SessionState``, and ``broker.retained``). Every ``sweep_every_s`` one
     full collection over everything, frozen or not, bounds what an unforeseen cycle could hold.
     """
 
@@ -215,34 +114,3 @@ class HeapFreezer:
         gc.unfreeze()
         if self._previous is not None:
             gc.set_threshold(*self._previous)
-
-
-class TunedBroker(Broker):
-    """amqtt's broker with the ACL checked without tasks, lean session state and the heap kept frozen."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        patch_session_state()
-        super().__init__(*args, **kwargs)
-        self.heap = HeapFreezer()
-        topic_plugins = [p for p in self.plugins_manager.plugins if hasattr(p, "topic_filtering")]
-        only = topic_plugins[0] if len(topic_plugins) == 1 else None
-        self._acl: TopicAclPlugin | None = only if isinstance(only, TopicAclPlugin) else None
-
-    async def start(self) -> None:
-        await super().start()
-        self.heap.start()
-
-    async def shutdown(self) -> None:
-        await self.heap.stop()
-        await super().shutdown()
-
-    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
-        if self._acl is None:
-            return await super()._topic_filtering(session, topic, action)
-        return self._acl.check(session, topic, action)
-
-    def may(self, session: Session, topic: str, action: Action) -> bool:
-        """The ACL's decision without a task; every topic is allowed when no topic plug-in is configured."""
-        if self._acl is not None:
-            return self._acl.check(session, topic, action)
-        return not self.plugins_manager.is_topic_filtering_enabled()

@@ -113,6 +113,7 @@ class ExportedMosquitto:
     port: int = field(default_factory=free_port)
     tls_port: int | None = None
     process: subprocess.Popen[bytes] | None = None
+    extra: list[str] = field(default_factory=list)  # more lines of mosquitto.conf
 
     def start(self) -> subprocess.Popen[bytes]:
         export_dir = self.tmp_path / "mosquitto-export"
@@ -120,7 +121,7 @@ class ExportedMosquitto:
         config = [
             "per_listener_settings false", "allow_anonymous false", "persistence false", "user root",
             f"password_file {export_dir / 'mosquitto.passwd'}", f"acl_file {export_dir / 'mosquitto.acl'}",
-            f"listener {self.port} 127.0.0.1",
+            f"listener {self.port} 127.0.0.1", *self.extra,
         ]
         if self.ca:
             self.tls_port = free_port()

@@ -1,24 +1,23 @@
-"""The embedded broker's own connection handling (broker/fastpath.py) and filter index
-(broker/topic_index.py): raw MQTT bytes against ``kubmesh broker``, the index against amqtt's matching."""
+"""The embedded broker's own connection handling (broker/fastpath.py), sessions (broker/sessions.py) and
+filter index (broker/topic_index.py): raw MQTT bytes against ``kubmesh broker``, the index against amqtt's
+matching."""
 
 from __future__ import annotations
 
-import logging
 import socket
-import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from amqtt.broker import Broker
 from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks.mqtt_load import PacketReader, connect_packet, publish_packet, subscribe_packet
-from broker import fastpath
+from broker import sessions
+from broker.amqtt_adapter import LeanSession, amqtt_matches
+from broker.sessions import SessionTable
 from broker.topic_index import FilterIndex
-from broker.tuning import LeanSession
 from common.identities import IdentityStore, Role
 from contract.topics import Topics
 from tests.conftest import RunningBroker
@@ -27,10 +26,6 @@ from tests.helpers import ServiceProcess, free_port, wait_until
 CONNACK, PUBLISH, PUBACK, SUBACK = 2, 3, 4, 9
 TOPICS = Topics()
 LEVELS = st.sampled_from(["a", "b", "", "$s"])
-
-
-def _amqtt_matches(topic: str, topic_filter: str) -> bool:
-    return bool(Broker._matches(types.SimpleNamespace(logger=logging.getLogger("amqtt")), topic, topic_filter))
 
 
 topics = st.lists(LEVELS, min_size=1, max_size=4).map("/".join)
@@ -45,22 +40,25 @@ filters = st.builds(
 def test_the_filter_index_matches_as_amqtt_does(table: list[str], names: list[str], data: st.DataObject) -> None:
     index = FilterIndex(table)
     for name in names:
-        assert sorted(index.match(name)) == sorted(f for f in table if _amqtt_matches(name, f))
+        assert sorted(index.match(name)) == sorted(f for f in table if amqtt_matches(name, f))
     gone = data.draw(st.lists(st.sampled_from(table), unique=True) if table else st.just([]))
     for topic_filter in gone:
         index.remove(topic_filter)
     for name in names:
-        assert sorted(index.match(name)) == sorted(f for f in table if f not in gone and _amqtt_matches(name, f))
+        assert sorted(index.match(name)) == sorted(f for f in table if f not in gone and amqtt_matches(name, f))
 
 
 class RawClient:
     """A blocking socket speaking MQTT bytes, to send what a library would not."""
 
-    def __init__(self, port: int, receive_buffer: int | None = None) -> None:
+    def __init__(self, port: int, receive_buffer: int | None = None, source: str | None = None,
+                 timeout: float = 5) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if receive_buffer is not None:  # set before connecting: the kernel then keeps it this small
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        self.sock.settimeout(5)
+        if source is not None:  # another loopback address: another client as far as the broker knows
+            self.sock.bind((source, 0))
+        self.sock.settimeout(timeout)
         self.sock.connect(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = PacketReader()
@@ -166,7 +164,7 @@ def test_a_refused_connect_leaves_the_client_with_that_id_connected(broker: Runn
 def test_a_large_message_arriving_in_many_reads_is_delivered_whole(broker: RunningBroker, reader: RawClient) -> None:
     sender = _connected(broker, "big", broker.admin.username, broker.admin.password)
     assert sender.next(CONNACK)[1] == b"\x00\x00"
-    payload = bytes(range(256)) * 4096  # 1 MiB
+    payload = bytes(range(256)) * 1000  # 250 KiB: under the maximum packet size, over many reads
     sender.send(publish_packet(b"raw/big", 5, payload, retain=False))
     assert sender.next(PUBACK)[1] == b"\x00\x05"
     _, body = reader.next(PUBLISH)
@@ -188,8 +186,8 @@ def test_a_subscriber_that_stops_reading_is_closed_and_the_others_get_everything
     assert stalled.next(CONNACK)[1] == b"\x00\x00" and stalled.next(SUBACK)[1][2] == 0
     sender = _connected(broker, "flood", admin.username, admin.password)
     assert sender.next(CONNACK)[1] == b"\x00\x00"
-    payload = b"x" * (1024 * 1024)
-    for packet_id in range(1, 81):  # 80 MiB: more than the broker holds for a client that does not read
+    payload = b"x" * (256 * 1024)  # the largest payload the contract allows
+    for packet_id in range(1, 321):  # 80 MiB: more than the broker holds for a client that does not read
         sender.send(publish_packet(b"raw/flood", packet_id, payload, retain=False))
         assert sender.next(PUBACK)[1] == packet_id.to_bytes(2, "big")
         _, body = reader.next(PUBLISH)
@@ -203,13 +201,25 @@ def test_a_subscriber_that_stops_reading_is_closed_and_the_others_get_everything
 
 
 def test_an_offline_session_keeps_a_bounded_queue_and_counts_what_it_drops(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fastpath, "MAX_QUEUED_OFFLINE", 3)
-    broker = types.SimpleNamespace(offline_dropped=0)
+    monkeypatch.setattr(sessions, "MAX_QUEUED_OFFLINE", 3)
+    table = SessionTable(lambda session: None)
     session = LeanSession()
     for n in range(5):
-        fastpath.FastPathBroker.queue_offline(broker, session, "kub/farms/f/state", b"%d" % n, 1)  # type: ignore[arg-type]
-    kept = [session.retained_messages.get_nowait().data for _ in range(session.retained_messages.qsize())]
-    assert kept == [b"0", b"1", b"2"] and broker.offline_dropped == 2
+        table.queue_offline(session, "kub/farms/f/state", b"%d" % n, 1)
+    assert [message.data for message in table.take_queued(session)] == [b"0", b"1", b"2"]
+    assert table.offline_dropped == 2
+
+
+def test_an_offline_session_keeps_a_bounded_number_of_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sessions, "MAX_QUEUED_OFFLINE_BYTES", 2500)
+    table = SessionTable(lambda session: None)
+    session = LeanSession()
+    for n in range(5):
+        table.queue_offline(session, "kub/farms/f/set/x", bytes([n]) * 1000, 1)
+    assert [message.data[0] for message in table.take_queued(session)] == [0, 1]
+    assert table.offline_dropped == 3
+    table.queue_offline(session, "kub/farms/f/set/x", b"again" * 200, 1)  # delivered: room again
+    assert len(table.take_queued(session)) == 1
 
 
 def test_a_publish_to_the_brokers_own_topics_is_acknowledged_and_dropped(broker: RunningBroker) -> None:

@@ -14,9 +14,10 @@ import aiomqtt
 import paho.mqtt.client as paho
 import pytest
 
+from broker.access import AclCache
 from broker.acl import Access, AclRules
-from broker.plugins import AclCache
-from broker.server import BrokerSettings, KubBroker, start_broker, stop_broker
+from broker.core import KubBroker
+from broker.server import BrokerSettings, start_broker, stop_broker
 from common.identities import IdentityStore, Role
 from contract.topics import Topics
 from tests.conftest import RunningBroker
@@ -132,7 +133,7 @@ async def eventually(predicate: Callable[[], object], seconds: float, what: str)
 
 
 def _port(broker: KubBroker) -> int:
-    return int(str(broker.listeners_config["default"]["bind"]).rsplit(":", 1)[1])
+    return int(str(broker.frame.listeners_config["default"]["bind"]).rsplit(":", 1)[1])
 
 
 async def test_a_farm_that_leaves_is_freed_and_its_retained_state_stays(embedded: KubBroker, tmp_path: Path) -> None:

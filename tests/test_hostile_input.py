@@ -7,6 +7,10 @@ as raw MQTT packets, so no client library cleans them up first), path traversal 
 metacharacters in REST paths, parameters and farm ids, and broken or forged cookies on the web.
 Afterwards: every process alive, no answer was a 5xx, nothing was written to the controller, no
 service logged a traceback, and every service still does its job.
+
+And against the broker alone, seeded variants of what a logged-in client may try on the others: take
+over a client id in use or kept for a farm or a service, announce packets far larger than the broker
+takes, guess passwords, retain a command.
 """
 
 from __future__ import annotations
@@ -29,12 +33,16 @@ import paho.mqtt.client as paho
 import pytest
 from itsdangerous import URLSafeTimedSerializer
 
+from benchmarks.mqtt_load import subscribe_packet
+from broker.core import DEFAULT_MAX_PACKET
 from common.identities import Credentials, IdentityStore, Role
 from contract.payloads import Ack, PayloadError, decode, decode_set_command
 from farm_agent.control import CommandHandler, CommandRefused
 from farm_agent.profile import load_profile
+from tests.conftest import RunningBroker
 from tests.farm_system import Agent, Simulator
 from tests.helpers import MqttWatcher, ServiceProcess, free_port, wait_until, web_login
+from tests.test_broker_limits import connected, publish, still_connected
 
 FARM = "farm-h"
 API_TOKEN = "hostile-test-token"
@@ -188,6 +196,18 @@ class RawMqtt:
             assert chunk, f"the broker hung up after {len(received) // 4} of {count} PUBACKs"
             received += chunk
         assert received == b"".join(b"\x40\x02" + i.to_bytes(2, "big") for i in range(1, count + 1))
+
+    def closed_by_broker(self, timeout: float = 5) -> bool:
+        assert self.sock is not None
+        self.sock.settimeout(timeout)
+        try:
+            while self.sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+        return True
 
     def wait_for_answer(self, timeout: float = 0.2) -> None:
         """Wait for the PUBACK, or for the broker to hang up (it ignores a PUBLISH to a wildcard topic)."""
@@ -366,12 +386,22 @@ def test_a_thousand_hostile_inputs_break_nothing(system: System) -> None:
     acks = MqttWatcher(system.mqtt_port, system.admin.username, system.admin.password, f"kub/farms/{FARM}/ack")
     wait_until(acks.subscribed.is_set, 5, what="the ack watcher")
     raw = RawMqtt(system.mqtt_port, system.admin)
-    commands = 0
-    for packet_id, (topic, payload, retain) in enumerate(mqtt_payload_inputs(rng, counts["mqtt payloads"]), 1):
-        raw.send(publish_packet(topic, payload, retain, packet_id))
+    commands = routed = 0
+    oversized: list[bytes] = []
+    for topic, payload, retain in mqtt_payload_inputs(rng, counts["mqtt payloads"]):
+        packet = publish_packet(topic, payload, retain, routed + 1)
+        if len(packet) - 5 > DEFAULT_MAX_PACKET:  # the broker hangs up on it: sent on a connection of its own
+            oversized.append(packet)
+            continue
+        raw.send(packet)
+        routed += 1
         commands += b"/set/" in topic
-    raw.wait_for_pubacks(counts["mqtt payloads"])
+    raw.wait_for_pubacks(routed)
     raw.close()
+    for packet in oversized:
+        raw.send(packet)
+        assert raw.closed_by_broker(), f"a packet of {len(packet)} bytes was taken"
+        raw.close()
     for packet in bad_topic_inputs(rng, counts["bad topics"]):
         # each on a connection of its own: the broker hangs up on most, and a packet it cannot decode
         # would make it read the rest of the stream out of step
@@ -413,7 +443,8 @@ def test_a_thousand_hostile_inputs_break_nothing(system: System) -> None:
     for name, process in system.all_processes().items():
         assert unexpected_tracebacks(process.output()) == [], f"{name} logged a traceback"
     answers = Counter(f"{service} {status}" for service, _, status in system.statuses)
-    print(f"{TOTAL} hostile inputs in {elapsed:.1f} s; {commands} commands refused; "
+    print(f"{TOTAL} hostile inputs in {elapsed:.1f} s; {commands} commands refused; {len(oversized)} packets "
+          f"over the maximum packet size closed their connection; "
           f"HTTP answers: {dict(answers)}")
 
 
@@ -444,3 +475,59 @@ def operator_can_log_in(system: System) -> bool:
     client.connect("127.0.0.1", system.mqtt_port)
     client.disconnect()
     return web_login(system.web_port, "olga", "operator-pass") is not None
+
+
+# --- the broker alone: what one client may try on the others --------------------------------------------
+
+def test_hostile_mqtt_clients_take_no_client_id_memory_or_password(broker: RunningBroker) -> None:
+    rng = random.Random(SEED)
+    farm = broker.add("farm-x", Role.FARM)
+    intruders = [broker.add("viewer-x", Role.VIEWER), broker.add("operator-x", Role.OPERATOR, owner="o"),
+                 broker.add("farm-y", Role.FARM), broker.admin]
+    agent, code = connected(broker.port, "kubmesh-agent-farm-x", farm)
+    assert code == b"\x00\x00"
+    tried = Counter[str]()
+    for _ in range(40):  # a client id in use, or kept for a farm or a service
+        client_id = rng.choice(["kubmesh-agent-farm-x", "kubmesh-agent-farm-z", "kubmesh-discovery",
+                                "kubmesh-mobile-web"])
+        who = rng.choice(intruders)
+        _, code = connected(broker.port, client_id, who)
+        assert code == b"\x00\x05", f"{who.username} took the client id {client_id!r}"
+        tried["client ids"] += 1
+    assert still_connected(agent)
+    viewer = intruders[0]
+    for n in range(30):  # packets announcing more than the broker takes, of every kind a client sends
+        client, code = connected(broker.port, f"big-{n}", viewer)
+        assert code == b"\x00\x00"
+        length = rng.choice([278_529, 1 << 20, 200 << 20, 268_435_455])
+        header = rng.choice([0x30, 0x32, 0x34, 0x31, 0x82, 0xA2])
+        client.send(bytes([header]) + _varint(length) + rng.randbytes(rng.randrange(0, 4096)))
+        assert client.closed_by_broker(), f"a packet of type {header >> 4} announcing {length} bytes is buffered"
+        tried["large packets"] += 1
+    for n in range(20):  # retained commands, at every QoS, on every farm and value name
+        topic = f"kub/farms/{rng.choice(['farm-x', 'farm-y', 'ghost'])}/set/{rng.choice([*WRITABLE, 'x', 'a/b'])}"
+        client, _ = connected(broker.port, f"retainer-{n}", broker.admin)
+        qos = rng.choice([0, 1, 2])
+        client.send(publish(topic, b'{"value": 1}', qos=qos, packet_id=1, retain=True))
+        if qos:
+            client.next(4 if qos == 1 else 5)
+        client.close()
+        tried["retained commands"] += 1
+    marker = "kub/farms/farm-x/state"
+    agent.send(publish(marker, b"{}", qos=1, packet_id=7, retain=True))
+    agent.next(4)
+    later, _ = connected(broker.port, "later", broker.admin)
+    later.send(subscribe_packet("kub/farms/+/#", qos=1))
+    _, body = later.next(3)  # every retained message goes out at once, in the order they were kept
+    assert body.startswith(len(marker).to_bytes(2, "big") + marker.encode()), f"a command was retained: {body[:60]!r}"
+    wrong = [Credentials(rng.choice(["farm-x", "admin", "nobody"]), rng.randbytes(8).hex()) for _ in range(30)]
+    for n, credentials in enumerate(wrong[:5]):  # guessed passwords: slowed after the first three
+        with contextlib.suppress(OSError):
+            connected(broker.port, f"guess-{n}", credentials, timeout=2)
+        tried["passwords"] += 1
+    refusals = [line for line in broker.process.output().splitlines() if "refused a login" in line]
+    assert len(refusals) <= 2, refusals  # the first client id taken and the first guess: 45 refusals
+    _, code = connected(broker.port, "farm-x-tool", farm, source="127.0.0.3")
+    assert code == b"\x00\x00"
+    assert "Traceback" not in broker.process.output()
+    print(f"hostile MQTT clients: {dict(tried)}; all refused, the farm still connected")

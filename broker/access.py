@@ -1,4 +1,4 @@
-"""amqtt plug-ins that make the embedded broker authenticate and confine every client.
+"""What makes the embedded broker authenticate and confine every client.
 
 Both read the identity store of the broker's data dir, so identities added,
 rotated or removed by ``kubmesh farm``/``kubmesh user`` apply without a restart:
@@ -11,67 +11,30 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
-
-from amqtt.contexts import Action, BaseContext
-from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
-from amqtt.session import Session
 
 from broker.acl import Access, AclRules
-from common.identities import IdentityStore, StoreError
-from contract.topics import DEFAULT_BASE, HA_DEFAULT_PREFIX, Topics
+from common.identities import Identity, IdentityStore, StoreError
+from contract.topics import Topics
 
 log = logging.getLogger("kubmesh.broker")
 
-_ACCESS = {Action.PUBLISH: Access.PUBLISH, Action.SUBSCRIBE: Access.SUBSCRIBE, Action.RECEIVE: Access.RECEIVE}
 
-
-@dataclass
-class StoreConfig:
-    data_dir: str = "./kubmesh-data"
-    base_topic: str = DEFAULT_BASE
-    ha_prefix: str = HA_DEFAULT_PREFIX
-
-
-_STORES: dict[Path, IdentityStore] = {}
-
-
-def shared_store(data_dir: str) -> IdentityStore:
-    """One parsed copy of a data dir's identities for both plug-ins (a few KB per farm)."""
-    path = Path(data_dir).resolve()
-    if path not in _STORES:
-        _STORES[path] = IdentityStore(path)
-    return _STORES[path]
-
-
-class IdentityAuthPlugin(BaseAuthPlugin):
+class IdentityAuth:
     """Accepts a CONNECT only with a username and secret that match the identity store."""
 
-    Config = StoreConfig
+    def __init__(self, store: IdentityStore) -> None:
+        self.store = store
 
-    def __init__(self, context: BaseContext) -> None:
-        super().__init__(context)
-        self.store = shared_store(self.config.data_dir)
-
-    async def authenticate(self, *, session: Session) -> bool:
-        password = session.password
-        if isinstance(password, bytes | bytearray):
-            password = password.decode("utf-8", "replace")
+    def authenticate(self, username: str | None, password: str | None) -> Identity | str:
+        """The identity these credentials prove, or why not."""
+        if not username:
+            return "no username"
         try:
-            identity = self.store.authenticate(session.username, password)
+            identity = self.store.authenticate(username, password)
         except StoreError as exc:
-            log.error("refusing %s: %s", session.client_id, exc)
-            return False
-        if identity is None:
-            log.warning(
-                "refused connection of client %r from %s: %s",
-                session.client_id,
-                session.remote_address,
-                "no username" if not session.username else f"bad credentials for {session.username!r}",
-            )
-            return False
-        return True
+            log.error("refusing %r: %s", username, exc)
+            return f"the identity store cannot be read: {exc}"
+        return identity if identity is not None else f"bad credentials for {username!r}"
 
 
 class AclCache:
@@ -133,34 +96,18 @@ class AclCache:
             return False
 
 
-class TopicAclPlugin(BaseTopicPlugin):
+class TopicAcl:
     """Applies :class:`broker.acl.AclRules` to every publish, subscribe and delivery, through an :class:`AclCache`."""
 
-    Config = StoreConfig
-
-    def __init__(self, context: BaseContext) -> None:
-        super().__init__(context)
-        self.store = shared_store(self.config.data_dir)
-        self.rules = AclRules(Topics(self.config.base_topic), self.config.ha_prefix)
-        self.cache = AclCache(self.store, self.rules)
+    def __init__(self, store: IdentityStore, topics: Topics, ha_prefix: str) -> None:
+        self.rules = AclRules(topics, ha_prefix)
+        self.cache = AclCache(store, self.rules)
         self.refusals = 0
 
-    async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
-        self.cache.recheck_store()
-
-    async def topic_filtering(
-        self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
-    ) -> bool:
-        if session is None or topic is None or action is None:
-            return False
-        return self.check(session, topic, action)
-
-    def check(self, session: Session, topic: str, action: Action) -> bool:
-        """The decision, without a task: what the broker calls on every message."""
-        if self.cache.allowed(session.username, _ACCESS[action], topic):
+    def check(self, username: str | None, client_id: str | None, topic: str, access: Access) -> bool:
+        if self.cache.allowed(username, access, topic):
             return True
         self.refusals += 1
-        level = logging.DEBUG if action is Action.RECEIVE else logging.WARNING
-        log.log(level, "ACL refused %s of %r by client %r (%s)", action.value, topic,
-                session.client_id, session.username)
+        level = logging.DEBUG if access is Access.RECEIVE else logging.WARNING
+        log.log(level, "ACL refused %s of %r by client %r (%s)", access.value, topic, client_id, username)
         return False
