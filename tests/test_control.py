@@ -134,15 +134,26 @@ def test_device_failure_during_write_is_reported(farm: Farm, mode: str, reason: 
 
 
 def test_retained_command_is_never_executed_on_reconnect(farm: Farm, broker: RunningBroker, tmp_path: Path) -> None:
+    """The embedded broker keeps no retained ``set``: it is applied once, live, and never again."""
     farm.publish("reset_alarms", json.dumps({"value": 1, "id": "sticky"}), retain=True)
     farm.ack_for(lambda a: a["id"] == "sticky", "live ack")
     writes = len(farm.writes(RESET))
     assert farm.agent.stop() == 0
-    credentials = broker.store.rotate(FARM)
-    again = Agent(tmp_path, broker.data_dir, FARM, broker.url(credentials), farm.simulator.modbus_url).start()
+    fresh = MqttWatcher(broker.port, broker.admin.username, broker.admin.password, f"kub/farms/{FARM}/set/#")
     try:
-        refusal = farm.ack_for(lambda a: a["id"] == "sticky" and a["ok"] is False, "refusal of the retained copy")
-        assert "retained" in refusal["error"]
-        assert len(farm.writes(RESET)) == writes
+        wait_until(lambda: fresh.subscribed.is_set(), 5, what="a new subscriber")
+        credentials = broker.store.rotate(FARM)
+        again = Agent(tmp_path, broker.data_dir, FARM, broker.url(credentials), farm.simulator.modbus_url).start()
+        try:
+            # a command after the agent's subscription: had the broker kept a copy, it would have come first
+            wait_until(lambda: farm.watcher.payloads(f"kub/farms/{FARM}/status")[-1]["state"] == "online", 10,
+                       what="the agent back online")
+            farm.publish("reset_alarms", json.dumps({"value": 1, "id": "fresh"}))
+            farm.ack_for(lambda a: a["id"] == "fresh", "ack of a command after the reconnect")
+            assert [a["id"] for a in farm.acks()].count("sticky") == 1
+            assert len(farm.writes(RESET)) == writes + 1
+            assert fresh.payloads(f"kub/farms/{FARM}/set/reset_alarms") == [{"value": 1, "id": "fresh"}]
+        finally:
+            again.stop()
     finally:
-        again.stop()
+        fresh.close()
