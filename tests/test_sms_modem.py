@@ -7,6 +7,7 @@ step by step on a fake clock.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from common.settings import ConfigError, load_settings
 from farm_agent.settings import AgentSettings
 from farm_agent.sms.gammu_modem import GammuModem
-from farm_agent.sms.modem import ModemError
+from farm_agent.sms.modem import ModemError, make_modem
 from farm_agent.sms.notifier import SentSms, SmsNotifier
 from farm_agent.sms.policy import SmsPolicy
 from tests.gsm_modem import SimulatedModem
@@ -192,3 +193,12 @@ async def test_run_keeps_going_through_a_failing_modem(tmp_path: Path) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_without_the_modem_library_the_modem_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "gammu", None)  # import gammu raises ImportError
+    monkeypatch.delitem(sys.modules, "farm_agent.sms.gammu_modem", raising=False)
+    modem = make_modem("/dev/ttyUSB2")
+    with pytest.raises(ModemError, match=r"install kubmesh\[sms\]"):
+        await modem.status()
+    await modem.close()

@@ -31,3 +31,32 @@ class Modem(Protocol):
 
     async def close(self) -> None:
         """Let the port go; never raises."""
+
+
+class UnavailableModem:
+    """Stands in when the modem library cannot be loaded: every call says why, so health shows it."""
+
+    def __init__(self, device: str, reason: str) -> None:
+        self.device = device
+        self.reason = reason
+
+    async def open(self) -> None:
+        raise ModemError(self.reason)
+
+    async def status(self) -> ModemStatus:
+        raise ModemError(self.reason)
+
+    async def send(self, number: str, text: str) -> int:
+        raise ModemError(self.reason)
+
+    async def close(self) -> None:
+        pass
+
+
+def make_modem(device: str, connection: str = "at") -> Modem:
+    """The modem at ``device``. python-gammu is imported here, only for an agent that has a modem."""
+    try:
+        from farm_agent.sms.gammu_modem import GammuModem
+    except ImportError as exc:
+        return UnavailableModem(device, f"the modem library is missing ({exc}): install kubmesh[sms]")
+    return GammuModem(device, connection)
