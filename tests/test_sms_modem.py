@@ -14,12 +14,15 @@ from pathlib import Path
 import pytest
 
 from common.settings import ConfigError, load_settings
+from contract.payloads import Heartbeat, decode, encode
 from farm_agent.settings import AgentSettings
 from farm_agent.sms.gammu_modem import GammuModem
 from farm_agent.sms.modem import ModemError, make_modem
 from farm_agent.sms.notifier import SentSms, SmsNotifier
 from farm_agent.sms.policy import SmsPolicy
 from tests.gsm_modem import SimulatedModem
+from tests.helpers import free_port
+from tests.test_doctor import doctor, lines
 from tests.test_sms_policy import FakeClock
 
 FARMER = "+79001234567"
@@ -112,6 +115,10 @@ class Bus:
     def __init__(self) -> None:
         self.up = False
         self.events: list[SentSms] = []
+        self.heartbeats = 0
+
+    def heartbeat(self) -> None:
+        self.heartbeats += 1
 
     async def report(self, sms: SentSms) -> bool:
         if self.up:
@@ -122,7 +129,7 @@ class Bus:
 def make_notifier(device: Path, clock: FakeClock, bus: Bus, **options: float) -> SmsNotifier:
     policy = SmsPolicy("Птичник 2", after=60, max_per_hour=6, language="ru", group_window=5, clock=clock)
     return SmsNotifier(policy, GammuModem(str(device)), [FARMER, "+79007654321"], bus.report,
-                       farm_id="farm-001", **options)
+                       farm_id="farm-001", changed=bus.heartbeat, **options)
 
 
 async def test_the_notifier_texts_every_number_and_reports_once_monitoring_hears_the_farm(
@@ -169,6 +176,7 @@ async def test_an_unplugged_modem_is_reported_and_the_message_goes_when_it_is_ba
         assert not notifier.health.ok
         assert notifier.health.error is not None and "ttyUSB2" in notifier.health.error
         assert notifier.health.failed == 1
+        assert bus.heartbeats == 2  # the modem found, then lost: each told at once
         gsm_modem.plug()
         clock.advance(31)
         await notifier.step()
@@ -202,3 +210,27 @@ async def test_without_the_modem_library_the_modem_says_what_to_install(monkeypa
     with pytest.raises(ModemError, match=r"install kubmesh\[sms\]"):
         await modem.status()
     await modem.close()
+
+
+def test_the_heartbeat_carries_the_modem_and_old_heartbeats_still_decode() -> None:
+    old = b'{"ts": "2026-07-14T13:00:00.000Z", "uptime_s": 5, "polls_ok": 1, "polls_failed": 0, "modbus": "ok"}'
+    assert decode(Heartbeat, old).sms is None
+    beat = decode(Heartbeat, old[:-1] + b', "sms": {"device": "/dev/ttyUSB2", "ok": true, "registered": true, '
+                  b'"signal_percent": 60, "last_sms": "2026-07-14T12:58:00.000Z", "sent": 1, "newer": 1}}')
+    assert beat.sms is not None and beat.sms.ok and beat.sms.signal_percent == 60 and beat.sms.sent == 1
+    assert b'"sms":{"device":"/dev/ttyUSB2","ok":true' in encode(beat)
+
+
+def test_doctor_asks_the_modem_when_no_agent_holds_it(gsm_modem: SimulatedModem, tmp_path: Path) -> None:
+    env = {"SMS_DEVICE": str(gsm_modem.device), "SMS_NUMBERS": FARMER, "KUBMESH_API_PORT": str(free_port())}
+    base = ["--farm-id", "farm-001", "--data-dir", str(tmp_path / "farm"), "--mqtt-url", "mqtt://127.0.0.1:1"]
+    found = doctor(*base, env=env)
+    assert lines(found)["SMS modem"] == "ok", found.stdout
+    assert "registered on 25001, signal 60% (the modem says); 1 number(s) to text" in found.stdout
+    gsm_modem.unplug()
+    try:
+        missing = doctor(*base, env=env)
+    finally:
+        gsm_modem.plug()
+    assert lines(missing)["SMS modem"] == "FAIL" and "doesn't exist" in missing.stdout
+    assert "Traceback" not in missing.stderr

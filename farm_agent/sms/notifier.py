@@ -1,7 +1,7 @@
 """Runs the SMS policy: sends what it decides through the modem, watches the modem, reports what was sent.
 
-A missing or failing modem never stops the agent: it shows in :class:`SmsHealth` (the agent's
-``/health``, heartbeat and ``kubmesh doctor``), and the notifier keeps trying to reach it. A message
+A missing or failing modem never stops the agent: it shows in :attr:`SmsNotifier.health` (the
+agent's ``/health``, heartbeat and ``kubmesh doctor``), and the notifier keeps trying to reach it. A message
 that reached no number is tried again, with the state as it is then, after ``retry_after`` seconds.
 What was sent while monitoring was cut off is handed to ``report`` (the agent publishes it as an
 ``sms_sent`` event) as soon as monitoring hears the farm again, so the discovery node knows what the
@@ -16,9 +16,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from contract.payloads import Clock, Event, format_ts
+from contract.payloads import Clock, Event, SmsStatus, format_ts
 from farm_agent.sms.modem import Modem, ModemError
 from farm_agent.sms.policy import Outgoing, SmsPolicy
 from farm_agent.sms.texts import Notice
@@ -45,30 +44,6 @@ class SentSms:
         })
 
 
-@dataclass
-class SmsHealth:
-    device: str
-    ok: bool = False  # the modem answered its last check or send
-    error: str | None = None
-    registered: bool | None = None
-    network: str | None = None
-    signal_percent: int | None = None
-    last_sms: datetime | None = None
-    sent: int = 0  # messages sent since the start
-    failed: int = 0  # messages that reached no number
-    held_back: bool = False  # waiting for the hourly limit
-    cut_off_since: datetime | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "device": self.device, "ok": self.ok, "error": self.error, "registered": self.registered,
-            "network": self.network, "signal_percent": self.signal_percent,
-            "last_sms": format_ts(self.last_sms) if self.last_sms else None,
-            "sent": self.sent, "failed": self.failed, "held_back": self.held_back,
-            "cut_off_since": format_ts(self.cut_off_since) if self.cut_off_since else None,
-        }
-
-
 Report = Callable[[SentSms], Awaitable[bool]]  # True once the bus has taken it
 
 
@@ -81,6 +56,7 @@ class SmsNotifier:
         report: Report,
         *,
         farm_id: str = "?",
+        changed: Callable[[], None] = lambda: None,
         check_every: float = 60.0,
         retry_after: float = 30.0,
     ) -> None:
@@ -89,9 +65,10 @@ class SmsNotifier:
         self.numbers = list(numbers)
         self.report = report
         self.farm_id = farm_id
+        self.changed = changed  # the health changed in a way worth telling at once (a heartbeat)
         self.check_every = check_every
         self.retry_after = retry_after
-        self.health = SmsHealth(device=modem.device)
+        self.health = SmsStatus(device=modem.device, ok=False)
         self.unreported: list[SentSms] = []
         self._clock: Clock = policy.clock
         self._next_check: datetime | None = None  # None: at once
@@ -132,6 +109,7 @@ class SmsNotifier:
     async def step(self) -> None:
         """One look: check the modem when due, send what is due, report what the bus has not heard."""
         now = self._clock()
+        before = self._worth_telling()
         if self._next_check is None or now >= self._next_check:
             await self.check_modem()
         if self._retry_at is None or now >= self._retry_at:
@@ -142,6 +120,8 @@ class SmsNotifier:
             await self._report()
         self.health.held_back = self.policy.held_back
         self.health.cut_off_since = self.policy.cut_since
+        if self._worth_telling() != before:
+            self.changed()
 
     async def check_modem(self) -> None:
         self._next_check = self._clock() + timedelta(seconds=self.check_every)
@@ -158,6 +138,10 @@ class SmsNotifier:
         self.health.registered = status.registered
         self.health.network = status.network
         self.health.signal_percent = status.signal_percent
+
+    def _worth_telling(self) -> tuple[object, ...]:
+        health = self.health
+        return health.ok, health.error, health.registered, health.sent, health.failed
 
     def _pause(self) -> float:
         until_due = self.policy.seconds_until_due()
