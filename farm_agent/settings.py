@@ -105,6 +105,7 @@ class AgentSettings(ServiceSettings):
     sms_max_per_hour: int = Field(6, ge=1, le=60)
     sms_language: str = Field("ru", pattern="^(ru|en)$")
     sms_group_window: float = Field(20.0, ge=0, le=3600)  # seconds changes gather into one message
+    sms_check_interval: float = Field(60.0, ge=0.5, le=3600)  # seconds between asking the modem how it is
 
     @field_validator("farm_id")
     @classmethod
