@@ -19,6 +19,7 @@ from tests.gsm_modem import SimulatedModem
 from tests.helpers import MqttWatcher, wait_until
 from tests.tcp_proxy import TcpProxy
 from tests.test_discovery import start_discovery
+from tests.test_doctor import doctor, lines
 
 FARM = "farm-077"
 FARMER, NEIGHBOUR = "+79001234567", "+79007654321"
@@ -117,6 +118,11 @@ def test_broker_cut_with_an_alarm_active_texts_once_with_farm_and_label_then_rep
     assert heartbeat["ok"] is True and heartbeat["registered"] is True and heartbeat["sent"] == 1
     hold(1)
     assert len(farm.events("sms_sent")) == 1
+    checked = doctor("--farm-id", FARM, "--data-dir", str(farm.agent.data_dir), "--mqtt-url", "mqtt://127.0.0.1:1",
+                     env={"SMS_DEVICE": str(farm.modem.device), "SMS_NUMBERS": FARMER,
+                          "KUBMESH_API_PORT": str(farm.agent.api_port)})
+    assert lines(checked)["SMS modem"] == "ok", checked.stdout
+    assert f"last SMS {sms['last_sms']} (the running agent says)" in checked.stdout
 
 
 @pytest.mark.slow

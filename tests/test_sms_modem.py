@@ -82,6 +82,7 @@ async def test_gammu_sends_a_long_russian_sms_as_linked_parts_and_reads_signal(g
         (FARMER, text), (FARMER, "Farm 2: ALARM: alarm bit 3.")]
 
 
+@pytest.mark.slow
 async def test_an_unplugged_modem_raises_modem_error_and_works_again_when_plugged_back(
     gsm_modem: SimulatedModem,
 ) -> None:
