@@ -114,6 +114,20 @@ def test_changes_in_an_outage_are_told_as_they_happen_and_only_once() -> None:
     assert run(policy, clock, 3600) == []
 
 
+def test_a_message_that_leaves_as_the_link_comes_back_does_not_silence_the_next_outage() -> None:
+    clock = FakeClock()
+    policy = linked(make_policy(clock))
+    policy.link(False)
+    clock.advance(301)
+    outgoing = policy.due()
+    assert outgoing is not None
+    policy.link(True)  # while the modem was still sending it
+    policy.sent(outgoing)
+    policy.link(False)
+    again = run(policy, clock, 301)
+    assert [message.story.notice for message in again] == ["cut_off"]
+
+
 def test_a_burst_of_alarms_goes_out_as_one_message() -> None:
     clock = FakeClock()
     policy = linked(make_policy(clock))

@@ -99,8 +99,8 @@ class SmsNotifier:
         """Until cancelled."""
         try:
             while True:
+                self._wake.clear()  # before the look, so what is observed during it wakes the next one
                 await self.step()
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._pause())
         finally:

@@ -156,12 +156,12 @@ class SmsPolicy:
 
     def _update_cut(self) -> None:
         cut = not self._link_up or self._discovery_offline
-        if cut and self._cut_since is None:
-            self._cut_since = self.clock()
-        elif not cut and self._cut_since is not None:
-            self._cut_since = None  # the outage is over: the next one starts its story afresh
-            self._told = _Told()
-            self._changed_since = None
+        if cut == (self._cut_since is not None):
+            return
+        # a cut begins or ends: either way the next outage starts its story afresh
+        self._cut_since = self.clock() if cut else None
+        self._told = _Told()
+        self._changed_since = None
         self._update_changed()
 
     def _update_changed(self) -> None:
