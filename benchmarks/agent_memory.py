@@ -4,9 +4,11 @@ A real ``kubmesh farm-agent`` polls a real simulator (``kubmesh simulate``) ever
 through the embedded broker (``kubmesh broker``), with Home Assistant discovery on and its local HTTP
 API scraped (``/health``, ``/api/data``, ``/metrics``) every few seconds, as a probe and Prometheus
 would. After a warm-up its RSS is sampled from ``/proc/PID/status`` once a second: the steady figure
-is the median of the samples, ``VmHWM`` the peak the kernel saw.
+is the median of the samples, ``VmHWM`` the peak the kernel saw. With ``--sms`` a second agent is
+measured in the same run with the SMS fallback on (``SMS_DEVICE`` on a simulated GSM modem, so
+python-gammu is loaded and the modem asked every few seconds), against the first as its peer.
 
-    python benchmarks/agent_memory.py [--seconds 30] [--poll 1]
+    python benchmarks/agent_memory.py [--seconds 30] [--poll 1] [--sms]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.identities import IdentityStore, Role
 from tests.farm_system import Agent, Simulator
+from tests.gsm_modem import SimulatedModem
 from tests.helpers import MqttWatcher, ServiceProcess, free_port, wait_until
 
 FARM = "farm-memory"
@@ -44,7 +47,8 @@ def scrape(port: int) -> None:
             response.read()
 
 
-def measure(folder: Path, seconds: float, poll: float) -> dict[str, float]:
+def measure(folder: Path, seconds: float, poll: float, sms: bool = False) -> dict[str, float]:
+    folder.mkdir(parents=True, exist_ok=True)
     data = folder / "data"
     store = IdentityStore(data)
     admin, farm = store.add("admin", Role.ADMIN), store.add(FARM, Role.FARM)
@@ -53,13 +57,20 @@ def measure(folder: Path, seconds: float, poll: float) -> dict[str, float]:
                             folder / "broker.log").wait_port(port)
     simulator = Simulator(folder).start()
     watcher = MqttWatcher(port, admin.username, admin.password, f"kub/farms/{FARM}/heartbeat")
+    env = {"HEARTBEAT_INTERVAL": "5"}
+    modem = SimulatedModem(folder / "modem")
+    if sms:
+        modem.plug()
+        env |= {"SMS_DEVICE": str(modem.device), "SMS_NUMBERS": "+79001234567", "KUBMESH_SMS_CHECK_INTERVAL": "5"}
     agent = Agent(folder, folder / "agent-data", FARM, f"mqtt://{FARM}:{farm.password}@127.0.0.1:{port}",
-                  simulator.modbus_url, poll_interval=poll, extra_env={"HEARTBEAT_INTERVAL": "5"})
+                  simulator.modbus_url, poll_interval=poll, extra_env=env)
     try:
         agent.start()
         assert agent.process is not None
         pid = agent.process.proc.pid
         wait_until(lambda: agent.health()["status"] == "ok", 30, what="the agent polling and connected")
+        if sms:
+            wait_until(lambda: agent.health()["sms"]["ok"], 30, what="the agent's modem ready")
         started = time.monotonic()
         samples: list[int] = []
         next_scrape = started
@@ -82,21 +93,30 @@ def measure(folder: Path, seconds: float, poll: float) -> dict[str, float]:
         agent.stop()
         simulator.stop()
         broker.stop()
+        if sms:
+            modem.unplug()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--poll", type=float, default=1.0)
+    parser.add_argument("--sms", action="store_true", help="measure a second agent with the SMS fallback on")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        result = measure(Path(folder), args.seconds, args.poll)
+        result = measure(Path(folder) / "plain", args.seconds, args.poll)
+        with_sms = measure(Path(folder) / "sms", args.seconds, args.poll, sms=True) if args.sms else None
     print(f"farm agent resident memory, polling every {args.poll:g} s for {args.seconds:g} s "
           f"({result['polls']:.0f} polls), against the {TARGET_KB / 1024:.0f} MB target\n")
-    print(f"{'figure':<28} {'MB':>7} {'of target':>10}")
+    print(f"{'figure':<28} {'MB':>7} {'of target':>10}" + (f" {'SMS on MB':>10} {'of target':>10} {'on/off':>7}"
+                                                           if with_sms else ""))
     for name, key in (("steady RSS (median VmRSS)", "steady_kb"), ("last VmRSS", "last_kb"),
                       ("peak (VmHWM)", "hwm_kb")):
-        print(f"{name:<28} {result[key] / 1024:>7.1f} {result[key] / TARGET_KB:>10.2f}")
+        line = f"{name:<28} {result[key] / 1024:>7.1f} {result[key] / TARGET_KB:>10.2f}"
+        if with_sms:
+            line += (f" {with_sms[key] / 1024:>10.1f} {with_sms[key] / TARGET_KB:>10.2f}"
+                     f" {with_sms[key] / result[key]:>7.2f}")
+        print(line)
 
 
 if __name__ == "__main__":

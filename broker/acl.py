@@ -7,7 +7,8 @@ brokers enforce the same rules.
 
 - a farm: publishes its own leaves ``{base}/farms/{id}/status|meta|…|ack`` (not
   ``set/…``, which only commanders publish) and its own Home Assistant configs;
-  reads its own subtree and ``homeassistant/status``;
+  reads its own subtree, ``homeassistant/status`` and ``{base}/discovery/status`` (the farm texts
+  its farmer when the discovery node is dead: farm_agent/sms);
 - discovery: reads everything under ``{base}``, alone publishes ``{base}/discovery/#``;
 - mobile web: reads everything under ``{base}``, publishes ``set/…`` commands;
 - viewer: reads ``{base}/#`` and the Home Assistant tree, publishes nothing;
@@ -85,6 +86,7 @@ class AclRules:
             Grant(write, farm_ha, Binding.SELF),
             Grant(read, farm_tree, Binding.SELF),
             Grant(read, ha_status_topic(ha)),
+            Grant(read, self.topics.discovery_status()),
         )
         everything = (Grant(read, f"{base}/#"), Grant(read, f"{ha}/#"))
         owned = (

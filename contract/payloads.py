@@ -188,6 +188,22 @@ class Meta(WireModel):
     ts: Timestamp
 
 
+class SmsStatus(WireModel):
+    """The farm's own SMS modem (``sms.device``): in the heartbeat and the agent's ``/health``."""
+
+    device: str
+    ok: bool  # the modem answered its last check or message
+    error: str | None = None  # why not, or "not registered on a network"
+    registered: bool | None = None
+    network: str | None = None  # the operator, e.g. "250 01"
+    signal_percent: int | None = Field(None, ge=0, le=100)
+    last_sms: Timestamp | None = None
+    sent: int = 0  # messages sent since the agent started
+    failed: int = 0  # messages that reached no number
+    held_back: bool = False  # a message waits for the hourly limit
+    cut_off_since: Timestamp | None = None  # monitoring has not heard the farm since then
+
+
 class Heartbeat(WireModel):
     """``{base}/farms/{farm}/heartbeat``, retained, every heartbeat interval."""
 
@@ -201,6 +217,7 @@ class Heartbeat(WireModel):
     bytes_per_hour: int | None = None
     storage_error: str | None = None  # set while the agent's data dir refuses writes: readings wait in memory
     in_memory: int | None = None  # readings held in memory meanwhile (of ``backlog``)
+    sms: SmsStatus | None = None  # only from an agent with a modem
 
 
 class Reading(WireModel):

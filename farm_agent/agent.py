@@ -289,6 +289,7 @@ class FarmAgent:
     def heartbeat(self) -> Heartbeat:
         state = self.state
         hours = max(state.uptime_s / 3600, 1 / 60)
+        parts = {name: part for name, part in self.extensions.status().items() if name in Heartbeat.model_fields}
         return Heartbeat(
             ts=self.clock(),
             uptime_s=round(state.uptime_s, 1),
@@ -300,7 +301,7 @@ class FarmAgent:
             bytes_per_hour=int(self.publisher.bytes_published / hours),
             storage_error=state.storage_error,
             in_memory=self.queue.in_memory if state.storage_error else None,
-        )
+        ).model_copy(update=parts)
 
     def meta(self) -> Meta:
         settings = self.settings

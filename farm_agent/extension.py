@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import aiomqtt
+from pydantic import BaseModel
 
 from contract.payloads import Alarms, Meta, Reading, SensorStatus
 from farm_agent.http_server import Route
@@ -84,6 +85,11 @@ class Extension:
 
     def routes(self) -> Mapping[str, Route]:
         """GET paths this extension adds to the agent's local HTTP API."""
+        return {}
+
+    def status(self) -> Mapping[str, BaseModel]:
+        """Parts this extension adds to ``/health`` and the heartbeat, each under its field name
+        (``{"sms": SmsStatus}``); the heartbeat carries those its model names."""
         return {}
 
     async def start(self) -> None:
@@ -154,6 +160,17 @@ class Extensions:
 
     def routes(self) -> dict[str, Route]:
         return {path: route for extension in self.active for path, route in extension.routes().items()}
+
+    def status(self) -> dict[str, BaseModel]:
+        parts: dict[str, BaseModel] = {}
+        for extension in self.active:
+            try:
+                parts.update(extension.status())
+            except Exception:  # a broken part must not take /health or the heartbeat with it
+                self.failures += 1
+                log.exception("farm %s: extension %s failed in status; the others go on",
+                              extension.agent.farm_id, extension.name)
+        return parts
 
     async def connected(self) -> None:
         await self._each("on_connected", lambda e: e.on_connected())

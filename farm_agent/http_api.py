@@ -39,4 +39,5 @@ def health_document(agent: FarmAgent) -> dict[str, object]:
         "polls_failed": state.polls_failed,
         "last_reading": format_ts(state.reading.ts) if state.reading else None,
         "uptime_s": round(state.uptime_s, 1),
+        **{name: part.model_dump(mode="json") for name, part in agent.extensions.status().items()},
     }

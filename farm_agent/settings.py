@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from common.settings import ServiceSettings
 from contract.topics import check_farm_id
 from farm_agent.link import ModbusUrl, ModbusUrlError
+
+PHONE_NUMBER = re.compile(r"^\+?[0-9]{3,15}$")
 
 
 class AgentSettings(ServiceSettings):
@@ -32,6 +35,12 @@ class AgentSettings(ServiceSettings):
         "DISCOVERY_SERVICE_URL": "discovery_url",
         "TAILNET": "tailnet",
         "TAILSCALE_API_KEY": "tailscale_api_key",
+        "SMS_DEVICE": "sms_device",
+        "SMS_CONNECTION": "sms_connection",
+        "SMS_NUMBERS": "sms_numbers",
+        "SMS_AFTER": "sms_after",
+        "SMS_MAX_PER_HOUR": "sms_max_per_hour",
+        "SMS_LANGUAGE": "sms_language",
     }
     YAML: ClassVar[dict[str, str]] = {
         **ServiceSettings.YAML,
@@ -55,6 +64,12 @@ class AgentSettings(ServiceSettings):
         "homeassistant.discovery": "ha_discovery",
         "homeassistant.prefix": "ha_prefix",
         "homeassistant.language": "ha_language",
+        "sms.device": "sms_device",
+        "sms.connection": "sms_connection",
+        "sms.numbers": "sms_numbers",
+        "sms.after": "sms_after",
+        "sms.max_per_hour": "sms_max_per_hour",
+        "sms.language": "sms_language",
     }
 
     farm_id: str
@@ -82,6 +97,15 @@ class AgentSettings(ServiceSettings):
     discovery_url: str | None = None
     tailnet: str | None = None
     tailscale_api_key: str | None = None
+    # the farm's own SMS fallback (farm_agent/sms): a GSM modem's serial port; unset = no SMS
+    sms_device: str | None = None
+    sms_connection: str = Field("at", pattern=r"^at[0-9]*$")  # Gammu's: "at", or "at115200" for a bare module
+    sms_numbers: list[str] = Field(default_factory=list, validate_default=True)
+    sms_after: float = Field(300.0, gt=0, le=86400)  # seconds cut off before the farm texts
+    sms_max_per_hour: int = Field(6, ge=1, le=60)
+    sms_language: str = Field("ru", pattern="^(ru|en)$")
+    sms_group_window: float = Field(20.0, ge=0, le=3600)  # seconds changes gather into one message
+    sms_check_interval: float = Field(60.0, ge=0.5, le=3600)  # seconds between asking the modem how it is
 
     @field_validator("farm_id")
     @classmethod
@@ -95,6 +119,20 @@ class AgentSettings(ServiceSettings):
             ModbusUrl.parse(value)
         except ModbusUrlError as exc:
             raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("sms_numbers", mode="before")
+    @classmethod
+    def _sms_numbers(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, str):  # SMS_NUMBERS=+79001234567,+79007654321
+            value = [part for part in (piece.strip() for piece in value.split(",")) if part]
+        if isinstance(value, list):
+            for number in value:
+                if not isinstance(number, str) or not PHONE_NUMBER.fullmatch(number.replace(" ", "")):
+                    raise ValueError(f"{number!r} is not a phone number (digits, with a leading + for international)")
+            value = [number.replace(" ", "") for number in value]
+            if info.data.get("sms_device") and not value:
+                raise ValueError("sms.device is set but no number is given to text (sms.numbers / SMS_NUMBERS)")
         return value
 
     @model_validator(mode="after")

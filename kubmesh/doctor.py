@@ -2,8 +2,9 @@
 
 A farm node (``--farm-id``, ``FARM_ID`` or a ``farm:`` section in the config) is
 checked for its configuration, the broker (reachable, credentials accepted),
-the controller (Modbus answers), the discovery API, tailscaled (up, tagged
-``tag:farm``), the clock and the disk; a discovery node for its configuration,
+the controller (Modbus answers), the SMS modem when ``sms.device`` is set (asked of
+the running agent, which holds its port, or else of the modem itself), the discovery
+API, tailscaled (up, tagged ``tag:farm``), the clock and the disk; a discovery node for its configuration,
 its broker and REST API, tailscaled (tagged ``tag:discovery``), the clock and
 the disk. A check that cannot apply here (no tailscale installed, nothing to
 compare the clock with) says ``skip``, which is not a failure.
@@ -32,11 +33,13 @@ from common.identities import IdentityStore, StoreError
 from common.mqtt import MqttUrl, async_client
 from common.settings import ConfigError, ServiceSettings, load_settings
 from common.tailscale.local import TailscaleCli, TailscaleCliError
+from contract.payloads import SmsStatus, format_ts
 from discovery.settings import DiscoverySettings
 from farm_agent.link import ModbusFailure, ModbusLink, ModbusUrl
 from farm_agent.poller import Poller
 from farm_agent.profile import ProfileError, load_profile
 from farm_agent.settings import AgentSettings
+from farm_agent.sms.modem import ModemError, make_modem
 
 OK, FAIL, SKIP = "ok", "FAIL", "skip"
 CLOCK_SKEW_MAX_S = 30.0
@@ -107,6 +110,8 @@ async def _node_checks(args: argparse.Namespace) -> list[Check]:
         checks.append(Check("config", OK, f"farm {settings.farm_id}{where}"))
         checks += await _broker_checks(settings.mqtt())
         checks.append(await _modbus_check(settings))
+        if settings.sms_device:
+            checks.append(await _sms_check(settings))
         if settings.discovery_url:
             checks.append(_http_check("discovery API", settings.discovery_url))
     elif isinstance(settings, DiscoverySettings):
@@ -180,6 +185,46 @@ async def _modbus_check(settings: AgentSettings) -> Check:
         link.close()
     known = sum(1 for v in result.values.values() if v is not None)
     return Check("Modbus", OK, f"{link.url}: {profile.model} firmware {firmware or '?'}, {known} values read")
+
+
+async def _sms_check(settings: AgentSettings) -> Check:
+    assert settings.sms_device is not None
+    numbers = f"{len(settings.sms_numbers)} number(s) to text"
+    status = await asyncio.to_thread(_running_agent_sms, settings.api_port)
+    if status is not None:
+        where = "the running agent says"
+    else:  # no agent holds the port: ask the modem
+        where = "the modem says"
+        modem = make_modem(settings.sms_device, settings.sms_connection)
+        try:
+            answer = await modem.status()
+        except ModemError as exc:
+            return Check("SMS modem", FAIL, f"{exc}; {numbers}")
+        finally:
+            await modem.close()
+        status = SmsStatus(device=settings.sms_device, ok=True, registered=answer.registered,
+                           network=answer.network, signal_percent=answer.signal_percent,
+                           error=None if answer.registered else "not registered on a network")
+    if not status.ok or not status.registered:
+        return Check("SMS modem", FAIL, f"{status.device}: {status.error or 'not registered'} ({where}); {numbers}")
+    signal = f"signal {status.signal_percent}%" if status.signal_percent is not None else "signal unknown"
+    last = f", last SMS {format_ts(status.last_sms)}" if status.last_sms else ""
+    return Check("SMS modem", OK, f"{status.device}: registered on {status.network or '?'}, {signal}{last} "
+                                  f"({where}); {numbers}")
+
+
+def _running_agent_sms(port: int) -> SmsStatus | None:
+    """The modem as the agent on this machine sees it, or None when no agent with a modem answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=TIMEOUT_S) as response:
+            body = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    sms = body.get("sms") if isinstance(body, dict) else None
+    try:
+        return SmsStatus.model_validate(sms) if sms else None
+    except ValueError:
+        return None
 
 
 def _http_check(name: str, base_url: str) -> Check:

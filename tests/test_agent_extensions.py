@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from pydantic import BaseModel
 
-from contract.payloads import Alarms
+from contract.payloads import Alarms, SmsStatus
 from farm_agent.agent import FarmAgent
 from farm_agent.extension import Extension, Extensions, Inbound, Polled
 from farm_agent.extensions import EXTENSIONS
@@ -92,6 +93,26 @@ def test_messages_go_only_to_the_extensions_that_subscribed() -> None:
     asyncio.run(run())
     recorder = cast(Recorder, host.active[0])
     assert recorder.seen == ["kub/farms/farm-x/set/reset_alarms"] and host.failures == 0
+
+
+class Part(Extension):
+    name = "part"
+
+    def status(self) -> Mapping[str, BaseModel]:
+        return {"sms": SmsStatus(device="/dev/ttyUSB2", ok=True)}
+
+
+class BrokenPart(Extension):
+    name = "broken-part"
+
+    def status(self) -> Mapping[str, BaseModel]:
+        raise RuntimeError("a bug in one feature's status")
+
+
+def test_a_status_part_that_raises_leaves_the_others_in_health_and_heartbeat() -> None:
+    host = Extensions([BrokenPart, Part], fake_agent())
+    assert host.status() == {"sms": SmsStatus(device="/dev/ttyUSB2", ok=True)}
+    assert host.failures == 1
 
 
 def test_every_shipped_extension_has_a_unique_name() -> None:

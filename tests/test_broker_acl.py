@@ -142,6 +142,25 @@ def test_only_discovery_publishes_discovery_status(bus: Bus) -> None:
         admin.close()
 
 
+def test_a_farm_hears_the_discovery_status_and_nothing_else_of_discovery(bus: Bus) -> None:
+    discovery = bus.add("discovery", Role.DISCOVERY)
+    farm = bus.add("farm-x", Role.FARM)
+    publish(bus, discovery, "kub/discovery/status", "offline", retain=True)
+    publish(bus, discovery, "kub/discovery/other", "secret", retain=True)
+    watcher = watch(bus, farm, "kub/discovery/status")
+    try:
+        wait_until(lambda: watcher.payloads("kub/discovery/status"), 5, what="the retained discovery status")
+        assert watcher.payloads("kub/discovery/status") == ["offline"]
+    finally:
+        watcher.close()
+    everything = MqttWatcher(bus.port, farm.username, farm.password, "kub/discovery/#")
+    try:
+        wait_until(lambda: everything.payloads("kub/discovery/status"), 5, what="the status through a wildcard")
+        assert everything.payloads("kub/discovery/other") == []
+    finally:
+        everything.close()
+
+
 def test_rotation_locks_out_the_old_token_and_removal_the_identity(bus: Bus) -> None:
     first = bus.add("farm-new", Role.FARM)
     assert connects(bus.port, first)

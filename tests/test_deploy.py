@@ -11,6 +11,7 @@ import json
 import shlex
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,9 @@ def test_the_image_exposes_the_contract_ports_and_runs_kubmesh() -> None:
     for copy in instructions["COPY"]:
         for source in copy.split()[:-1]:
             assert (REPO / source).exists(), source
+    copied = {source for copy in instructions["COPY"] for source in copy.split()[:-1]}
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert {pattern.rstrip("*") for pattern in packages["include"]} <= copied  # pip install . needs every one
 
 
 def test_log_json_writes_one_json_object_per_line(tmp_path: Path) -> None:

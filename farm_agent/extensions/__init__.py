@@ -11,6 +11,7 @@ from farm_agent.extensions.events import Events
 from farm_agent.extensions.heartbeat import Heartbeats
 from farm_agent.extensions.home_assistant import HomeAssistant
 from farm_agent.extensions.metrics import Metrics
+from farm_agent.extensions.sms import Sms
 
 EXTENSIONS: tuple[type[Extension], ...] = (
     Events,
@@ -18,4 +19,5 @@ EXTENSIONS: tuple[type[Extension], ...] = (
     HomeAssistant,
     Commands,
     Metrics,
+    Sms,
 )
