@@ -39,25 +39,19 @@ from benchmarks.mqtt_load import (
 )
 from broker.acl import AclRules
 from broker.mosquitto import export_mosquitto
+from broker.mqtt_packets import remaining_length
 from common.identities import Credentials, IdentityStore, Role
 
 MB = 1024 * 1024
 SETTLE_S = 1.0  # after an attack, before its RSS is read: the broker has taken in what it was sent
 
 
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        digit, n = n & 0x7F, n >> 7
-        out.append(digit | 0x80 if n else digit)
-        if not n:
-            return bytes(out)
 
 
 def publish_head(topic: str, length: int, qos: int, packet_id: int) -> bytes:
     """A PUBLISH's fixed header, topic and packet id, announcing ``length`` bytes of payload."""
     variable = struct.pack("!H", len(topic)) + topic.encode() + struct.pack("!H", packet_id)
-    return bytes([0x30 | qos << 1]) + varint(len(variable) + length) + variable
+    return bytes([0x30 | qos << 1]) + remaining_length(len(variable) + length) + variable
 
 
 def viewer_connection(port: int, viewer: Credentials, client_id: str) -> socket.socket:

@@ -109,3 +109,17 @@ def serial_pair(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     yield a, b
     socat.terminate()
     socat.wait(5)
+
+
+@pytest.fixture
+def web_process(broker: RunningBroker, tmp_path: Path, data_dir: Path) -> Iterator[tuple[ServiceProcess, int]]:
+    """``kubmesh mobile-web`` as a process on the broker, with a viewer ``vera`` (password ``viewer-pass``)."""
+    service = broker.add("mobile_web", Role.MOBILE_WEB)
+    broker.store.add("vera", Role.VIEWER, password="viewer-pass")
+    port = free_port()
+    process = ServiceProcess(
+        ["mobile-web", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
+        tmp_path / "web.log", env={"MQTT_URL": broker.url(service), "KUBMESH_KEEPALIVE": "5"},
+    ).wait_port(port)
+    yield process, port
+    process.stop()

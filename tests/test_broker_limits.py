@@ -21,6 +21,7 @@ from benchmarks.mqtt_load import PacketReader, connect_packet, subscribe_packet
 from broker import login_throttle
 from broker.core import KubBroker, Limits
 from broker.login_throttle import LoginThrottle
+from broker.mqtt_packets import remaining_length
 from broker.server import BrokerSettings, broker_config, stop_broker
 from common.identities import Credentials, IdentityStore, Role
 from common.settings import load_settings
@@ -37,16 +38,9 @@ TOPICS = Topics()
 
 def publish(topic: str, payload: bytes, qos: int = 1, packet_id: int = 1, retain: bool = False) -> bytes:
     body = struct.pack("!H", len(topic)) + topic.encode() + (struct.pack("!H", packet_id) if qos else b"") + payload
-    return bytes([0x30 | qos << 1 | retain]) + _varint(len(body)) + body
+    return bytes([0x30 | qos << 1 | retain]) + remaining_length(len(body)) + body
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        digit, n = n & 0x7F, n >> 7
-        out.append(digit | 0x80 if n else digit)
-        if not n:
-            return bytes(out)
 
 
 def connected(port: int, client_id: str, who: Credentials, source: str | None = None,
@@ -130,7 +124,8 @@ def test_a_packet_longer_than_the_maximum_is_refused_from_its_length_header(brok
     viewer = broker.add("viewer-e", Role.VIEWER)
     client, code = connected(broker.port, "viewer-e", viewer)
     assert code == b"\x00\x00"
-    client.send(b"\x32" + _varint(200 * 1024 * 1024) + b"\x00\x03a/b\x00\x01" + b"x" * 1000)  # 200 MB announced
+    announced = remaining_length(200 * 1024 * 1024)  # a 200 MB packet
+    client.send(b"\x32" + announced + b"\x00\x03a/b\x00\x01" + b"x" * 1000)
     assert client.closed_by_broker(), "the broker waits for the rest of a 200 MB packet"
     assert "more than the broker's maximum" in broker.process.output()
 

@@ -272,17 +272,6 @@ def test_security_headers(web: tuple[Flask, RecordingBridge, IdentityStore]) -> 
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
-@pytest.fixture
-def web_process(broker: RunningBroker, tmp_path: Path, data_dir: Path) -> Iterator[tuple[ServiceProcess, int]]:
-    service = broker.add("mobile_web", Role.MOBILE_WEB)
-    broker.store.add("vera", Role.VIEWER, password="viewer-pass")
-    port = free_port()
-    process = ServiceProcess(
-        ["mobile-web", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
-        tmp_path / "web.log", env={"MQTT_URL": broker.url(service)},
-    ).wait_port(port)
-    yield process, port
-    process.stop()
 
 
 class FarmPublisher:

@@ -8,7 +8,6 @@ import json
 import re
 import subprocess
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from mobile_web.bridge import SHOWN
 from mobile_web.farms import EVENT_TEXTS
 from mobile_web.settings import WebSettings
 from tests.conftest import RunningBroker
-from tests.helpers import ServiceProcess, free_port, wait_until, web_get, web_login
+from tests.helpers import ServiceProcess, wait_until, web_get, web_login
 from tests.test_mobile_web import FARM, TOPICS, RecordingBridge, feed_farm, log_in
 
 UNCONVERTIBLE = ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00.000001+00:01")
@@ -179,17 +178,6 @@ def test_a_fault_while_handling_a_message_is_caught_and_counted(hostile_web: Hos
 
 
 # ---- a real web process against a real broker ------------------------------------------------------------------
-@pytest.fixture
-def web_process(broker: RunningBroker, tmp_path: Path, data_dir: Path) -> Iterator[tuple[ServiceProcess, int]]:
-    service = broker.add("mobile_web", Role.MOBILE_WEB)
-    broker.store.add("vera", Role.VIEWER, password="viewer-pass")
-    port = free_port()
-    process = ServiceProcess(
-        ["mobile-web", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
-        tmp_path / "web.log", env={"MQTT_URL": broker.url(service), "KUBMESH_KEEPALIVE": "5"},
-    ).wait_port(port)
-    yield process, port
-    process.stop()
 
 
 def publish(broker: RunningBroker, username: str, password: str, topic: str, payload: bytes) -> None:
