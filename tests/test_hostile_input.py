@@ -35,6 +35,7 @@ from itsdangerous import URLSafeTimedSerializer
 
 from benchmarks.mqtt_load import subscribe_packet
 from broker.core import DEFAULT_MAX_PACKET
+from broker.mqtt_packets import remaining_length
 from common.identities import Credentials, IdentityStore, Role
 from contract.payloads import Ack, PayloadError, decode, decode_set_command
 from farm_agent.control import CommandHandler, CommandRefused
@@ -137,15 +138,6 @@ def api(system: System, path: str, token: str | None = API_TOKEN) -> tuple[int, 
 
 # --- MQTT: payloads on set/… and state, through a client that sends whatever it is given -------------
 
-def _varint(length: int) -> bytes:
-    out = bytearray()
-    while True:
-        length, digit = length >> 7, length & 0x7F
-        out.append(digit | (0x80 if length else 0))
-        if not length:
-            return bytes(out)
-
-
 def _field(data: bytes) -> bytes:
     return len(data).to_bytes(2, "big") + data
 
@@ -153,13 +145,13 @@ def _field(data: bytes) -> bytes:
 def connect_packet(credentials: Credentials, client_id: str) -> bytes:
     body = _field(b"MQTT") + b"\x04\xc2" + (30).to_bytes(2, "big") + _field(client_id.encode())
     body += _field(credentials.username.encode()) + _field(credentials.password.encode())
-    return b"\x10" + _varint(len(body)) + body
+    return b"\x10" + remaining_length(len(body)) + body
 
 
 def publish_packet(topic: bytes, payload: bytes, retain: bool = False, packet_id: int = 1) -> bytes:
     """A QoS 1 PUBLISH (the broker's PUBACKs are left unread: they are four bytes each)."""
     body = _field(topic) + packet_id.to_bytes(2, "big") + payload
-    return bytes([0x32 | int(retain)]) + _varint(len(body)) + body
+    return bytes([0x32 | int(retain)]) + remaining_length(len(body)) + body
 
 
 class RawMqtt:
@@ -501,7 +493,7 @@ def test_hostile_mqtt_clients_take_no_client_id_memory_or_password(broker: Runni
         assert code == b"\x00\x00"
         length = rng.choice([278_529, 1 << 20, 200 << 20, 268_435_455])
         header = rng.choice([0x30, 0x32, 0x34, 0x31, 0x82, 0xA2])
-        client.send(bytes([header]) + _varint(length) + rng.randbytes(rng.randrange(0, 4096)))
+        client.send(bytes([header]) + remaining_length(length) + rng.randbytes(rng.randrange(0, 4096)))
         assert client.closed_by_broker(), f"a packet of type {header >> 4} announcing {length} bytes is buffered"
         tried["large packets"] += 1
     for n in range(20):  # retained commands, at every QoS, on every farm and value name
