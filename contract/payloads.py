@@ -177,6 +177,7 @@ class Meta(WireModel):
     farm_id: str
     name: str
     owner_id: str | None = None
+    site: str | None = None  # the site (farm) this house belongs to; houses of one agent share it
     location: str | None = None
     capabilities: list[str] = Field(default_factory=list)
     device: DeviceInfo
@@ -218,6 +219,11 @@ class Heartbeat(WireModel):
     storage_error: str | None = None  # set while the agent's data dir refuses writes: readings wait in memory
     in_memory: int | None = None  # readings held in memory meanwhile (of ``backlog``)
     sms: SmsStatus | None = None  # only from an agent with a modem
+    # the newest poll cycle of the controller's bus (every unit on its link, once), against its bound
+    cycle_s: float | None = None  # how long the cycle took
+    cycle_wire_s: float | None = None  # what its frames take on the line at its baud rate: the cycle's floor
+    bus_units: int | None = None  # controllers polled in the cycle
+    overrun: bool | None = None  # true while the cycle takes longer than the poll interval: polls come late
 
 
 class Reading(WireModel):
