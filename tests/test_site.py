@@ -4,6 +4,7 @@ serial pair, each house with its own identity on the embedded broker and on Mosq
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +16,10 @@ import pytest
 import yaml
 
 from common.identities import Credentials, Role
+from common.settings import ConfigError, load_settings
 from contract.payloads import format_ts, utc_now
+from farm_agent.link import ModbusUrl
+from farm_agent.settings import AgentSettings
 from tests.brokers import Bus, embedded_bus, mosquitto_bus
 from tests.conftest import RunningBroker
 from tests.farm_system import http_json
@@ -195,3 +199,50 @@ def test_a_site_over_a_serial_pair(broker: RunningBroker, tmp_path: Path, serial
         check_a_killed_agent_takes_every_house_offline(rig)
     finally:
         stop_site(rig)
+
+
+def test_the_issues_site_configuration_gives_each_house_its_settings(tmp_path: Path) -> None:
+    config = tmp_path / "farm_config.yaml"
+    config.write_text("""
+farm: {owner_id: agro-1, site: "Агрофирма Север"}
+modbus: {url: "rtu:///dev/ttyUSB0?baudrate=9600&parity=N&stopbits=1"}
+mqtt: {url: "mqtt://broker.example:1883"}
+controllers:
+  - {id: house-1, name: "Птичник №1", unit: 1, mqtt_password: secret-1}
+  - {id: house-2, name: "Птичник №2", unit: 2}
+  - {id: house-3, name: "Птичник №3", unit: 3, url: "tcp://192.168.1.52:502"}
+""", encoding="utf-8")
+    settings = load_settings(AgentSettings, config_file=config, env={})
+    houses = settings.houses()
+    assert [(h.farm_id, h.farm_name, h.site, h.owner_id) for h in houses] == [
+        ("house-1", "Птичник №1", SITE, "agro-1"), ("house-2", "Птичник №2", SITE, "agro-1"),
+        ("house-3", "Птичник №3", SITE, "agro-1")]
+    urls = [ModbusUrl.parse(h.modbus_url) for h in houses]
+    assert [(u.kind, u.target, u.unit) for u in urls] == [
+        ("rtu", "/dev/ttyUSB0", 1), ("rtu", "/dev/ttyUSB0", 2), ("tcp", "192.168.1.52", 3)]
+    assert urls[0].link == urls[1].link != urls[2].link  # houses 1 and 2 share one bus
+    assert (houses[0].mqtt().username, houses[0].mqtt().password) == ("house-1", "secret-1")
+    assert houses[1].mqtt().username is None  # no password of its own: the site's URL as it is
+
+
+def test_single_controller_settings_are_a_site_of_one() -> None:
+    settings = load_settings(AgentSettings, env={"FARM_ID": "farm-001", "MODBUS_URL": "tcp://127.0.0.1:5020?unit=4"})
+    (house,) = settings.houses()
+    assert house.house_id == "farm-001" and house.farm_name == "farm-001"
+    assert ModbusUrl.parse(house.modbus_url).unit == 4
+
+
+@pytest.mark.parametrize(("yaml_text", "message"), [
+    ("farm: {id: farm-001}\ncontrollers: [{id: house-1, unit: 1}]", "either farm.id"),
+    ("controllers: [{id: house-1, unit: 1}, {id: house-1, unit: 2}]", "its own id"),
+    ("controllers: [{id: house-1, unit: 1}, {id: house-2, unit: 1}]", "same unit 1 on the same link"),
+    ("controllers: [{id: house-1, unit: 0}]", "greater than or equal to 1"),
+    ("controllers: [{id: house-1, unit: 1, url: 'ftp://x'}]", "tcp:// or rtu://"),
+    ("controllers: [{id: house-1, unit: 1, colour: red}]", "Extra inputs"),
+    ("modbus: {url: 'tcp://127.0.0.1:502'}", "farm.id (FARM_ID), or a list of controllers"),
+])
+def test_a_bad_site_configuration_names_its_fault(tmp_path: Path, yaml_text: str, message: str) -> None:
+    config = tmp_path / "farm_config.yaml"
+    config.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(AgentSettings, config_file=config, env={})
