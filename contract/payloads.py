@@ -232,6 +232,7 @@ class Reading(WireModel):
     ts: Timestamp
     seq: int = Field(ge=0, lt=2**63)  # SQLite INTEGER, where the history keeps it
     values: dict[str, Number | None]
+    # the statuses that are not ok: a value not listed is ok (agents before sites listed every value)
     status: dict[str, SensorStatus] = Field(default_factory=dict)
     bits: dict[str, dict[str, bool]] | None = None  # labelled bits of bitfield values
 

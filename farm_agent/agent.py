@@ -45,7 +45,7 @@ from farm_agent.poller import Poller, PollResult
 from farm_agent.profile import Profile
 from farm_agent.publisher import Publisher
 from farm_agent.queue import Queued, ReadingQueue
-from farm_agent.report import named_bits, worth_publishing
+from farm_agent.report import make_reading, worth_publishing
 from farm_agent.reporter import Reporter
 from farm_agent.schedule import BusCycle
 from farm_agent.settings import AgentSettings
@@ -162,10 +162,7 @@ class FarmAgent:
         if not due and not worth_publishing(self.profile, previous.values if previous else None,
                                             previous.status if previous else None, result.values, result.status):
             return None
-        added = self.queue.add(lambda seq: Reading(
-            ts=ts, seq=seq, values=result.values, status=result.status,
-            bits=named_bits(self.profile, result.values) or None,
-        ))
+        added = self.queue.add(lambda seq: make_reading(ts, seq, result.values, result.status))
         self.state.reading, self.state.latest = added.reading, added.queued
         self.state.last_published = time.monotonic()
         self.publisher.soon(self.reporter.send_live(added.queued))

@@ -116,7 +116,7 @@ class AgentSettings(ServiceSettings):
     api_port: int = Field(8080, ge=0, le=65535)
     modbus_url: str = "tcp://127.0.0.1:502?unit=1"
     poll_interval: float = Field(5.0, ge=0.2, le=3600)
-    heartbeat_interval: float = Field(30.0, ge=1, le=3600)
+    heartbeat_interval: float = Field(60.0, ge=1, le=3600)  # within the web's 120 s of silence
     command_max_age: float = Field(60.0, gt=0)  # refuse commands issued longer ago than this (seconds)
     max_interval: float = Field(60.0, ge=0, le=86400)  # publish state at least this often; 0 = every poll
     # the on-disk backlog: room for 7 days of readings at 5 s polling, and readings no older than 7 days
