@@ -73,6 +73,14 @@ EXCEPTION_NAMES = {
 ILLEGAL_DATA_ADDRESS = 2
 
 
+def wire_seconds(frame_bytes: int, frames: int, baudrate: int, bytesize: int = 8, parity: str = "N",
+                 stopbits: int = 1) -> float:
+    """Each byte is a start bit, its data bits, parity and stop bits; each frame is followed by the 3.5-character
+    silent interval of RTU."""
+    bits = 1 + bytesize + (0 if parity == "N" else 1) + stopbits
+    return (frame_bytes + frames * SILENT_INTERVAL_CHARS) * bits / baudrate
+
+
 def url_with_unit(url: str, unit: int) -> str:
     """``url`` (its other options kept) addressing ``unit``."""
     base, _, query = url.partition("?")
@@ -147,13 +155,8 @@ class ModbusUrl:
         return str(replace(self, unit=0)).removesuffix("?unit=0").removesuffix("&unit=0")
 
     def wire_seconds(self, frame_bytes: int, frames: int) -> float:
-        """Time ``frames`` frames of ``frame_bytes`` bytes in all take on the RS-485 line (a converter's too).
-
-        Each byte is a start bit, its data bits, parity and stop bits; each frame is followed by the
-        3.5-character silent interval of RTU.
-        """
-        bits = 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
-        return (frame_bytes + frames * SILENT_INTERVAL_CHARS) * bits / self.baudrate
+        """Time ``frames`` frames of ``frame_bytes`` bytes in all take on the RS-485 line (a converter's too)."""
+        return wire_seconds(frame_bytes, frames, self.baudrate, self.bytesize, self.parity, self.stopbits)
 
 
 class Priority(IntEnum):

@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--alarm", action="append", default=[], type=_alarm, metavar="GROUP:BIT",
                         help="raise an alarm bit, e.g. active_alarms:3 (repeatable)")
     parser.add_argument("--latency-ms", type=float, default=0.0, metavar="N", help="delay every reply by N ms")
+    parser.add_argument("--pace", action="store_true",
+                        help="answer as late as request and reply take on an RS-485 line at --baudrate (a pty or "
+                             "loopback does not pace bytes; for timing the bus)")
     parser.add_argument("--drop-rate", type=_fraction, default=0.0, metavar="P",
                         help="fraction of requests left unanswered, 0-1")
     parser.add_argument("--serial", metavar="DEVICE", help="serve Modbus RTU on this serial device instead of TCP")
@@ -56,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         simulators = [
             Kub1063Simulator(
                 profile, unit=unit, seed=args.seed + index, day=args.day + index, strict=args.strict,
-                latency_ms=args.latency_ms, drop_rate=args.drop_rate, sentinels=dict(args.sentinel),
+                latency_ms=args.latency_ms, pace_baud=args.baudrate if args.pace else None,
+                drop_rate=args.drop_rate, sentinels=dict(args.sentinel),
                 alarms=args.alarm,
             )
             for index, unit in enumerate(args.units or [args.unit])

@@ -23,6 +23,7 @@ from pymodbus.simulator.simutils import DataType
 
 from contract.payloads import format_ts, utc_now
 from farm_agent.decode import encode_value
+from farm_agent.link import READ_REPLY_OVERHEAD, READ_REQUEST_BYTES, WRITE_FRAME_BYTES, wire_seconds
 from farm_agent.profile import AlarmGroupSpec, Profile, load_profile
 from farm_agent.simulator.bus import SimulatedBus, SimulatorError
 from farm_agent.simulator.climate import Climate
@@ -66,6 +67,7 @@ class Kub1063Simulator:
         day: int = 1,
         strict: bool = False,
         latency_ms: float = 0.0,
+        pace_baud: int | None = None,
         drop_rate: float = 0.0,
         sentinels: dict[str, str] | None = None,
         alarms: Iterable[tuple[str, int]] = (),
@@ -83,6 +85,7 @@ class Kub1063Simulator:
         self.unit = unit
         self.strict = strict
         self.latency_s = latency_ms / 1000
+        self.pace_baud = pace_baud  # answer as late as the frames would be on a line at this speed (8N1)
         self.drop_rate = drop_rate
         self.clock = clock
         self.climate = Climate(seed, start_day=day, started=clock())
@@ -260,6 +263,8 @@ class Kub1063Simulator:
             raise NoSuchIdException  # with ignore_missing_devices the server sends nothing
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
+        if self.pace_baud:
+            await asyncio.sleep(_frames_on_the_wire(function_code, count, self.pace_baud))
         table = TABLES.get(function_code)
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
@@ -320,3 +325,10 @@ def _installed_holding() -> dict[int, int]:
 
 def _signed(raw: int) -> int:
     return raw - 0x10000 if raw >= 0x8000 else raw
+
+
+def _frames_on_the_wire(function_code: int, count: int, baudrate: int) -> float:
+    """What a request and its reply take on a 8N1 line: a read's reply is 5 + 2·N bytes, a single write's echo 8."""
+    if function_code in (READ_HOLDING, READ_INPUT):
+        return wire_seconds(READ_REQUEST_BYTES + READ_REPLY_OVERHEAD + 2 * count, 2, baudrate)
+    return wire_seconds(2 * WRITE_FRAME_BYTES + (2 * count if function_code == WRITE_MULTIPLE else 0), 2, baudrate)
