@@ -101,6 +101,7 @@ class FarmAgent:
                                  settings.replay_rate, settings.replay_window)
         self.extensions = Extensions(extensions, self)
         self.poll_requested = asyncio.Event()  # the bus scheduler polls this house out of turn
+        self.site_houses: tuple[str, ...] = (self.farm_id,)  # every house of the site, in the configured order
         self._stop = asyncio.Event()
 
     # ---- running ----------------------------------------------------------------------------------

@@ -45,6 +45,8 @@ class Site:
             poller = Poller(profile, bus.unit(url.unit),
                             plan_file=settings.data_dir / f"agent-{house.house_id}.plan.json")
             self.houses.append(FarmAgent(house, profile, poller, queue, extensions, clock=clock))
+        for house_agent in self.houses:
+            house_agent.site_houses = tuple(h.farm_id for h in self.houses)
         self.schedulers = [
             BusScheduler(bus, [h for h in self.houses if h.poller.link.bus is bus], settings.poll_interval)
             for bus in self.buses.values()

@@ -23,6 +23,7 @@ from farm_agent.settings import AgentSettings
 from tests.brokers import Bus, embedded_bus, mosquitto_bus
 from tests.conftest import RunningBroker
 from tests.farm_system import http_json
+from tests.ha_schema import check_device_config, check_entity_config
 from tests.helpers import MqttWatcher, ServiceProcess, free_port, wait_until
 
 HOUSES = (("house-1", "Птичник №1", 1), ("house-2", "Птичник №2", 2), ("house-3", "Птичник №3", 3))
@@ -124,6 +125,23 @@ def check_every_house_reports(rig: SiteRig) -> None:
     assert len(days) == 3
 
 
+def check_home_assistant_sees_the_site(rig: SiteRig) -> None:
+    """Each house its own device, reached through the site's device, which the first house announces."""
+    ha = MqttWatcher(rig.bus.port, rig.bus.admin.username, rig.bus.admin.password, "homeassistant/#")
+    try:
+        site_topic = "homeassistant/sensor/kubmesh-house-1/site_poll_cycle/config"
+        wait_until(lambda: ha.last(site_topic) and all(ha.last(f"homeassistant/device/kubmesh-{h}/config")
+                                                       for h, _, _ in HOUSES), 15, what="the site's HA configs")
+        site = check_entity_config(ha.last(site_topic))
+        assert site["device"]["ids"] == ["kubmesh-site-house-1"] and site["device"]["name"] == SITE
+        for house, name, _ in HOUSES:
+            config = ha.last(f"homeassistant/device/kubmesh-{house}/config")
+            check_device_config(config)
+            assert config["dev"]["via_device"] == "kubmesh-site-house-1" and config["dev"]["name"] == name
+    finally:
+        ha.close()
+
+
 def check_a_command_reaches_only_its_unit(rig: SiteRig) -> None:
     operator = rig.bus.add("operator-1", Role.OPERATOR)
     command_id = send_command(rig.bus, operator, "house-2", "timezone_minutes", 240)
@@ -179,6 +197,7 @@ def test_a_site_over_tcp_on_both_brokers(any_bus: Bus, tmp_path: Path) -> None:
         check_every_house_reports(rig)
         health = http_json(f"http://127.0.0.1:{rig.api_port}/health")
         assert health["site"] == SITE and [h["farm_id"] for h in health["houses"]] == [h for h, _, _ in HOUSES]
+        check_home_assistant_sees_the_site(rig)
         check_a_command_reaches_only_its_unit(rig)
         check_a_dead_unit_delays_no_other(rig)
         check_a_killed_agent_takes_every_house_offline(rig)
