@@ -145,21 +145,24 @@ class FarmAgent:
             return
         seconds = time.monotonic() - started
         self.state.polls_ok += 1
-        if not self.state.modbus_ok:
+        answered_again = not self.state.modbus_ok
+        if answered_again:
             await self._modbus_restored()
         ts = self.clock()
         previous, alarms_before = self.state.reading, self.state.alarms
         alarms = Alarms(ts=ts, **result.alarms)
-        reading = await self._report(result, ts, previous)
+        # the first answer after a fault is published whatever moved: consumers see fresh values at once
+        reading = await self._report(result, ts, previous, due=answered_again)
         if alarms_before is None or alarm_lists(alarms_before) != alarm_lists(alarms):
             self.state.alarms = alarms
             self.publisher.soon(self.publish_alarms())
         await self._check_storage()
         await self.extensions.poll(Polled(ts, seconds, result.status, previous, reading, alarms_before, alarms))
 
-    async def _report(self, result: PollResult, ts: datetime, previous: Reading | None) -> Reading | None:
+    async def _report(self, result: PollResult, ts: datetime, previous: Reading | None,
+                      due: bool = False) -> Reading | None:
         """Queue and send a reading when it is due or something moved beyond its deadband."""
-        due = time.monotonic() - self.state.last_published >= self.settings.max_interval
+        due = due or time.monotonic() - self.state.last_published >= self.settings.max_interval
         if not due and not worth_publishing(self.profile, previous.values if previous else None,
                                             previous.status if previous else None, result.values, result.status):
             return None
