@@ -173,6 +173,8 @@ class AgentSettings(ServiceSettings):
             raise ValueError("give either farm.id (FARM_ID, one controller) or controllers (a site), not both")
         if not self.controllers and self.farm_id is None:
             raise ValueError("Field required: farm.id (FARM_ID), or a list of controllers")
+        if self.sms_device and len(self.controllers) > 1:  # each house's extension would open the one modem
+            raise ValueError("sms.device texts for one controller: a site of several houses cannot share the modem yet")
         ids = [controller.id for controller in self.controllers]
         if len(set(ids)) != len(ids):
             raise ValueError(f"controllers: each needs its own id, got {ids}")

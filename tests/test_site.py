@@ -259,6 +259,8 @@ def test_single_controller_settings_are_a_site_of_one() -> None:
     ("controllers: [{id: house-1, unit: 1, url: 'ftp://x'}]", "tcp:// or rtu://"),
     ("controllers: [{id: house-1, unit: 1, colour: red}]", "Extra inputs"),
     ("modbus: {url: 'tcp://127.0.0.1:502'}", "farm.id (FARM_ID), or a list of controllers"),
+    ("sms: {device: /dev/ttyUSB1, numbers: ['+79001234567']}\ncontrollers: [{id: h-1, unit: 1}, {id: h-2, unit: 2}]",
+     "cannot share the modem"),
 ])
 def test_a_bad_site_configuration_names_its_fault(tmp_path: Path, yaml_text: str, message: str) -> None:
     config = tmp_path / "farm_config.yaml"
