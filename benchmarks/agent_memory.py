@@ -6,9 +6,11 @@ API scraped (``/health``, ``/api/data``, ``/metrics``) every few seconds, as a p
 would. After a warm-up its RSS is sampled from ``/proc/PID/status`` once a second: the steady figure
 is the median of the samples, ``VmHWM`` the peak the kernel saw. With ``--sms`` a second agent is
 measured in the same run with the SMS fallback on (``SMS_DEVICE`` on a simulated GSM modem, so
-python-gammu is loaded and the modem asked every few seconds), against the first as its peer.
+python-gammu is loaded and the modem asked every few seconds), against the first as its peer. With
+``--houses N`` the agent serves a site: N controllers on one simulated bus (``simulate --units``),
+each house with its own identity, MQTT session, queue and extensions.
 
-    python benchmarks/agent_memory.py [--seconds 30] [--poll 1] [--sms]
+    python benchmarks/agent_memory.py [--seconds 30] [--poll 1] [--sms] [--houses 3]
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -47,7 +51,7 @@ def scrape(port: int) -> None:
             response.read()
 
 
-def measure(folder: Path, seconds: float, poll: float, sms: bool = False) -> dict[str, float]:
+def measure(folder: Path, seconds: float, poll: float, sms: bool = False, houses: int = 1) -> dict[str, float]:
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / "data"
     store = IdentityStore(data)
@@ -55,7 +59,7 @@ def measure(folder: Path, seconds: float, poll: float, sms: bool = False) -> dic
     port = free_port()
     broker = ServiceProcess(["broker", "--data-dir", str(data), "--mqtt-host", "127.0.0.1", "--mqtt-port", str(port)],
                             folder / "broker.log").wait_port(port)
-    simulator = Simulator(folder).start()
+    simulator = Simulator(folder, ["--units", ",".join(str(u) for u in range(1, houses + 1))]).start()
     watcher = MqttWatcher(port, admin.username, admin.password, f"kub/farms/{FARM}/heartbeat")
     env = {"HEARTBEAT_INTERVAL": "5"}
     modem = SimulatedModem(folder / "modem")
@@ -64,8 +68,27 @@ def measure(folder: Path, seconds: float, poll: float, sms: bool = False) -> dic
         env |= {"SMS_DEVICE": str(modem.device), "SMS_NUMBERS": "+79001234567", "KUBMESH_SMS_CHECK_INTERVAL": "5"}
     agent = Agent(folder, folder / "agent-data", FARM, f"mqtt://{FARM}:{farm.password}@127.0.0.1:{port}",
                   simulator.modbus_url, poll_interval=poll, extra_env=env)
+    if houses > 1:  # a site: the first house is FARM, the others house-2 …, all on the simulator's bus
+        ids = [FARM, *(f"house-{unit}" for unit in range(2, houses + 1))]
+        passwords = [farm.password, *(store.add(house, Role.FARM).password for house in ids[1:])]
+        config = folder / "farm_config.yaml"
+        config.write_text(yaml.safe_dump({
+            "farm": {"site": "memory site"}, "modbus": {"url": f"tcp://127.0.0.1:{simulator.port}?timeout=0.5"},
+            "controllers": [{"id": house, "unit": unit, "mqtt_password": password}
+                            for unit, (house, password) in enumerate(zip(ids, passwords, strict=True), start=1)],
+            "mqtt": {"url": f"mqtt://127.0.0.1:{port}"}}))
+        agent.process = ServiceProcess(
+            ["farm-agent", "--config", str(config), "--data-dir", str(folder / "agent-data"), "--poll-interval",
+             str(poll), "--host", "127.0.0.1", "--port", str(agent.api_port)],
+            folder / "agent.log", env=env).wait_port(agent.api_port)
+
+    def polls() -> int:
+        health = agent.health()
+        return sum(int(h["polls_ok"]) for h in health["houses"]) if houses > 1 else int(health["polls_ok"])
+
     try:
-        agent.start()
+        if houses == 1:
+            agent.start()
         assert agent.process is not None
         pid = agent.process.proc.pid
         wait_until(lambda: agent.health()["status"] == "ok", 30, what="the agent polling and connected")
@@ -81,9 +104,8 @@ def measure(folder: Path, seconds: float, poll: float, sms: bool = False) -> dic
             if elapsed >= WARM_UP_S:
                 samples.append(proc_status_kb(pid, "VmRSS"))
             time.sleep(1.0)  # the sampling period of the figure, not a wait for a condition
-        polls = int(agent.health()["polls_ok"])
         return {
-            "polls": polls,
+            "polls": polls(),
             "steady_kb": statistics.median(samples),
             "last_kb": samples[-1],
             "hwm_kb": proc_status_kb(pid, "VmHWM"),
@@ -102,11 +124,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--poll", type=float, default=1.0)
     parser.add_argument("--sms", action="store_true", help="measure a second agent with the SMS fallback on")
+    parser.add_argument("--houses", type=int, default=1, help="controllers the agent serves on one bus")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        result = measure(Path(folder) / "plain", args.seconds, args.poll)
+        result = measure(Path(folder) / "plain", args.seconds, args.poll, houses=args.houses)
         with_sms = measure(Path(folder) / "sms", args.seconds, args.poll, sms=True) if args.sms else None
-    print(f"farm agent resident memory, polling every {args.poll:g} s for {args.seconds:g} s "
+    print(f"farm agent resident memory, {args.houses} house(s), polling every {args.poll:g} s for {args.seconds:g} s "
           f"({result['polls']:.0f} polls), against the {TARGET_KB / 1024:.0f} MB target\n")
     print(f"{'figure':<28} {'MB':>7} {'of target':>10}" + (f" {'SMS on MB':>10} {'of target':>10} {'on/off':>7}"
                                                            if with_sms else ""))

@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = (
     "modbus_wire",
     "agent_bytes",
+    "bus_schedule",
     "agent_memory",
     "backlog_replay",
     "fleet_latency",

@@ -177,6 +177,7 @@ class Meta(WireModel):
     farm_id: str
     name: str
     owner_id: str | None = None
+    site: str | None = None  # the site (farm) this house belongs to; houses of one agent share it
     location: str | None = None
     capabilities: list[str] = Field(default_factory=list)
     device: DeviceInfo
@@ -218,6 +219,11 @@ class Heartbeat(WireModel):
     storage_error: str | None = None  # set while the agent's data dir refuses writes: readings wait in memory
     in_memory: int | None = None  # readings held in memory meanwhile (of ``backlog``)
     sms: SmsStatus | None = None  # only from an agent with a modem
+    # the newest poll cycle of the controller's bus (every unit on its link, once), against its bound
+    cycle_s: float | None = None  # how long the cycle took
+    cycle_wire_s: float | None = None  # what its frames take on the line at its baud rate: the cycle's floor
+    bus_units: int | None = None  # controllers polled in the cycle
+    overrun: bool | None = None  # true while the cycle takes longer than the poll interval: polls come late
 
 
 class Reading(WireModel):
@@ -226,6 +232,7 @@ class Reading(WireModel):
     ts: Timestamp
     seq: int = Field(ge=0, lt=2**63)  # SQLite INTEGER, where the history keeps it
     values: dict[str, Number | None]
+    # the statuses that are not ok: a value not listed is ok (agents before sites listed every value)
     status: dict[str, SensorStatus] = Field(default_factory=dict)
     bits: dict[str, dict[str, bool]] | None = None  # labelled bits of bitfield values
 

@@ -1,17 +1,18 @@
-"""The farm agent's core: the poll loop, the queue and its reporter, and the farm's MQTT session.
+"""The core of one house: its polls, its queue and reporter, and its own MQTT session.
 
-The poll loop owns the Modbus link and never stops on a fault, nor waits for the broker: a reading
-worth publishing (:mod:`farm_agent.report`) is numbered and queued (:mod:`farm_agent.queue`), then
-sent by the :class:`~farm_agent.reporter.Reporter`. The session (:class:`common.session.MqttSession`)
-reconnects with the farm's last will and, on every connect, publishes the farm's retained topics
-again and replays the backlog. Every other feature is an extension (:mod:`farm_agent.extension`),
-told about polls, health changes, connects and messages.
+A site (:mod:`farm_agent.site`) runs one :class:`FarmAgent` per controller; the bus scheduler
+(:mod:`farm_agent.schedule`) calls :meth:`FarmAgent.poll_once` in the house's turn and never
+stops on a fault, nor waits for the broker: a reading worth publishing (:mod:`farm_agent.report`)
+is numbered and queued (:mod:`farm_agent.queue`), then sent by the
+:class:`~farm_agent.reporter.Reporter`. The house's session (:class:`common.session.MqttSession`)
+reconnects with the house's own last will and, on every connect, publishes its retained topics
+again and replays its backlog. Every other feature is an extension (:mod:`farm_agent.extension`),
+one set per house, told about polls, health changes, connects and messages.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -44,8 +45,9 @@ from farm_agent.poller import Poller, PollResult
 from farm_agent.profile import Profile
 from farm_agent.publisher import Publisher
 from farm_agent.queue import Queued, ReadingQueue
-from farm_agent.report import named_bits, worth_publishing
+from farm_agent.report import make_reading, worth_publishing
 from farm_agent.reporter import Reporter
+from farm_agent.schedule import BusCycle
 from farm_agent.settings import AgentSettings
 
 log = logging.getLogger("kubmesh.agent")
@@ -68,6 +70,7 @@ class FarmState:
     polls_ok: int = 0
     polls_failed: int = 0
     last_published: float = 0.0  # monotonic time of the last published reading
+    cycle: BusCycle | None = None  # the newest poll cycle of the house's bus
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -90,19 +93,21 @@ class FarmAgent:
         self.poller = poller
         self.queue = queue
         self.clock = clock
-        self.farm_id = settings.farm_id
+        self.farm_id = settings.house_id
         self.topics = Topics(settings.base_topic)
         self.state = FarmState()
         self.publisher = Publisher(self.farm_id)
         self.reporter = Reporter(self.publisher, queue, self.topics, self.farm_id,
                                  settings.replay_rate, settings.replay_window)
         self.extensions = Extensions(extensions, self)
-        self._poll_now = asyncio.Event()
+        self.poll_requested = asyncio.Event()  # the bus scheduler polls this house out of turn
+        self.site_houses: tuple[str, ...] = (self.farm_id,)  # every house of the site, in the configured order
         self._stop = asyncio.Event()
 
     # ---- running ----------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        """The house's session and extensions until ``stop``; the bus scheduler polls it meanwhile."""
         self._stop = stop
         session = MqttSession(
             self.settings.mqtt(), f"kubmesh-agent-{self.farm_id}", purpose=f"farm {self.farm_id}",
@@ -111,37 +116,20 @@ class FarmAgent:
             keepalive=self.settings.keepalive, reconnect_max=self.settings.reconnect_max,
         )
         await self.extensions.start()
-        poll = asyncio.create_task(self._poll_loop(stop), name="poll")
         try:
             await session.run(stop, self._serve)
         finally:
-            poll.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poll
             await self.extensions.stop()
-            self.poller.close()
 
     def poll_now(self) -> None:
         """Poll at once (after a command, so that its effect shows without waiting a poll interval)."""
-        self._poll_now.set()
+        self.poll_requested.set()
 
-    async def _poll_loop(self, stop: asyncio.Event) -> None:
-        interval = self.settings.poll_interval
-        next_at = time.monotonic()
-        while not stop.is_set():
-            try:
-                await self.poll_once()
-            except Exception:  # a fault no one foresaw must not end polling for good
-                self.state.polls_failed += 1
-                log.exception("farm %s: poll failed", self.farm_id)
-            next_at += interval
-            now = time.monotonic()
-            if next_at < now:  # a slow poll (timeouts) moves the schedule instead of bursting to catch up
-                next_at = now + interval
-            await _wait_any((stop, self._poll_now), next_at - now)
-            if self._poll_now.is_set():
-                self._poll_now.clear()
-                next_at = time.monotonic()
+    def cycled(self, cycle: BusCycle) -> None:
+        """The bus finished a poll cycle: an overrun starting or ending is told at once, in the heartbeat."""
+        before, self.state.cycle = self.state.cycle, cycle
+        if before is None or before.overrun != cycle.overrun:
+            self.publisher.soon(self.publish_heartbeat())
 
     async def poll_once(self) -> None:
         """One poll: read, decode, queue and publish. A link fault is reported and the next poll tries again."""
@@ -157,28 +145,28 @@ class FarmAgent:
             return
         seconds = time.monotonic() - started
         self.state.polls_ok += 1
-        if not self.state.modbus_ok:
+        answered_again = not self.state.modbus_ok
+        if answered_again:
             await self._modbus_restored()
         ts = self.clock()
         previous, alarms_before = self.state.reading, self.state.alarms
         alarms = Alarms(ts=ts, **result.alarms)
-        reading = await self._report(result, ts, previous)
+        # the first answer after a fault is published whatever moved: consumers see fresh values at once
+        reading = await self._report(result, ts, previous, due=answered_again)
         if alarms_before is None or alarm_lists(alarms_before) != alarm_lists(alarms):
             self.state.alarms = alarms
             self.publisher.soon(self.publish_alarms())
         await self._check_storage()
         await self.extensions.poll(Polled(ts, seconds, result.status, previous, reading, alarms_before, alarms))
 
-    async def _report(self, result: PollResult, ts: datetime, previous: Reading | None) -> Reading | None:
+    async def _report(self, result: PollResult, ts: datetime, previous: Reading | None,
+                      due: bool = False) -> Reading | None:
         """Queue and send a reading when it is due or something moved beyond its deadband."""
-        due = time.monotonic() - self.state.last_published >= self.settings.max_interval
+        due = due or time.monotonic() - self.state.last_published >= self.settings.max_interval
         if not due and not worth_publishing(self.profile, previous.values if previous else None,
                                             previous.status if previous else None, result.values, result.status):
             return None
-        added = self.queue.add(lambda seq: Reading(
-            ts=ts, seq=seq, values=result.values, status=result.status,
-            bits=named_bits(self.profile, result.values) or None,
-        ))
+        added = self.queue.add(lambda seq: make_reading(ts, seq, result.values, result.status))
         self.state.reading, self.state.latest = added.reading, added.queued
         self.state.last_published = time.monotonic()
         self.publisher.soon(self.reporter.send_live(added.queued))
@@ -301,6 +289,10 @@ class FarmAgent:
             bytes_per_hour=int(self.publisher.bytes_published / hours),
             storage_error=state.storage_error,
             in_memory=self.queue.in_memory if state.storage_error else None,
+            cycle_s=round(state.cycle.seconds, 3) if state.cycle else None,
+            cycle_wire_s=round(state.cycle.wire_s, 3) if state.cycle else None,
+            bus_units=state.cycle.units if state.cycle else None,
+            overrun=state.cycle.overrun if state.cycle else None,
         ).model_copy(update=parts)
 
     def meta(self) -> Meta:
@@ -309,6 +301,7 @@ class FarmAgent:
             farm_id=self.farm_id,
             name=settings.farm_name or self.farm_id,
             owner_id=settings.owner_id,
+            site=settings.site,
             location=settings.location,
             capabilities=settings.capabilities,
             device=DeviceInfo(
@@ -322,16 +315,6 @@ class FarmAgent:
             profile=self.profile.summary(),
             ts=self.clock(),
         )
-
-
-async def _wait_any(events: tuple[asyncio.Event, ...], seconds: float) -> None:
-    """Return when any of ``events`` is set or after ``seconds``."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
 
 
 def alarm_lists(alarms: Alarms) -> dict[str, list[AlarmItem]]:

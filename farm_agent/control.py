@@ -19,7 +19,7 @@ from pathlib import Path
 
 from contract.payloads import Ack, Clock, PayloadError, SetCommand, decode_set_command, format_ts
 from contract.topics import VALUE_NAME_PATTERN
-from farm_agent.link import ModbusFailure, ModbusLink, ModbusTimeout
+from farm_agent.link import ModbusFailure, ModbusLink, ModbusTimeout, Priority
 from farm_agent.profile import Profile, WritableSpec
 
 log = logging.getLogger("kubmesh.agent.control")
@@ -121,7 +121,7 @@ class CommandHandler:
     async def _write(self, spec: WritableSpec, raw: int) -> None:
         await self.link.write(spec.address, raw)
         if spec.kind == "setting":
-            (read_back,) = await self.link.read("holding", spec.address, 1)
+            (read_back,) = await self.link.read("holding", spec.address, 1, Priority.COMMAND)
             if read_back != raw:
                 raise CommandRefused(f"read-back mismatch: wrote {raw}, the device holds {read_back}")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from contract.topics import Topics, ha_device_config_topic, ha_node_id
+from contract.topics import HA_NODE_PREFIX, Topics, ha_device_config_topic, ha_node_id
 from farm_agent.profile import Profile, ValueSpec
 
 ORIGIN_NAME = "kubmesh"
@@ -33,9 +33,12 @@ def device_config(
     agent_version: str,
     language: str = "en",
     expire_after_s: int | None = None,
+    via_device: str | None = None,
 ) -> dict[str, Any]:
     node = ha_node_id(farm_id)
     device: dict[str, Any] = {"ids": [node], "name": farm_name, "mdl": profile.model}
+    if via_device:
+        device["via_device"] = via_device
     if profile.manufacturer:
         device["mf"] = profile.manufacturer
     if firmware:
@@ -74,6 +77,35 @@ def device_config(
 
 def config_topic(prefix: str, farm_id: str) -> str:
     return ha_device_config_topic(prefix, farm_id)
+
+
+def site_node_id(first_house: str) -> str:
+    """The site's device, named after its first house: ``kubmesh-site-house-1``."""
+    return f"{HA_NODE_PREFIX}site-{first_house}"
+
+
+def site_config(
+    topics: Topics, first_house: str, site: str, agent_version: str, language: str = "en"
+) -> dict[str, Any]:
+    """The site as a device of its own, which every house's device names as its ``via_device``.
+
+    A device exists in Home Assistant only with an entity: the site's is its bus's poll cycle, from
+    the first house's heartbeat. It is announced by the first house, on that house's own node of the
+    per-entity topic (the topic ACL lets a house publish only there), before the house's own device.
+    """
+    node = site_node_id(first_house)
+    return {
+        "p": "sensor", "uniq_id": f"{node}-poll_cycle", "name": "Цикл опроса" if language == "ru" else "Poll cycle",
+        "dev": {"ids": [node], "name": site, "mdl": "kubmesh site"},
+        "o": {"name": ORIGIN_NAME, "sw": agent_version},
+        "stat_t": topics.heartbeat(first_house), "val_tpl": "{{ value_json.cycle_s }}", "unit_of_meas": "s",
+        "dev_cla": "duration", "stat_cla": "measurement", "ent_cat": "diagnostic", "qos": 1,
+        "avty": [{"t": topics.status(first_house), "val_tpl": "{{ value_json.state }}"}],
+    }
+
+
+def site_config_topic(prefix: str, first_house: str) -> str:
+    return f"{prefix}/sensor/{ha_node_id(first_house)}/site_poll_cycle/config"
 
 
 def _sensor(spec: ValueSpec, state_topic: str, node: str, language: str, expire_after_s: int | None) -> dict[str, Any]:

@@ -1,15 +1,47 @@
-"""The farm agent's settings: the owner's ``farm_config.yaml`` and ``FARM_ID``-style variables keep working."""
+"""The farm agent's settings: the owner's ``farm_config.yaml`` and ``FARM_ID``-style variables keep working.
+
+An agent serves a site: the controllers of its houses, listed under ``controllers`` (each its own farm
+id, name, unit id and optionally its own link), or the one controller of ``FARM_ID``/``MODBUS_URL`` —
+a site of one. :meth:`AgentSettings.houses` gives each house's settings, the site's with its own
+id, name, Modbus URL and MQTT identity, so that every part of the agent serves one house as before.
+"""
 
 from __future__ import annotations
 
 import re
 from typing import ClassVar
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from common.settings import ServiceSettings
 from contract.topics import check_farm_id
-from farm_agent.link import ModbusUrl, ModbusUrlError
+from farm_agent.link import ModbusUrl, ModbusUrlError, url_with_unit
+
+
+class ControllerSettings(BaseModel):
+    """One house's controller: ``{id: house-1, name: "Птичник №1", unit: 1, url?: tcp://…, mqtt_password?: …}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    name: str | None = None
+    unit: int = Field(ge=1, le=247)
+    url: str | None = None  # its own link; default the site's ``modbus.url``
+    location: str | None = None
+    # the house's own MQTT identity (username = its id) on the site's broker; default the site's mqtt.url as is
+    mqtt_password: str | None = Field(None, repr=False)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return check_farm_id(value)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_modbus_url(value)
+        return value
 
 PHONE_NUMBER = re.compile(r"^\+?[0-9]{3,15}$")
 
@@ -47,6 +79,7 @@ class AgentSettings(ServiceSettings):
         "farm.id": "farm_id",
         "farm.name": "farm_name",
         "farm.owner_id": "owner_id",
+        "farm.site": "site",
         "farm.location": "location",
         "farm.capabilities": "capabilities",
         "farm.api_port": "api_port",
@@ -72,8 +105,10 @@ class AgentSettings(ServiceSettings):
         "sms.language": "sms_language",
     }
 
-    farm_id: str
+    farm_id: str | None = None  # a site of one; ``controllers`` lists the houses of a larger site
     farm_name: str | None = None
+    site: str | None = None  # the site's name, published in every house's meta
+    controllers: list[ControllerSettings] = Field(default_factory=list)
     owner_id: str | None = None
     location: str | None = None
     capabilities: list[str] = Field(default_factory=lambda: ["kub1063", "monitoring", "control"])
@@ -81,7 +116,7 @@ class AgentSettings(ServiceSettings):
     api_port: int = Field(8080, ge=0, le=65535)
     modbus_url: str = "tcp://127.0.0.1:502?unit=1"
     poll_interval: float = Field(5.0, ge=0.2, le=3600)
-    heartbeat_interval: float = Field(30.0, ge=1, le=3600)
+    heartbeat_interval: float = Field(60.0, ge=1, le=3600)  # within the web's 120 s of silence
     command_max_age: float = Field(60.0, gt=0)  # refuse commands issued longer ago than this (seconds)
     max_interval: float = Field(60.0, ge=0, le=86400)  # publish state at least this often; 0 = every poll
     # the on-disk backlog: room for 7 days of readings at 5 s polling, and readings no older than 7 days
@@ -109,16 +144,13 @@ class AgentSettings(ServiceSettings):
 
     @field_validator("farm_id")
     @classmethod
-    def _farm_id(cls, value: str) -> str:
-        return check_farm_id(value)
+    def _farm_id(cls, value: str | None) -> str | None:
+        return None if value is None else check_farm_id(value)
 
     @field_validator("modbus_url")
     @classmethod
     def _modbus_url(cls, value: str) -> str:
-        try:
-            ModbusUrl.parse(value)
-        except ModbusUrlError as exc:
-            raise ValueError(str(exc)) from None
+        _check_modbus_url(value)
         return value
 
     @field_validator("sms_numbers", mode="before")
@@ -136,7 +168,53 @@ class AgentSettings(ServiceSettings):
         return value
 
     @model_validator(mode="after")
-    def _name(self) -> AgentSettings:
-        if not self.farm_name:
+    def _houses(self) -> AgentSettings:
+        if self.controllers and self.farm_id is not None:
+            raise ValueError("give either farm.id (FARM_ID, one controller) or controllers (a site), not both")
+        if not self.controllers and self.farm_id is None:
+            raise ValueError("Field required: farm.id (FARM_ID), or a list of controllers")
+        if self.sms_device and len(self.controllers) > 1:  # each house's extension would open the one modem
+            raise ValueError("sms.device texts for one controller: a site of several houses cannot share the modem yet")
+        ids = [controller.id for controller in self.controllers]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"controllers: each needs its own id, got {ids}")
+        links: dict[tuple[str, int], str] = {}
+        for controller in self.controllers:
+            key = (ModbusUrl.parse(controller.url or self.modbus_url).link, controller.unit)
+            if key in links:
+                raise ValueError(f"controllers {links[key]} and {controller.id} have the same unit {controller.unit}"
+                                 " on the same link")
+            links[key] = controller.id
+        if self.farm_id is not None and not self.farm_name:
             self.farm_name = self.farm_id
         return self
+
+    def houses(self) -> list[AgentSettings]:
+        """Each house's settings: the site's, with the house's id, name, Modbus URL and MQTT identity."""
+        if not self.controllers:
+            return [self]
+        return [self._house(controller) for controller in self.controllers]
+
+    def _house(self, controller: ControllerSettings) -> AgentSettings:
+        url = url_with_unit(controller.url or self.modbus_url, controller.unit)
+        mqtt_url = self.mqtt_url
+        if controller.mqtt_password is not None:
+            mqtt_url = str(self.mqtt().with_credentials(username=controller.id, password=controller.mqtt_password))
+        return self.model_copy(update={
+            "farm_id": controller.id, "farm_name": controller.name or controller.id, "modbus_url": url,
+            "location": controller.location or self.location, "mqtt_url": mqtt_url, "controllers": [],
+        })
+
+    @property
+    def house_id(self) -> str:
+        """The farm id of a house's settings (from :meth:`houses`)."""
+        assert self.farm_id is not None, "a site's settings name no house: use houses()"
+        return self.farm_id
+
+
+def _check_modbus_url(value: str) -> None:
+    try:
+        ModbusUrl.parse(value)
+    except ModbusUrlError as exc:
+        raise ValueError(str(exc)) from None
+

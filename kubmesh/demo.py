@@ -2,8 +2,9 @@
 
 It runs the same services a deployment runs, each in its own process (so one
 can be killed to watch the farm go offline): the discovery node with the
-embedded broker, two KUB-1063 simulators, one agent per farm, and the mobile
-web. Credentials are made fresh on every start and written to
+embedded broker, a site — one agent with three poultry houses whose controllers
+share one simulated RS-485 bus (units 1, 2, 3) — a greenhouse with its own
+simulator and agent, and the mobile web. Credentials are made fresh on every start and written to
 ``DIR/credentials.json``; only hashes stay in the identity store. The demo's
 agents publish ``state`` on every poll, so the bus and the pages move
 visibly; deployed agents report by exception (``--max-interval``).
@@ -26,10 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+import yaml
+
 from common.identities import Credentials, IdentityStore, Role
 from common.mqtt import MqttUrl
 
-FARMS = (("farm-001", "Птичник №1"), ("farm-002", "Теплица №2"))
+SITE = "Агрофирма Север"
+SITE_HOUSES = (("farm-001", "Птичник №1"), ("farm-003", "Птичник №2"), ("farm-004", "Птичник №3"))
+GREENHOUSE = ("farm-002", "Теплица №2")
+FARMS = (*SITE_HOUSES, GREENHOUSE)
 DEMO_OWNER = "demo-owner"
 STOP_TIMEOUT_S = 8.0
 PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -43,15 +49,18 @@ class Child:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="run everything on this machine with two simulated farms")
+    parser = subparsers.add_parser("demo", help="run everything on this machine: a simulated site of three houses "
+                                   "on one bus, and a greenhouse")
     parser.add_argument("--data-dir", default="./kubmesh-data", help="where data, logs and credentials.json go")
     parser.add_argument("--bind", default="127.0.0.1", help="address the broker, API and web listen on")
     parser.add_argument("--mqtt-port", type=int, default=1883)
     parser.add_argument("--api-port", type=int, default=8082)
     parser.add_argument("--web-port", type=int, default=5000)
-    parser.add_argument("--agent-port", type=int, default=8080, help="first farm agent's HTTP port (+1 for the next)")
-    parser.add_argument("--modbus-port", type=int, default=5020, help="first simulator's Modbus TCP port (+1 …)")
-    parser.add_argument("--control-port", type=int, default=5030, help="first simulator's control port (+1 …)")
+    parser.add_argument("--agent-port", type=int, default=8080,
+                        help="the site agent's HTTP port (+1: the greenhouse's agent)")
+    parser.add_argument("--modbus-port", type=int, default=5020,
+                        help="the site bus simulator's Modbus TCP port (+1: the greenhouse's)")
+    parser.add_argument("--control-port", type=int, default=5030, help="the site bus simulator's control port (+1 …)")
     parser.add_argument("--poll-interval", type=float, default=float(os.environ.get("POLL_INTERVAL", 5)))
     parser.set_defaults(func=run_demo)
 
@@ -105,24 +114,37 @@ def run_demo(args: argparse.Namespace) -> int:
             wait_port=args.mqtt_port,
         )
         _wait_for_port(children[-1], args.api_port, lambda: stopping)
-        for index, (farm_id, _) in enumerate(FARMS):
-            start(
-                f"simulator-{farm_id}",
-                ["simulate", "--host", "127.0.0.1", "--port", str(args.modbus_port + index),
-                 "--control-port", str(args.control_port + index), "--seed", str(index + 1),
-                 "--day", str(12 + index * 9)],
-                wait_port=args.modbus_port + index,
-            )
-        for index, (farm_id, farm_name) in enumerate(FARMS):
-            start(
-                f"agent-{farm_id}",
-                ["farm-agent", "--data-dir", str(data_dir), "--farm-id", farm_id, "--farm-name", farm_name,
-                 "--owner-id", DEMO_OWNER, "--modbus-url", f"tcp://127.0.0.1:{args.modbus_port + index}?unit=1",
-                 "--poll-interval", str(args.poll_interval), "--max-interval", "0", "--host", "127.0.0.1",
-                 "--port", str(args.agent_port + index)],
-                env={"MQTT_URL": str(broker_url.with_credentials(**credentials[farm_id].as_dict()))},
-                wait_port=args.agent_port + index,
-            )
+        start(
+            "simulator-site",
+            ["simulate", "--units", ",".join(str(unit) for unit in range(1, len(SITE_HOUSES) + 1)),
+             "--host", "127.0.0.1", "--port", str(args.modbus_port), "--control-port", str(args.control_port),
+             "--seed", "1", "--day", "12"],
+            wait_port=args.modbus_port,
+        )
+        start(
+            f"simulator-{GREENHOUSE[0]}",
+            ["simulate", "--host", "127.0.0.1", "--port", str(args.modbus_port + 1),
+             "--control-port", str(args.control_port + 1), "--seed", "2", "--day", "21"],
+            wait_port=args.modbus_port + 1,
+        )
+        site_config = _write_site_config(data_dir / "site_config.yaml", args, broker_url, credentials)
+        start(
+            "agent-site",
+            ["farm-agent", "--config", str(site_config), "--data-dir", str(data_dir),
+             "--poll-interval", str(args.poll_interval), "--max-interval", "0", "--host", "127.0.0.1",
+             "--port", str(args.agent_port)],
+            wait_port=args.agent_port,
+        )
+        farm_id, farm_name = GREENHOUSE
+        start(
+            f"agent-{farm_id}",
+            ["farm-agent", "--data-dir", str(data_dir), "--farm-id", farm_id, "--farm-name", farm_name,
+             "--owner-id", DEMO_OWNER, "--modbus-url", f"tcp://127.0.0.1:{args.modbus_port + 1}?unit=1",
+             "--poll-interval", str(args.poll_interval), "--max-interval", "0", "--host", "127.0.0.1",
+             "--port", str(args.agent_port + 1)],
+            env={"MQTT_URL": str(broker_url.with_credentials(**credentials[farm_id].as_dict()))},
+            wait_port=args.agent_port + 1,
+        )
         start(
             "mobile-web",
             ["mobile-web", "--data-dir", str(data_dir), "--host", args.bind, "--port", str(args.web_port)],
@@ -169,12 +191,28 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _write_site_config(path: Path, args: argparse.Namespace, broker_url: MqttUrl,
+                       credentials: dict[str, Credentials]) -> Path:
+    """The site agent's farm_config.yaml: its houses on one bus, each with its own identity (0600: it holds them)."""
+    config = {
+        "farm": {"owner_id": DEMO_OWNER, "site": SITE},
+        "modbus": {"url": f"tcp://127.0.0.1:{args.modbus_port}"},
+        "mqtt": {"url": str(broker_url)},
+        "controllers": [{"id": farm_id, "name": name, "unit": unit, "mqtt_password": credentials[farm_id].password}
+                        for unit, (farm_id, name) in enumerate(SITE_HOUSES, start=1)],
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        yaml.safe_dump(config, out, allow_unicode=True, sort_keys=False)
+    return path
+
+
 def _ports(args: argparse.Namespace) -> dict[str, int]:
     ports = {"MQTT": args.mqtt_port, "REST API": args.api_port, "web": args.web_port}
-    for index, (farm_id, _) in enumerate(FARMS):
-        ports[f"agent {farm_id}"] = args.agent_port + index
-        ports[f"simulator {farm_id}"] = args.modbus_port + index
-        ports[f"simulator control {farm_id}"] = args.control_port + index
+    for index, name in enumerate(("site", GREENHOUSE[0])):
+        ports[f"agent {name}"] = args.agent_port + index
+        ports[f"simulator {name}"] = args.modbus_port + index
+        ports[f"simulator control {name}"] = args.control_port + index
     return ports
 
 
@@ -233,7 +271,9 @@ kubmesh demo is running (Ctrl-C stops it).
   Mobile web     http://{host}:{args.web_port}/        login {web.username} / {web.password}
   REST API       http://{host}:{args.api_port}/api/farms  Authorization: Bearer {token}
   MQTT broker    mqtt://{host}:{args.mqtt_port}          admin {admin.username} / {admin.password}
-  Farm agents    {", ".join(f"http://127.0.0.1:{args.agent_port + i}/health" for i in range(len(FARMS)))}
+  Site agent     http://127.0.0.1:{args.agent_port}/health  ({SITE}: {", ".join(f"{f} unit {u}" for u, (f, _) in
+                                                            enumerate(SITE_HOUSES, start=1))} on one bus)
+  Farm agent     http://127.0.0.1:{args.agent_port + 1}/health  ({GREENHOUSE[0]})
 
   Watch the bus: mosquitto_sub -h {host} -p {args.mqtt_port} -u {admin.username} -P {admin.password} -v -t 'kub/#'
   Credentials:   {data_dir / "credentials.json"}

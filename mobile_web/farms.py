@@ -212,11 +212,20 @@ def visible_views() -> list[FarmView]:
     return sorted(views, key=lambda v: (-v.alarm_count, not v.online, v.meta.name if v.meta else v.farm_id))
 
 
+def by_site(views: list[FarmView]) -> list[tuple[str | None, list[FarmView]]]:
+    """The farms grouped by the site their meta names, each group in the order of its first farm; farms without
+    a site together, last."""
+    groups: dict[str | None, list[FarmView]] = {}
+    for view in views:
+        groups.setdefault(view.meta.site if view.meta else None, []).append(view)
+    return sorted(groups.items(), key=lambda group: group[0] is None)
+
+
 @bp.get("/")
 @login_required
 def index() -> str:
     views = visible_views()
-    return render_template("farms.html", views=views, is_stale=is_stale, main_value=main_value,
+    return render_template("farms.html", views=views, sites=by_site(views), is_stale=is_stale, main_value=main_value,
                            profile_of=profile_of, display=display, unit_text=unit_text,
                            two_polls=two_polls, heartbeat_ok=heartbeat_ok, grace=BY_EXCEPTION_GRACE_S)
 

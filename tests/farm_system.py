@@ -79,7 +79,8 @@ class Agent:
              "--modbus-url", self.modbus_url, "--poll-interval", str(self.poll_interval),
              "--host", "127.0.0.1", "--port", str(self.api_port)],
             self.tmp_path / f"agent-{self.farm_id}-{self.api_port}.log",
-            env={"MQTT_URL": self.mqtt_url, "KUBMESH_KEEPALIVE": "5", **self.extra_env},
+            # a reading at least every 2 s: tests wait for fresh states, which by exception may not come for a minute
+            env={"MQTT_URL": self.mqtt_url, "KUBMESH_KEEPALIVE": "5", "MAX_INTERVAL": "2", **self.extra_env},
         ).wait_port(self.api_port)
         return self
 

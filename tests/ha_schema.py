@@ -30,7 +30,7 @@ ABBREVIATIONS = {
 DEVICE_ABBREVIATIONS = {
     "cns": "connections", "cu": "configuration_url", "ids": "identifiers", "name": "name", "mf": "manufacturer",
     "mdl": "model", "mdl_id": "model_id", "hw": "hw_version", "sw": "sw_version", "sa": "suggested_area",
-    "sn": "serial_number",
+    "sn": "serial_number", "via_device": "via_device",
 }
 ORIGIN_ABBREVIATIONS = {"name": "name", "sw": "sw_version", "url": "support_url"}
 
@@ -54,7 +54,7 @@ REQUIRED = {"sensor": {"state_topic"}, "binary_sensor": {"state_topic"}, "number
 SENSOR_UNITS: dict[str, set[str | None]] = {
     "temperature": {"°C", "°F", "K"}, "humidity": {"%"}, "carbon_dioxide": {"ppm"},
     "pressure": {"Pa", "hPa", "kPa", "bar", "cbar", "mbar", "mmHg", "inHg", "psi"},
-    "timestamp": {None}, "enum": {None},
+    "timestamp": {None}, "enum": {None}, "duration": {"s", "ms", "min", "h", "d"},
 }
 BINARY_SENSOR_CLASSES = {"problem", "connectivity", "safety", "running", "power", "opening"}
 STATE_CLASSES = {"measurement", "total", "total_increasing", "measurement_angle"}
@@ -99,6 +99,18 @@ def check_device_config(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
         _check_platform(component_id, platform, component)
         components[component_id] = component
     return components
+
+
+def check_entity_config(document: dict[str, Any]) -> dict[str, Any]:
+    """Assert a per-entity discovery config (``<prefix>/<component>/<node>/<object>/config``) follows HA's rules."""
+    entity = expand(document, ABBREVIATIONS, "entity")
+    device = expand(entity["device"], DEVICE_ABBREVIATIONS, "device")
+    assert device.get("identifiers") and device.get("name"), "device needs identifiers and a name"
+    platform = entity["platform"]
+    assert set(entity) <= PLATFORM_KEYS[platform], set(entity) - PLATFORM_KEYS[platform]
+    assert REQUIRED[platform] <= set(entity) and entity.get("unique_id")
+    _check_platform("entity", platform, entity)
+    return entity
 
 
 def _check_platform(component_id: str, platform: str, component: dict[str, Any]) -> None:

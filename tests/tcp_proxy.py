@@ -37,6 +37,8 @@ class TcpProxy:
     mode: str = "forward"  # forward, stall or cut
 
     def __post_init__(self) -> None:
+        self.bytes_up = 0  # forwarded from clients to the target
+        self.bytes_down = 0  # forwarded from the target to clients
         self._links: set[_Link] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
@@ -98,15 +100,20 @@ class TcpProxy:
                 up_reader, link.upstream = await asyncio.open_connection("127.0.0.1", self.target_port)
             except OSError:
                 return
-            await asyncio.gather(self._pump(reader, link.upstream, link), self._pump(up_reader, writer, link))
+            await asyncio.gather(self._pump(reader, link.upstream, link, up=True),
+                                 self._pump(up_reader, writer, link, up=False))
         finally:
             self._links.discard(link)
             link.close()
 
-    async def _pump(self, source: asyncio.StreamReader, target: asyncio.StreamWriter, link: _Link) -> None:
+    async def _pump(self, source: asyncio.StreamReader, target: asyncio.StreamWriter, link: _Link, up: bool) -> None:
         with contextlib.suppress(OSError):
             while data := await source.read(65536):
                 if link.alive:
+                    if up:
+                        self.bytes_up += len(data)
+                    else:
+                        self.bytes_down += len(data)
                     target.write(data)
                     await target.drain()
         if link.alive:

@@ -19,7 +19,9 @@ FARM = "farm-007"
 @pytest.fixture
 def farm(broker: RunningBroker, simulator: Simulator, tmp_path: Path) -> Iterator[tuple[Agent, MqttWatcher]]:
     credentials = broker.add(FARM, Role.FARM, owner="owner-a")
-    agent = Agent(tmp_path, broker.data_dir, FARM, broker.url(credentials), simulator.modbus_url).start()
+    # by exception as deployed: nothing is published for moves within the deadbands
+    agent = Agent(tmp_path, broker.data_dir, FARM, broker.url(credentials), simulator.modbus_url,
+                  extra_env={"MAX_INTERVAL": "600"}).start()
     watcher = MqttWatcher(broker.port, broker.admin.username, broker.admin.password, "#")
     yield agent, watcher
     watcher.close()
@@ -205,3 +207,18 @@ def test_agent_reconnects_after_broker_restart_with_one_heartbeat_loop(
             watcher.close()
     finally:
         agent.stop()
+
+
+def test_the_first_reading_after_a_controller_fault_is_published_though_nothing_moved(
+    farm: tuple[Agent, MqttWatcher], simulator: Simulator
+) -> None:
+    _, watcher = farm
+    for address in range(0x0081, 0x00D7):  # every value still: by exception, nothing is worth publishing
+        simulator.control("/raw", {"address": address, "value": 0 if 0x00C0 <= address <= 0x00CF else 100})
+    wait_until(lambda: (s := watcher.last(_topic("state"))) and s["values"]["temp_inside"] == 10.0, 10,
+               what="the pinned values published")
+    simulator.control("/fail", {"mode": "timeout", "function": 4})
+    wait_until(lambda: watcher.last(_topic("heartbeat"))["modbus"] == "error", 10, what="modbus error reported")
+    seq = watcher.last(_topic("state"))["seq"]
+    simulator.control("/fail", {"mode": None})
+    wait_until(lambda: watcher.last(_topic("state"))["seq"] > seq, 5, what="a reading as soon as it answers again")

@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers import REPO, MqttWatcher, free_consecutive_ports, free_port, wait_until
 
-FARMS = ("farm-001", "farm-002")
+FARMS = ("farm-001", "farm-002", "farm-003", "farm-004")  # a site of three houses (001, 003, 004) and a greenhouse
 
 
 @pytest.fixture

@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.ha_schema import check_device_config
+from tests.ha_schema import check_device_config, check_entity_config
 from tests.helpers import REPO, MqttWatcher, wait_until
 from tests.test_demo import FARMS, demo  # noqa: F401 - the fixture
 
 CORE_SENSORS = {"temperature", "humidity", "carbon_dioxide", "pressure"}
+SITE_CONFIG = "homeassistant/sensor/kubmesh-farm-001/site_poll_cycle/config"
 
 
 def mosquitto_sub(port: int, admin: dict[str, str], count: int, *extra: str) -> list[tuple[str, str]]:
@@ -29,7 +30,11 @@ def mosquitto_sub(port: int, admin: dict[str, str], count: int, *extra: str) -> 
 def test_demo_announces_both_farms_to_home_assistant_and_passes_the_doctor(demo: Any, tmp_path: Path) -> None:  # noqa: F811
     _, ports, credentials, output = demo
     admin = credentials["mqtt"]["admin"]
-    configs = dict(mosquitto_sub(ports["mqtt"], admin, len(FARMS)))
+    announced = dict(mosquitto_sub(ports["mqtt"], admin, len(FARMS) + 1))
+    # the site's own device, through which its three houses are reached, announced by its first house
+    site = check_entity_config(json.loads(announced.pop(SITE_CONFIG)))
+    assert site["device"]["name"] == "Агрофирма Север"
+    configs = announced
     assert set(configs) == {f"homeassistant/device/kubmesh-{farm}/config" for farm in FARMS}
     for document in configs.values():
         components = check_device_config(json.loads(document))

@@ -63,18 +63,19 @@ class RecordingBridge(FarmBridge):
         return True
 
 
-def farm_announcement(farm_id: str, owner: str) -> list[tuple[str, bytes]]:
+def farm_announcement(farm_id: str, owner: str, site: str | None = None) -> list[tuple[str, bytes]]:
     """A farm's retained ``status`` and ``meta``, as its agent publishes them on connecting."""
     now = utc_now()
     return [(TOPICS.status(farm_id), encode(Status(state="online", ts=now))), (TOPICS.meta(farm_id), encode(Meta(
-        farm_id=farm_id, name=f"Ферма {farm_id}", owner_id=owner, device=DeviceInfo(model="KUB-1063"),
+        farm_id=farm_id, name=f"Ферма {farm_id}", owner_id=owner, site=site, device=DeviceInfo(model="KUB-1063"),
         agent_version="test", poll_interval_s=5, profile=SHIPPED_PROFILE, ts=now,
     )))]
 
 
-def feed_farm(bridge: FarmBridge, farm_id: str = FARM, owner: str = "owner-a", **values: Any) -> None:
+def feed_farm(bridge: FarmBridge, farm_id: str = FARM, owner: str = "owner-a", site: str | None = None,
+              **values: Any) -> None:
     now = utc_now()
-    for topic, payload in farm_announcement(farm_id, owner):
+    for topic, payload in farm_announcement(farm_id, owner, site):
         bridge.handle(topic, payload)
     readings = {"temp_inside": 21.5, "humidity": 61.0, "co2": 900} | values
     status = {name: ("ok" if value is not None else "break") for name, value in readings.items()}
@@ -180,6 +181,19 @@ def test_russian_from_accept_language_and_the_switch(web: tuple[Flask, Recording
     client.get("/lang/en")
     english = client.get(f"/farms/{FARM}", headers={"Accept-Language": "ru"}).get_data(as_text=True)
     assert "Inside temperature" in english
+
+
+def test_the_farm_list_groups_the_houses_of_a_site(web: tuple[Flask, RecordingBridge, IdentityStore]) -> None:
+    app, bridge, _ = web
+    feed_farm(bridge, "house-2", site="Агрофирма Север")
+    feed_farm(bridge, "greenhouse")
+    feed_farm(bridge, "house-1", site="Агрофирма Север")
+    client = app.test_client()
+    log_in(client, "vera", "viewer-pass")
+    listing = client.get("/", headers={"Accept-Language": "en"}).get_data(as_text=True)
+    groups = re.findall(r'<h2 class="site">([^<]+)</h2>\s*<ul class="farms">(.*?)</ul>', listing, re.S)
+    assert [(site, re.findall(r'data-farm="([^"]+)"', cards)) for site, cards in groups] == [
+        ("Агрофирма Север", ["house-1", "house-2"]), ("Other farms", ["greenhouse"])]
 
 
 def test_owner_scoped_viewer_sees_only_its_farms(web: tuple[Flask, RecordingBridge, IdentityStore]) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contract.payloads import Reading, decode, encode, utc_now
 from farm_agent.profile import load_profile
-from farm_agent.report import named_bits, worth_publishing
+from farm_agent.report import make_reading, worth_publishing
 
 PROFILE = load_profile()
 OK = {"temp_inside": "ok", "humidity": "ok", "co2": "ok", "ventilation_scheme": "ok"}
@@ -16,18 +17,26 @@ def publish(values: dict, status: dict | None = None) -> bool:  # type: ignore[t
 
 def test_moves_within_deadbands_are_not_worth_publishing() -> None:
     assert not publish({})
-    assert not publish({"temp_inside": 21.2, "humidity": 61.0, "co2": 950})  # deadbands 0.2, 1.0, 50
+    assert not publish({"temp_inside": 21.3, "humidity": 62.0, "co2": 1050})  # deadbands 0.3, 2.0, 150
 
 
 def test_a_move_beyond_a_deadband_a_status_change_or_an_enum_change_is() -> None:
-    assert publish({"temp_inside": 21.3})
-    assert publish({"co2": 951})
+    assert publish({"temp_inside": 21.4})
+    assert publish({"co2": 1051})
     assert publish({"humidity": None}, {"humidity": "break"})
     assert publish({"ventilation_scheme": 1})
     assert worth_publishing(PROFILE, None, None, BEFORE, OK)
 
 
-def test_labelled_bits_are_named() -> None:
-    assert named_bits(PROFILE, {"digital_outputs_2": 0b1000_0000, "digital_outputs_1": 3}) == {
-        "digital_outputs_2": {"alarm_relay": True}
-    }
+def test_a_reading_carries_every_value_and_only_the_statuses_that_are_not_ok() -> None:
+    values = {**BEFORE, "humidity": None}
+    status = {**OK, "humidity": "break"}
+    reading = decode(Reading, encode(make_reading(utc_now(), 7, values, status)))
+    assert reading.values == values and reading.status == {"humidity": "break"} and reading.bits is None
+
+
+def test_a_published_reading_with_its_ok_statuses_left_out_is_not_a_status_change() -> None:
+    published = make_reading(utc_now(), 1, BEFORE, OK)
+    assert published.status == {}
+    assert not worth_publishing(PROFILE, published.values, published.status, BEFORE, OK)
+    assert worth_publishing(PROFILE, published.values, published.status, BEFORE, {**OK, "co2": "error"})

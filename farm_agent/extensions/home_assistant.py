@@ -41,10 +41,17 @@ class HomeAssistant(Extension):
 
     async def _publish_config(self) -> None:
         agent, settings = self.agent, self.agent.settings
+        first = agent.site_houses[0]
+        in_a_site = bool(settings.site) and len(agent.site_houses) > 1
+        if in_a_site and agent.farm_id == first:
+            site = homeassistant.site_config(agent.topics, first, settings.site or first, AGENT_VERSION,
+                                             settings.ha_language)
+            await agent.publisher.publish(homeassistant.site_config_topic(settings.ha_prefix, first),
+                                          json.dumps(site, ensure_ascii=False).encode(), retain=True)
         config = homeassistant.device_config(
             agent.profile, agent.topics, agent.farm_id, farm_name=settings.farm_name or agent.farm_id,
             firmware=agent.state.firmware, location=settings.location, agent_version=AGENT_VERSION,
-            language=settings.ha_language,
+            language=settings.ha_language, via_device=homeassistant.site_node_id(first) if in_a_site else None,
         )
         await agent.publisher.publish(homeassistant.config_topic(settings.ha_prefix, agent.farm_id),
                                       json.dumps(config, ensure_ascii=False).encode(), retain=True)

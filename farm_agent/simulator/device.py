@@ -18,15 +18,14 @@ from typing import Any, Literal
 
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
-from pymodbus.framer import FramerType
-from pymodbus.pdu import ModbusPDU
-from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simutils import DataType
 
 from contract.payloads import format_ts, utc_now
 from farm_agent.decode import encode_value
+from farm_agent.link import READ_REPLY_OVERHEAD, READ_REQUEST_BYTES, WRITE_FRAME_BYTES, wire_seconds
 from farm_agent.profile import AlarmGroupSpec, Profile, load_profile
+from farm_agent.simulator.bus import SimulatedBus, SimulatorError
 from farm_agent.simulator.climate import Climate
 
 log = logging.getLogger("kubmesh.simulator")
@@ -50,10 +49,6 @@ WRITES = (WRITE_SINGLE, WRITE_MULTIPLE)
 MAX_WRITES_KEPT = 10_000
 
 
-class SimulatorError(Exception):
-    """The simulator cannot serve: the port is taken, the serial device is missing, or it is serving already."""
-
-
 @dataclass(frozen=True)
 class FailMode:
     kind: FailKind
@@ -72,6 +67,7 @@ class Kub1063Simulator:
         day: int = 1,
         strict: bool = False,
         latency_ms: float = 0.0,
+        pace_baud: int | None = None,
         drop_rate: float = 0.0,
         sentinels: dict[str, str] | None = None,
         alarms: Iterable[tuple[str, int]] = (),
@@ -89,6 +85,7 @@ class Kub1063Simulator:
         self.unit = unit
         self.strict = strict
         self.latency_s = latency_ms / 1000
+        self.pace_baud = pace_baud  # answer as late as the frames would be on a line at this speed (8N1)
         self.drop_rate = drop_rate
         self.clock = clock
         self.climate = Climate(seed, start_day=day, started=clock())
@@ -107,7 +104,7 @@ class Kub1063Simulator:
             "holding": {RESET_ALARMS, TIMEZONE, *WIRING, *(w.address for w in self.profile.writable)},
         }
         self._alarm_relay = self._find_alarm_relay()
-        self._server: ModbusTcpServer | ModbusSerialServer | None = None
+        self._server: SimulatedBus | None = None
         for name, status in (sentinels or {}).items():
             self.set_sentinel(name, status)
         for group, bit in alarms:
@@ -224,46 +221,31 @@ class Kub1063Simulator:
     # ---- serving ------------------------------------------------------------------------------------
 
     async def start_tcp(self, host: str = "127.0.0.1", port: int = 5020) -> None:
-        server = ModbusTcpServer(
-            self._devices(), address=(host, port), ignore_missing_devices=True, trace_pdu=self._count
-        )
-        await self._serve(server, f"tcp://{host}:{port}")
+        """Serve this unit alone (a bus of one); :class:`~farm_agent.simulator.bus.SimulatedBus` serves several."""
+        await self._bus().start_tcp(host, port)
 
     async def start_serial(self, device: str, baudrate: int = 9600, parity: str = "N", stopbits: int = 1) -> None:
-        server = ModbusSerialServer(
-            self._devices(), framer=FramerType.RTU, port=device, baudrate=baudrate, bytesize=8, parity=parity,
-            stopbits=stopbits, ignore_missing_devices=True, trace_pdu=self._count,
-        )
-        await self._serve(server, f"{device} at {baudrate} 8{parity}{stopbits}")
+        await self._bus().start_serial(device, baudrate, parity, stopbits)
 
     async def stop(self) -> None:
         if self._server is not None:
-            await self._server.shutdown()
+            await self._server.stop()
             self._server = None
 
-    async def _serve(self, server: ModbusTcpServer | ModbusSerialServer, where: str) -> None:
+    def _bus(self) -> SimulatedBus:
         if self._server is not None:
             raise SimulatorError("the simulator is serving already")
-        try:
-            await server.serve_forever(background=True)
-        except RuntimeError:
-            raise SimulatorError(f"cannot serve Modbus on {where}") from None
-        self._server = server
+        self._server = SimulatedBus([self])
+        return self._server
 
-    def _devices(self) -> list[SimDevice]:
-        # one block over the whole address space, so that every request reaches the action
-        def everything() -> list[SimData]:
-            return [SimData(0, count=0x10000, datatype=DataType.REGISTERS)]
+    def device(self) -> SimDevice:
+        """This unit on a pymodbus server: one block over the whole address space, so every request reaches
+        :meth:`_answer`."""
+        return SimDevice(id=self.unit, simdata=[SimData(0, count=0x10000, datatype=DataType.REGISTERS)],
+                         action=self._answer)
 
-        return [
-            SimDevice(id=self.unit, simdata=everything(), action=self._answer),
-            SimDevice(id=0, simdata=everything(), action=_stay_silent),  # every other unit id
-        ]
-
-    def _count(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
-        if not sending and pdu.dev_id == self.unit:
-            self.requests[pdu.function_code] += 1
-        return pdu
+    def count(self, function_code: int) -> None:
+        self.requests[function_code] += 1
 
     async def _answer(
         self,
@@ -281,6 +263,8 @@ class Kub1063Simulator:
             raise NoSuchIdException  # with ignore_missing_devices the server sends nothing
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
+        if self.pace_baud:
+            await asyncio.sleep(_frames_on_the_wire(function_code, count, self.pace_baud))
         table = TABLES.get(function_code)
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
@@ -343,5 +327,8 @@ def _signed(raw: int) -> int:
     return raw - 0x10000 if raw >= 0x8000 else raw
 
 
-async def _stay_silent(*_: Any) -> ExcCodes | None:
-    raise NoSuchIdException
+def _frames_on_the_wire(function_code: int, count: int, baudrate: int) -> float:
+    """What a request and its reply take on a 8N1 line: a read's reply is 5 + 2·N bytes, a single write's echo 8."""
+    if function_code in (READ_HOLDING, READ_INPUT):
+        return wire_seconds(READ_REQUEST_BYTES + READ_REPLY_OVERHEAD + 2 * count, 2, baudrate)
+    return wire_seconds(2 * WRITE_FRAME_BYTES + (2 * count if function_code == WRITE_MULTIPLE else 0), 2, baudrate)

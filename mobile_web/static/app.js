@@ -77,7 +77,7 @@
   // ---- the farm list ------------------------------------------------------------------------------
   function farmList(main) {
     const card = (farm) => main.querySelector(`[data-farm="${CSS.escape(farm)}"]`);
-    const list = main.querySelector(".farms");
+    const lists = main.querySelectorAll(".farms"); // one per site, farms without a site last
 
     function markStale() {
       main.querySelectorAll("[data-farm]").forEach((el) => el.classList.toggle("stale", isStale(el)));
@@ -89,12 +89,14 @@
         const alarms = parseInt(el.querySelector("[data-alarm-count]").textContent, 10) || 0;
         return [-alarms, el.dataset.online === "true" ? 0 : 1, el.querySelector(".name").textContent];
       };
-      const items = Array.from(list.children);
-      items.sort((a, b) => {
-        const [ka, kb] = [key(a), key(b)];
-        return ka[0] - kb[0] || ka[1] - kb[1] || ka[2].localeCompare(kb[2], lang);
+      lists.forEach((list) => {
+        const items = Array.from(list.children);
+        items.sort((a, b) => {
+          const [ka, kb] = [key(a), key(b)];
+          return ka[0] - kb[0] || ka[1] - kb[1] || ka[2].localeCompare(kb[2], lang);
+        });
+        items.forEach((li) => list.appendChild(li));
       });
-      items.forEach((li) => list.appendChild(li));
     }
 
     connect(main.dataset.stream, {
