@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO, free_consecutive_ports, free_port, wait_until
+from tests.test_demo import FARMS
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -55,7 +56,7 @@ def test_first_readme_command_brings_the_demo_up_with_only_the_system_python(tmp
     marker = next(SYSTEM_PYTHON.parent.parent.glob("lib/python3*/EXTERNALLY-MANAGED"), None)
     tree = fresh_tree(tmp_path / "kubmesh")
     ports = {name: free_port() for name in ("mqtt", "api", "web")}
-    ports |= {name: free_consecutive_ports(2) for name in ("agent", "modbus", "control")}
+    ports |= {name: free_consecutive_ports(len(FARMS)) for name in ("agent", "modbus", "control")}
     demo_command = readme_commands()[0] + " " + " ".join(
         f"--{name}-port {port}" for name, port in ports.items()) + " --poll-interval 1"
     env = {"HOME": os.environ.get("HOME", str(tmp_path)), "PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
@@ -74,9 +75,9 @@ def test_first_readme_command_brings_the_demo_up_with_only_the_system_python(tmp
 
             def farms_online() -> bool:
                 farms = json.load(urllib.request.urlopen(request, timeout=5))["farms"]
-                return len(farms) == 2 and all(farm["online"] for farm in farms)
+                return {farm["farm_id"]: farm["online"] for farm in farms} == dict.fromkeys(FARMS, True)
 
-            wait_until(farms_online, 60, interval=0.5, what="both demo farms online")
+            wait_until(farms_online, 60, interval=0.5, what="every demo farm online")
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
