@@ -142,6 +142,7 @@ def test_acknowledging_an_unknown_alert_changes_nothing() -> None:
 
 # ---- properties ---------------------------------------------------------------------------------------
 
+Op = tuple[str, object, frozenset[str]]
 STEP = st.one_of(
     st.tuples(st.just("set"), st.sampled_from(["farm-1", "farm-2"]), st.frozensets(st.sampled_from(["a", "b"]))),
     st.tuples(st.just("ack"), st.integers(0, 5), st.just(frozenset())),
@@ -151,7 +152,7 @@ STEP = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(STEP, st.integers(1, 400)), max_size=40))
-def test_lifecycle_invariants_hold_for_any_history(history: list[tuple[tuple[str, object, frozenset[str]], int]]) -> None:
+def test_lifecycle_invariants_hold_for_any_history(history: list[tuple[Op, int]]) -> None:
     engine = AlertEngine(TIMING)
     now = 0
     held_since: dict[tuple[str, str], int] = {}  # condition → when it began holding, continuously
