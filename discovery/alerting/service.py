@@ -32,6 +32,7 @@ log = logging.getLogger("kubmesh.discovery.alerting")
 Publish = Callable[[str, bytes], Awaitable[None]]  # retained, QoS 1; raises when not connected
 FARM_SAVE_INTERVAL_S = 30.0  # how often the farms' last-heard times reach the disk
 REST_LANGUAGE = "en"
+STOP_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,9 @@ class AlertingService:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        if self._sending:
-            await asyncio.wait(self._sending, timeout=5)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_WAIT_S):  # a message still retrying is given up; its step stays
+                await self.drain()
         await self._persist(force_farms=True)
         self.channels.close()
         self.store.close()
@@ -192,6 +194,11 @@ class AlertingService:
             self._dispatch(_copy(burst))
         await self._persist()
         await self._publish_changed()
+
+    async def drain(self) -> None:
+        """Wait for the messages being sent (each with its retries) to be delivered or given up."""
+        while self._sending:
+            await asyncio.wait(set(self._sending))
 
     def _dispatch(self, burst: Burst) -> None:
         watch = self.watches.get(burst.farm_id)
