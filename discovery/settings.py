@@ -32,6 +32,8 @@ class DiscoverySettings(BrokerSettings):
         "ALERT_SILENT_AFTER": "alert_silent_after",
         "ALERT_RULES": "alert_rules",
         "ALERT_LINK_URL": "alert_link_url",
+        "ALERT_RETRIES": "alert_retries",
+        "ALERT_RETRY_BACKOFF": "alert_retry_backoff",
     }
     YAML: ClassVar[dict[str, str]] = {
         **BrokerSettings.YAML,
@@ -73,6 +75,8 @@ class DiscoverySettings(BrokerSettings):
     alert_silent_after: float = Field(120.0, gt=0)  # nothing heard from a farm this long: it is silent
     alert_rules: Path | None = None  # value rules (YAML); default: the shipped KUB-1063 rules
     alert_link_url: str | None = None  # the mobile web's address, for the farm link in each message
+    alert_retries: int = Field(3, ge=0, le=10)  # a failed delivery is tried again this many times …
+    alert_retry_backoff: float = Field(1.0, gt=0)  # … after this many seconds, doubling each time
 
     @property
     def database(self) -> Path:

@@ -45,7 +45,7 @@ class FarmWatch:
 
     def on_message(self, message: FarmMessage[BaseModel], now: datetime, silent_after: float) -> list[Update]:
         payload = message.payload
-        if payload is None:  # a retained message cleared: nothing said
+        if payload is None or message.kind is FarmTopic.SET:  # a retained message cleared, or a command to it
             return []
         self._heard(payload, message.retained, now)
         updates: list[Update] = []
