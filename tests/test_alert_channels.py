@@ -4,6 +4,7 @@ subscription's keys; failures retried with backoff and reported."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -86,6 +87,18 @@ async def test_a_dead_channel_is_reported_with_the_reason_after_every_retry() ->
     delivery = await Channels(None, retries=2, backoff=0.01).deliver(url, MESSAGE)
     assert (delivery.ok, delivery.attempts) == (False, 3)
     assert delivery.error and "connection" in delivery.error.lower()
+
+
+async def test_sender_processes_deliver_a_storm_in_chunks_and_report_each_failure(http: HttpReceiver) -> None:
+    channels = Channels(None, retries=0, processes=1)  # as the node sends: off its own interpreter
+    dead = f"json://127.0.0.1:{free_port()}/hook"
+    try:
+        urls = [http.url("json", f"/farm-{i}") for i in range(70)] + [dead]
+        deliveries = await asyncio.gather(*(channels.deliver(url, MESSAGE) for url in urls))
+    finally:
+        channels.close()
+    assert all(d.ok for d in deliveries[:-1]) and len(http.received) == 70
+    assert not deliveries[-1].ok and "connection" in (deliveries[-1].error or "").lower()
 
 
 def test_channel_urls_are_checked_and_shown_without_secrets() -> None:

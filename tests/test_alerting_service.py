@@ -107,16 +107,17 @@ class Rig:
     async def feed(self, *messages: FarmMessage[Any]) -> None:
         assert self.service is not None
         for item in messages:
-            await self.service.on_message(item)
+            self.service.on_message(item)
 
     async def at(self, seconds: float) -> None:
         """Move the clock to T0 + seconds and let the service act on it, sends included."""
         assert self.service is not None
         self.clock.now = T0 + timedelta(seconds=seconds)
         for farm in sorted(self.alive & set(self.service.watches)):
-            await self.service.on_message(heartbeat(farm, self.clock.now))
+            self.service.on_message(heartbeat(farm, self.clock.now))
         await self.service.tick()
         await self.service.drain()
+        await self.service.dispatcher.flush()
 
     def bodies(self, path: str) -> list[str]:
         return [r.json()["title"] + "\n" + r.json()["message"] for r in self.receiver.on(path)]

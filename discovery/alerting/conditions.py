@@ -36,7 +36,7 @@ class FarmWatch:
     declared_owner: str | None = None
     last_heard: datetime | None = None
     offline: Status | None = None
-    _silent: bool = False
+    silent: bool = False  # what the engine was last told of its presence
     _rules: dict[str, RuleWatch] = field(default_factory=dict)
 
     @property
@@ -62,7 +62,9 @@ class FarmWatch:
         elif isinstance(payload, Reading) and message.kind is FarmTopic.STATE and _fresh(payload, now, silent_after):
             updates.append((SENSORS, self._sensor_conditions(payload)))
             updates.append((RULES, self._rule_conditions(payload)))
-        updates.append((PRESENCE, self.presence(now, silent_after)))
+        presence = self.presence(now, silent_after)
+        self.silent = bool(presence)
+        updates.append((PRESENCE, presence))
         return updates
 
     def presence(self, now: datetime, silent_after: float) -> list[Condition]:

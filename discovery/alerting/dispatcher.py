@@ -50,9 +50,24 @@ class Dispatcher:
         self.clock = clock
         self.link = link
         self.on_tier_failed = on_tier_failed
+        self._steps: list[Step] = []  # recorded, not yet written: one transaction a round, not one a delivery
+        self._results: list[tuple[str, str, bool, str | None, datetime]] = []
 
-    async def dispatch(self, burst: Burst, farm: FarmInfo) -> None:
-        directory, owner, told = await self.store.call(self._lookup, farm, [a.id for a in burst.cleared])
+    async def dispatch(self, bursts: list[tuple[Burst, FarmInfo]]) -> list[asyncio.Task[None]]:
+        """Look up who is told (one read for the whole round), then start each farm's sends."""
+        farms = [farm for _, farm in bursts]
+        cleared = [alert.id for burst, _ in bursts for alert in burst.cleared]
+        directory, owners, told = await self.store.call(self._flush_and_look_up, farms, cleared)
+        return [asyncio.create_task(self._tell(burst, farm, directory, owners[farm.farm_id], told))
+                for burst, farm in bursts]
+
+    async def flush(self) -> None:
+        """Write the steps and channel results recorded since the last time."""
+        if self._steps or self._results:
+            await self.store.call(self._flush)
+
+    async def _tell(self, burst: Burst, farm: FarmInfo, directory: Directory, owner: str | None,
+                    told: dict[str, set[str]]) -> None:
         escalated = {alert.id for alert in burst.escalated}
         tier1, _ = await asyncio.gather(
             self._tell_tier(directory.contacts(owner, 1), farm, burst.opened, burst.reminded, burst.cleared, told),
@@ -65,23 +80,34 @@ class Dispatcher:
                         tier1.attempted)
             self.on_tier_failed(farm.farm_id)
 
-    def _lookup(self, farm: FarmInfo, cleared: list[str]) -> tuple[Directory, str | None, dict[str, set[str]]]:
-        """On the store's thread: the directory, the farm's owner and who was told of each cleared alert."""
+    def _flush(self) -> None:
+        """On the store's thread."""
+        steps, results = self._steps, self._results
+        self._steps, self._results = [], []
+        store: AlertStore = self.store.store
+        store.record(steps)
+        for username, url, ok, error, now in results:
+            store.channel_result(username, url, ok, error, now)
+
+    def _flush_and_look_up(self, farms: list[FarmInfo], cleared: list[str]
+                           ) -> tuple[Directory, dict[str, str | None], dict[str, set[str]]]:
+        """On the store's thread: the directory, each farm's owner and who was told of each cleared alert."""
+        self._flush()
         store: AlertStore = self.store.store
         try:
             identities = {identity.username: identity for identity in self.identities.all()}
-            owner = self.identities.owner_of(farm.farm_id, farm.declared_owner)
+            owners = {farm.farm_id: self.identities.owner_of(farm.farm_id, farm.declared_owner) for farm in farms}
         except StoreError as exc:
             log.error("cannot read the identities: %s; no one can be told", exc)
-            identities, owner = {}, farm.declared_owner
+            identities, owners = {}, {farm.farm_id: farm.declared_owner for farm in farms}
         directory = Directory(tuple(store.channels()), store.recipients(), identities)
-        return directory, owner, {alert_id: store.told([alert_id]) for alert_id in cleared}
+        return directory, owners, {alert_id: store.told([alert_id]) for alert_id in cleared}
 
     async def _tell_tier(self, contacts: list[Contact], farm: FarmInfo, new: list[Alert], reminded: list[Alert],
                          cleared: list[Alert], told: dict[str, set[str]]) -> _Outcome:
         now = self.clock()
         sends = []
-        deferred_steps: list[Step] = []
+        deferred = 0
         for contact in contacts:
             user = contact.recipient.username
             own_cleared = [a for a in cleared if user in told.get(a.id, set())]
@@ -92,20 +118,18 @@ class Dispatcher:
                     waiting = [a for part in parts for a in part if a not in loud(part)]
                     parts = [loud(part) for part in parts]
                     if waiting:
-                        deferred_steps.append(Step(now, farm.farm_id, tuple(a.id for a in waiting), "deferred",
-                                                   user, display(channel.url), None, "quiet hours"))
+                        deferred += 1
+                        self._steps.append(Step(now, farm.farm_id, tuple(a.id for a in waiting), "deferred", user,
+                                                display(channel.url), None, "quiet hours"))
                 if not any(parts):
                     continue
                 message = compose(farm.farm_id, farm.name, new=parts[0], reminded=parts[1], cleared=parts[2],
                                   reader=contact.reader, book=self.book, link=self.link(farm.farm_id))
                 step = "opened" if parts[0] else "reminder" if parts[1] else "cleared"
-                counts = bool(parts[0] or parts[1])
-                sends.append(self._send(user, channel, message, step, counts))
-        if deferred_steps:
-            await self.store.call(self.store.store.record, deferred_steps)
+                sends.append(self._send(user, channel, message, step, counts=bool(parts[0] or parts[1])))
         results = await asyncio.gather(*sends)
         counted = [ok for ok, counts in results if counts]
-        return _Outcome(len(counted), sum(counted), len(deferred_steps))
+        return _Outcome(len(counted), sum(counted), deferred)
 
     async def _send(self, user: str, channel: Channel, message: Message, step: str,
                     counts: bool) -> tuple[bool, bool]:
@@ -113,20 +137,13 @@ class Dispatcher:
             step = "escalated"
         delivery = await self.channels.deliver(channel.url, message)
         now = self.clock()
-        record = Step(now, message.farm_id, message.alert_ids, step, user, display(channel.url), delivery.ok,
-                      delivery.error)
-        store = self.store.store
-        await self.store.call(_record_delivery, store, record, channel, delivery.ok, delivery.error, now)
+        self._steps.append(Step(now, message.farm_id, message.alert_ids, step, user, display(channel.url),
+                                delivery.ok, delivery.error))
+        self._results.append((channel.username, channel.url, delivery.ok, delivery.error, now))
         if not delivery.ok:
             log.warning("farm %s: %s to %s via %s failed after %d attempt(s): %s", message.farm_id, step, user,
                         display(channel.url), delivery.attempts, delivery.error)
         return delivery.ok, counts
-
-
-def _record_delivery(store: AlertStore, step: Step, channel: Channel, ok: bool, error: str | None,
-                     now: datetime) -> None:
-    store.record([step])
-    store.channel_result(channel.username, channel.url, ok, error, now)
 
 
 def _localiser(timezone: str | None) -> Callable[[datetime], datetime]:

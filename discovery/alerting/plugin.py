@@ -30,4 +30,4 @@ class AlertingPlugin:
             log.debug("alerting: %s", exc)
             return
         if isinstance(message, FarmMessage):
-            await self.service.on_message(message)
+            self.service.on_message(message)

@@ -33,6 +33,7 @@ Publish = Callable[[str, bytes], Awaitable[None]]  # retained, QoS 1; raises whe
 FARM_SAVE_INTERVAL_S = 30.0  # how often the farms' last-heard times reach the disk
 REST_LANGUAGE = "en"
 STOP_WAIT_S = 5.0
+PRESENCE_CHECK_S = 0.5  # how often silence is looked for: fine enough beside ALERT_SILENT_AFTER
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class AlertingService:
         self._sending: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._farms_saved = datetime.min.replace(tzinfo=UTC)
+        self._presence_checked = datetime.min.replace(tzinfo=UTC)
         self.deliveries_failed = 0
 
     # ---- start and stop -----------------------------------------------------------------------------
@@ -97,17 +99,19 @@ class AlertingService:
             async with asyncio.timeout(STOP_WAIT_S):  # a message still retrying is given up; its step stays
                 await self.drain()
         await self._persist(force_farms=True)
+        await self.dispatcher.flush()
         self.channels.close()
         self.store.close()
 
     # ---- inputs -------------------------------------------------------------------------------------
 
-    async def on_message(self, message: FarmMessage[BaseModel]) -> None:
+    def on_message(self, message: FarmMessage[BaseModel]) -> None:
         now = self.clock()
         watch = self._watch(message.farm_id)
         for source, conditions in watch.on_message(message, now, self.config.silent_after):
             self.engine.update(message.farm_id, source, conditions, now)
-        await self._persist()
+        # written by the next round, in one transaction with the rest: the bus does not wait on the disk for
+        # each message, and what a crash before it loses, the retained messages say again after the restart
 
     async def on_ack_message(self, topic: str, payload: bytes) -> None:
         """``{base}/alerts/{farm}/ack`` from an operator; a bad one is logged and changes nothing."""
@@ -187,12 +191,19 @@ class AlertingService:
 
     async def tick(self) -> None:
         now = self.clock()
-        for farm_id, watch in self.watches.items():
-            self.engine.update(farm_id, PRESENCE, watch.presence(now, self.config.silent_after), now)
-        for burst in self.engine.tick(now):
-            self._unpublished.add(burst.farm_id)
-            self._dispatch(_copy(burst))
+        if now - self._presence_checked >= timedelta(seconds=PRESENCE_CHECK_S):
+            self._presence_checked = now
+            for farm_id, watch in self.watches.items():
+                presence = watch.presence(now, self.config.silent_after)
+                if watch.silent != bool(presence):  # only a change is news to the engine
+                    watch.silent = bool(presence)
+                    self.engine.update(farm_id, PRESENCE, presence, now)
+        bursts = self.engine.tick(now)
         await self._persist()
+        await self.dispatcher.flush()
+        if bursts:
+            self._unpublished.update(burst.farm_id for burst in bursts)
+            self._track(asyncio.create_task(self._dispatch(bursts)))
         await self._publish_changed()
 
     async def drain(self) -> None:
@@ -200,10 +211,16 @@ class AlertingService:
         while self._sending:
             await asyncio.wait(set(self._sending))
 
-    def _dispatch(self, burst: Burst) -> None:
-        watch = self.watches.get(burst.farm_id)
-        farm = FarmInfo(burst.farm_id, watch.name if watch else None, watch.declared_owner if watch else None)
-        task = asyncio.create_task(self.dispatcher.dispatch(burst, farm))
+    async def _dispatch(self, bursts: list[Burst]) -> None:
+        round_ = []
+        for burst in bursts:
+            watch = self.watches.get(burst.farm_id)
+            farm = FarmInfo(burst.farm_id, watch.name if watch else None, watch.declared_owner if watch else None)
+            round_.append((_copy(burst), farm))
+        for task in await self.dispatcher.dispatch(round_):
+            self._track(task)
+
+    def _track(self, task: asyncio.Task[None]) -> None:
         self._sending.add(task)
         task.add_done_callback(self._sent)
 

@@ -14,6 +14,8 @@ from discovery.alerting.store import AlertStore
 from discovery.alerting.webpush import WebPushSender, vapid_keys
 from discovery.settings import DiscoverySettings
 
+SENDER_PROCESSES = 2  # sending's CPU kept off the node's own interpreter (and its broker): see channels.py
+
 
 def build_alerting(settings: DiscoverySettings, identities: IdentityStore, topics: Topics,
                    clock: Clock) -> AlertingService:
@@ -28,5 +30,5 @@ def build_alerting(settings: DiscoverySettings, identities: IdentityStore, topic
         tick_interval=min(1.0, max(0.1, settings.alert_delay / 10)),
     )
     channels = Channels(WebPushSender(vapid_keys(settings.data_dir)), retries=settings.alert_retries,
-                        backoff=settings.alert_retry_backoff)
+                        backoff=settings.alert_retry_backoff, processes=SENDER_PROCESSES)
     return AlertingService(config, AlertStore(settings.alerts_database), identities, topics, channels, clock)
