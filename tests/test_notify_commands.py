@@ -60,6 +60,10 @@ def test_a_failing_channel_fails_the_test_and_shows_as_failing(data_dir: Path, r
     states = {row["url"].split("?")[0]: row["state"] for row in json.loads(kubmesh(data_dir, "list", "--json").stdout)}
     assert sorted(states.values()) == ["failing", "ok"]
     assert "FAILING" in kubmesh(data_dir, "list", "farmer").stdout
+    doctor = subprocess.run([sys.executable, "-m", "kubmesh", "doctor", "--data-dir", str(data_dir)],
+                            capture_output=True, text=True, timeout=60, cwd=REPO)
+    [line] = [line for line in doctor.stdout.splitlines() if line.split()[1:3] == ["alert", "channels"]]
+    assert line.startswith("FAIL") and "farmer json://127.0.0.1" in line and doctor.returncode == 1
 
 
 @pytest.mark.parametrize(("args", "reason"), [
