@@ -164,6 +164,12 @@ def test_a_killed_agent_is_a_silent_farm_and_a_failing_channel_escalates_at_once
     assert [a["kind"] for a in node.alerts()] == ["farm_silent"]
     listing = json.loads(notify(data_dir, "list", "farmer", "--json").stdout)
     assert listing[0]["state"] == "failing" and "connection" in listing[0]["last_error"].lower()
+    [failing] = node.request("GET", "/health")[1]["alerting"]["channels_failing"]
+    assert failing.startswith("farmer json://127.0.0.1")
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.api_port}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    assert 'kubmesh_alert_channel_failing{channel="json://127.0.0.1' in metrics
+    assert 'kubmesh_alerts{severity="critical",state="open"} 1.0' in metrics
 
 
 def test_demo_notify_tells_the_farmer_of_a_simulated_alarm(tmp_path: Path, receiver: HttpReceiver) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,6 +53,8 @@ class Dispatcher:
         self.on_tier_failed = on_tier_failed
         self._steps: list[Step] = []  # recorded, not yet written: one transaction a round, not one a delivery
         self._results: list[tuple[str, str, bool, str | None, datetime]] = []
+        self.delivered = Counter[str]()  # deliveries by result ("ok", "failed"), for /metrics
+        self.channel_ok: dict[tuple[str, str], bool] = {}  # (user, shown URL): did its last delivery go through
 
     async def dispatch(self, bursts: list[tuple[Burst, FarmInfo]]) -> list[asyncio.Task[None]]:
         """Look up who is told (one read for the whole round), then start each farm's sends."""
@@ -140,6 +143,8 @@ class Dispatcher:
         self._steps.append(Step(now, message.farm_id, message.alert_ids, step, user, display(channel.url),
                                 delivery.ok, delivery.error))
         self._results.append((channel.username, channel.url, delivery.ok, delivery.error, now))
+        self.delivered["ok" if delivery.ok else "failed"] += 1
+        self.channel_ok[user, display(channel.url)] = delivery.ok
         if not delivery.ok:
             log.warning("farm %s: %s to %s via %s failed after %d attempt(s): %s", message.farm_id, step, user,
                         display(channel.url), delivery.attempts, delivery.error)

@@ -71,7 +71,6 @@ class AlertingService:
         self._ticker: asyncio.Task[None] | None = None
         self._farms_saved = datetime.min.replace(tzinfo=UTC)
         self._presence_checked = datetime.min.replace(tzinfo=UTC)
-        self.deliveries_failed = 0
 
     # ---- start and stop -----------------------------------------------------------------------------
 
@@ -175,9 +174,12 @@ class AlertingService:
         return self.identities.owner_of(farm_id, watch.declared_owner if watch else None)
 
     def health(self) -> dict[str, object]:
-        return {"open": sum(1 for a in self.engine.alerts() if a.state == "open"),
-                "acknowledged": sum(1 for a in self.engine.alerts() if a.state == "acknowledged"),
-                "sending": len(self._sending), "deliveries_failed": self.deliveries_failed}
+        """For ``/health``: alerts by state, messages being sent, and the channels failing now."""
+        alerts = self.engine.alerts()
+        failing = sorted(f"{user} {channel}" for (user, channel), ok in self.dispatcher.channel_ok.items() if not ok)
+        return {"open": sum(a.state == "open" for a in alerts),
+                "acknowledged": sum(a.state == "acknowledged" for a in alerts),
+                "sending": len(self._sending), "channels_failing": failing}
 
     # ---- the clock ----------------------------------------------------------------------------------
 
