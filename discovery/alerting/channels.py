@@ -125,6 +125,10 @@ def _start_sender(vapid_file: str | None, public_key: str | None) -> None:
     _sender_threads = concurrent.futures.ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="alert-send")
 
 
+def _ready() -> bool:
+    return True
+
+
 def _send_chunk(items: Sequence[tuple[str, Message]]) -> list[str | None]:
     assert _sender_threads is not None
     return list(_sender_threads.map(lambda item: send_one(item[0], item[1], _sender_push), items))
@@ -148,6 +152,13 @@ class Channels:
             self._pool = concurrent.futures.ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="alert-send")
         self._processes = processes
         self._queue: list[tuple[str, Message, asyncio.Future[str | None]]] = []
+
+    async def warm_up(self) -> None:
+        """Start the sender processes and load Apprise's plug-ins (a second of imports, which ``display``
+        needs here too) now, off the loop, not in the middle of the first alarm storm."""
+        await asyncio.to_thread(apprise.Apprise.instantiate, "json://localhost")
+        if self._processes:
+            await asyncio.gather(*(asyncio.wrap_future(self._pool.submit(_ready)) for _ in range(self._processes)))
 
     async def deliver(self, url: str, message: Message) -> Delivery:
         error: str | None = "not tried"

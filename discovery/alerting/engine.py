@@ -153,25 +153,23 @@ class AlertEngine:
             for key in [k for k, p in pending.items() if now - p.seen >= delay]:
                 held = pending.pop(key)
                 self._open(farm_id, held.source, held.condition, held.seen, now)
-        bursts: dict[str, Burst] = defaultdict(lambda: Burst(""))
+        bursts: dict[str, Burst] = {}
         remind = timedelta(seconds=self.timing.remind_interval)
         escalate = timedelta(seconds=self.timing.escalate_after)
         for alert in self._by_id.values():
             if alert.state != "open":
                 continue
-            burst = bursts[alert.farm_id]
             if alert.notified is None:
-                burst.opened.append(alert)
+                bursts.setdefault(alert.farm_id, Burst(alert.farm_id)).opened.append(alert)
             elif now - alert.notified >= remind:
-                burst.reminded.append(alert)
+                bursts.setdefault(alert.farm_id, Burst(alert.farm_id)).reminded.append(alert)
             if alert.tier == 1 and (now - alert.opened >= escalate or alert.farm_id in self._escalate):
-                burst.escalated.append(alert)
+                bursts.setdefault(alert.farm_id, Burst(alert.farm_id)).escalated.append(alert)
         for alert in self._cleared:
-            bursts[alert.farm_id].cleared.append(alert)
+            bursts.setdefault(alert.farm_id, Burst(alert.farm_id)).cleared.append(alert)
         self._cleared = []
         self._escalate.clear()
-        for farm_id, burst in bursts.items():
-            burst.farm_id = farm_id
+        for burst in bursts.values():
             for alert in burst.opened + burst.reminded:
                 alert.notified = now
                 self._dirty[alert.id] = alert

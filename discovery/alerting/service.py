@@ -87,6 +87,7 @@ class AlertingService:
         self._farms_saved = self.clock()
         log.info("alerting: %d alert(s) not yet cleared, %d farm(s) known, %d rule(s) from %s", len(alerts),
                  len(farms), len(self.config.book.rules), self.config.book.source)
+        await self.channels.warm_up()
         self._ticker = asyncio.create_task(self._tick_forever())
 
     async def stop(self) -> None:
