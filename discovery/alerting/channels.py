@@ -14,6 +14,7 @@ import concurrent.futures
 import functools
 import logging
 import multiprocessing
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from discovery.alerting.kinds import Severity
 log = logging.getLogger("kubmesh.discovery.alerting")
 SEND_THREADS = 16  # per sender: sends wait on the network, not the CPU
 CHUNK = 32  # messages handed to a sender at once
+SENDER_NICENESS = 10
 
 
 class ChannelError(RuntimeError):
@@ -120,6 +122,9 @@ _sender_threads: concurrent.futures.ThreadPoolExecutor | None = None
 
 def _start_sender(vapid_file: str | None, public_key: str | None) -> None:
     global _sender_push, _sender_threads
+    # the node's broker comes first when both want the CPU: a storm's messages may wait milliseconds, the
+    # farms' readings through the broker should not
+    os.nice(SENDER_NICENESS)
     if vapid_file and public_key:
         _sender_push = webpush.WebPushSender(webpush.VapidKeys(Path(vapid_file), public_key))
     _sender_threads = concurrent.futures.ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="alert-send")
