@@ -134,6 +134,16 @@ class Topics:
         """Where an operator acknowledges a farm's alerts."""
         return f"{self.alerts(farm_id)}/{ALERTS_ACK}"
 
+    def alerts_prefix(self) -> str:
+        return f"{self.base}/{ALERTS}/"
+
+    def parse_alerts(self, topic: str) -> str:
+        """The farm id of an ``{base}/alerts/{farm}`` topic."""
+        parts = topic.split("/")
+        if len(parts) != 3 or parts[0] != self.base or parts[1] != ALERTS:
+            raise InvalidTopic(f"not a farm's alerts topic: {topic!r}")
+        return check_farm_id(parts[2])
+
     def alerts_filter(self) -> str:
         return f"{self.base}/{ALERTS}/+"
 

@@ -1,12 +1,15 @@
-"""Who may publish and read the alerts topics: the discovery node publishes each farm's open alerts,
-operators and admins acknowledge them, viewers (Home Assistant) read them, owners' scope holds."""
+"""The alerts topics: their decoding, and who may publish and read them. The discovery node publishes each farm's
+open alerts, operators and admins acknowledge them, viewers (Home Assistant) read them, owners' scope holds."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from broker.acl import Access, AclRules
 from common.identities import Identity, Role
+from contract.messages import MessageError, decode_message
 from contract.topics import Topics
 
 TOPICS = Topics()
@@ -50,3 +53,15 @@ def test_an_owners_people_see_and_acknowledge_only_their_farms_alerts() -> None:
     assert allowed(viewer, Access.RECEIVE, TOPICS.alerts("farm-a"))
     assert not allowed(viewer, Access.RECEIVE, TOPICS.alerts("farm-b"))
     assert not allowed(viewer, Access.PUBLISH, TOPICS.alerts_ack("farm-a"))
+
+
+ALERT_PAYLOADS = [b'{"by": "x"}', b'{"farm_id": "farm-a", "ts": "2026-01-01T00:00:00Z"}']
+
+
+@given(st.sampled_from(["kub/alerts/farm-a/ack", "kub/alerts/farm-a", "kub/alerts/Bad/ack", "kub/alerts/x/y/z"]),
+       st.binary(max_size=300) | st.sampled_from(ALERT_PAYLOADS))
+def test_any_bytes_on_the_alerts_topics_decode_or_are_refused_as_a_message_error(topic: str, payload: bytes) -> None:
+    try:
+        decode_message(TOPICS, topic, payload)
+    except MessageError as exc:
+        assert exc.farm_id is None  # not a farm topic: no farm kind to name

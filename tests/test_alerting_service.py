@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from common.identities import IdentityStore, Role
-from contract.messages import FarmMessage, decode_message
+from contract.messages import AlertAckMessage, FarmMessage, MessageError, decode_message
 from contract.payloads import AlarmItem, Alarms, Event, FarmAlerts, Heartbeat, Meta, Reading, Status, decode, encode
 from contract.topics import Topics
 from discovery.alerting.api import add_alert_routes
@@ -48,6 +48,12 @@ class FakeClock:
 def message(topic: str, payload: Any, retained: bool = False) -> FarmMessage[Any]:
     decoded = decode_message(TOPICS, topic, encode(payload), retained)
     assert isinstance(decoded, FarmMessage)
+    return decoded
+
+
+def ack_message(topic: str, payload: bytes) -> AlertAckMessage:
+    decoded = decode_message(TOPICS, topic, payload)
+    assert isinstance(decoded, AlertAckMessage)
     return decoded
 
 
@@ -299,10 +305,13 @@ async def test_acknowledgement_over_mqtt_is_for_operators_of_the_farm(rig: Rig) 
     await rig.feed(meta("farm-001"), alarms("farm-001", T0, 3))
     await rig.at(30)
     topic = TOPICS.alerts_ack("farm-001")
-    for refused in (b'{"by": "neighbour"}', b'{"by": "watcher"}', b'{"by": "nobody"}', b"not json", b'{"id": 1}'):
-        await service.on_ack_message(topic, refused)
+    for refused in (b'{"by": "neighbour"}', b'{"by": "watcher"}', b'{"by": "nobody"}', b'{"by": "farmer", "id": "x"}'):
+        await service.on_ack(ack_message(topic, refused))
+    for undecodable in (b"not json", b'{"id": 1}', b"{}"):
+        with pytest.raises(MessageError):
+            decode_message(TOPICS, topic, undecodable)
     assert service.engine.alerts()[0].state == "open"
-    await service.on_ack_message(topic, b'{"by": "farmer"}')
+    await service.on_ack(ack_message(topic, b'{"by": "farmer"}'))
     [alert] = service.engine.alerts()
     assert (alert.state, alert.acknowledged_by) == ("acknowledged", "farmer")
     assert service.store.store.steps("farm-001")[0].channel == "mqtt"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from contract.messages import FarmMessage, MessageError, decode_message
+from contract.messages import AlertAckMessage, FarmMessage, MessageError, decode_message
 from contract.topics import Topics
 from discovery.alerting.service import AlertingService
 
@@ -21,13 +21,12 @@ class AlertingPlugin:
         return [self.topics.farm_filter(), self.topics.alerts_ack_filter()]
 
     async def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        if topic.startswith(f"{self.topics.base}/alerts/"):
-            await self.service.on_ack_message(topic, payload)
-            return
         try:
             message = decode_message(self.topics, topic, payload, retained)
         except MessageError as exc:
-            log.debug("alerting: %s", exc)
+            log.info("alerting: dropped %s", exc)
             return
-        if isinstance(message, FarmMessage):
+        if isinstance(message, AlertAckMessage):
+            await self.service.on_ack(message)
+        elif isinstance(message, FarmMessage):
             self.service.on_message(message)

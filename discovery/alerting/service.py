@@ -17,9 +17,9 @@ from datetime import UTC, datetime, timedelta
 from pydantic import BaseModel
 
 from common.identities import IdentityStore, Role, StoreError
-from contract.messages import FarmMessage
-from contract.payloads import AlertAck, AlertItem, Clock, FarmAlerts, PayloadError, decode, encode
-from contract.topics import InvalidTopic, Topics
+from contract.messages import AlertAckMessage, FarmMessage
+from contract.payloads import AlertItem, Clock, FarmAlerts, encode
+from contract.topics import Topics
 from discovery.alerting.channels import Channels
 from discovery.alerting.compose import describe
 from discovery.alerting.conditions import PRESENCE, FarmWatch
@@ -113,18 +113,12 @@ class AlertingService:
         # written by the next round, in one transaction with the rest: the bus does not wait on the disk for
         # each message, and what a crash before it loses, the retained messages say again after the restart
 
-    async def on_ack_message(self, topic: str, payload: bytes) -> None:
-        """``{base}/alerts/{farm}/ack`` from an operator; a bad one is logged and changes nothing."""
+    async def on_ack(self, message: AlertAckMessage) -> None:
+        """``{base}/alerts/{farm}/ack`` from an operator; one that may not be honoured is logged, changes nothing."""
         try:
-            farm_id = self.topics.parse_alerts_ack(topic)
-            ack = decode(AlertAck, payload)
-        except (InvalidTopic, PayloadError) as exc:
-            log.info("refused an acknowledgement on %s: %s", topic, exc)
-            return
-        try:
-            await self.acknowledge_farm(farm_id, ack.id, ack.by, via="mqtt")
+            await self.acknowledge_farm(message.farm_id, message.payload.id, message.payload.by, via="mqtt")
         except AckRefused as exc:
-            log.info("refused an acknowledgement on %s: %s", topic, exc)
+            log.info("refused an acknowledgement for farm %s: %s", message.farm_id, exc)
 
     async def acknowledge(self, alert_id: str, by: str, via: str) -> Alert:
         now = self.clock()
