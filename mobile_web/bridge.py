@@ -28,7 +28,7 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from common.mqtt import MqttUrl, threaded_client
-from contract.messages import DiscoveryStatus, FarmMessage, MessageError, decode_message
+from contract.messages import AlertAckMessage, AlertsMessage, DiscoveryStatus, FarmMessage, MessageError, decode_message
 from contract.payloads import Alarms, Event, Heartbeat, Meta, Reading, Status
 from contract.topics import FarmTopic, Topics
 
@@ -273,6 +273,8 @@ class FarmBridge:
             self.dropped += 1
             self._log_drop(exc)
             return
+        if isinstance(decoded, AlertAckMessage | AlertsMessage):
+            return  # the alerts' own topics: not part of a farm's view
         try:
             self._take(decoded)
         except Exception:  # a fault here must not end paho's thread: the page would freeze on stale values

@@ -356,9 +356,7 @@ async def test_rest_lists_and_acknowledges_alerts_by_role_and_owner(rig: Rig, da
         other = next(a for a in service.engine.alerts() if a.farm_id == "farm-009")
         response = await client.post(f"/api/alerts/{other.id}/ack", headers=auth(API_TOKEN))
         assert (await response.json())["alert"]["acknowledged_by"] == "API_TOKEN"
-        assert (await client.post("/api/alerts/nope/ack", headers=auth(API_TOKEN))).status == 404
+        assert (await client.post("/api/alerts/0123abcd/ack", headers=auth(API_TOKEN))).status == 404
+        assert (await client.post("/api/alerts/Not-An-Id/ack", headers=auth(API_TOKEN))).status == 400
     finally:
         await client.close()
-        registry.close()
-        audit.close()
-        history.close()

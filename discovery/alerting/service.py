@@ -158,13 +158,16 @@ class AlertingService:
         return [self.item(alert) for alert in alerts]
 
     def item(self, alert: Alert) -> AlertItem:
-        return AlertItem(id=alert.id, farm_id=alert.farm_id, kind=alert.kind, severity=alert.severity.value,
-                         state=alert.state, opened=alert.opened, since=alert.since,
-                         acknowledged_by=alert.acknowledged_by, acknowledged=alert.acknowledged,
-                         cleared=alert.cleared, message=describe(alert, REST_LANGUAGE, self.config.book),
-                         value=alert.value)
+        """The alert as REST and MQTT show it; what it does not have (yet) is left out, not null."""
+        fields = {"id": alert.id, "farm_id": alert.farm_id, "kind": alert.kind, "severity": alert.severity.value,
+                  "state": alert.state, "opened": alert.opened, "since": alert.since,
+                  "acknowledged_by": alert.acknowledged_by, "acknowledged": alert.acknowledged,
+                  "cleared": alert.cleared, "message": describe(alert, REST_LANGUAGE, self.config.book),
+                  "value": alert.value}
+        return AlertItem.model_validate({key: value for key, value in fields.items() if value is not None})
 
     def farm_owner(self, farm_id: str) -> str | None:
+        """Blocking (the identity store's file)."""
         watch = self.watches.get(farm_id)
         return self.identities.owner_of(farm_id, watch.declared_owner if watch else None)
 
