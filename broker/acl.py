@@ -11,7 +11,8 @@ brokers enforce the same rules.
   its farmer when the discovery node is dead: farm_agent/sms);
 - discovery: reads everything under ``{base}``, alone publishes ``{base}/discovery/#`` and each farm's
   open alerts ``{base}/alerts/{id}``;
-- mobile web: reads everything under ``{base}``, publishes ``set/…`` commands;
+- mobile web: reads everything under ``{base}``, publishes ``set/…`` commands and its users' alert
+  acknowledgements;
 - viewer: reads ``{base}/#`` and the Home Assistant tree, publishes nothing;
 - operator: a viewer that may also publish ``set/…`` and acknowledge alerts (``{base}/alerts/{id}/ack``);
 - admin: the superuser, every topic.
@@ -112,7 +113,7 @@ class AclRules:
             Role.FARM: farm,
             Role.DISCOVERY: (Grant(read, f"{base}/#"), Grant(write, f"{self.topics.discovery_prefix()}#"),
                              Grant(write, alerts.replace(FARM, "+"))),
-            Role.MOBILE_WEB: (Grant(read, f"{base}/#"), any_command),
+            Role.MOBILE_WEB: (Grant(read, f"{base}/#"), any_command, Grant(write, alert_acks.replace(FARM, "+"))),
             Role.VIEWER: everything,
             Role.OPERATOR: (*everything, any_command, Grant(write, alert_acks.replace(FARM, "+"))),
             Role.ADMIN: (Grant(read, "#"), Grant(write, "#")),

@@ -38,9 +38,10 @@ def test_people_and_the_web_read_alerts(role: Role) -> None:
     assert allowed(person(role), Access.RECEIVE, TOPICS.alerts("farm-b"))
 
 
-def test_operators_and_admins_acknowledge_viewers_and_farms_do_not() -> None:
+def test_operators_admins_and_the_web_acknowledge_viewers_and_farms_do_not() -> None:
     topic = TOPICS.alerts_ack("farm-a")
     assert allowed(person(Role.OPERATOR), Access.PUBLISH, topic)
+    assert allowed(person(Role.MOBILE_WEB, name="mobile_web"), Access.PUBLISH, topic)  # for its logged-in users
     assert allowed(person(Role.ADMIN), Access.PUBLISH, topic)
     assert not allowed(person(Role.VIEWER), Access.PUBLISH, topic)
     assert not allowed(person(Role.FARM, name="farm-a"), Access.PUBLISH, topic)

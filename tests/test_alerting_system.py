@@ -3,12 +3,14 @@ with its embedded broker, and local receivers for the channels. Short ALERT_* se
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +22,16 @@ import pytest
 from common.identities import IdentityStore, Role
 from tests.alert_receivers import HttpReceiver
 from tests.farm_system import Agent, Simulator
-from tests.helpers import REPO, ServiceProcess, free_consecutive_ports, free_port, port_open, wait_until
+from tests.helpers import (
+    REPO,
+    ServiceProcess,
+    free_consecutive_ports,
+    free_port,
+    port_open,
+    wait_until,
+    web_get,
+    web_login,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -198,3 +209,38 @@ def test_demo_notify_tells_the_farmer_of_a_simulated_alarm(tmp_path: Path, recei
     finally:
         demo.terminate()
         demo.wait(20)
+
+
+def test_the_farm_page_shows_the_alert_and_one_tap_acknowledges_it(
+        farm_system: tuple[Node, Simulator, Agent], receiver: HttpReceiver, data_dir: Path, tmp_path: Path) -> None:
+    node, simulator, _ = farm_system
+    assert notify(data_dir, "add", "farmer", receiver.url("json", "/farmer")).returncode == 0
+    service = IdentityStore(data_dir).add("mobile_web", Role.MOBILE_WEB)
+    port = free_port()
+    web = ServiceProcess(["mobile-web", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
+                         tmp_path / "web.log", env={"MQTT_URL": f"mqtt://{service.username}:{service.password}"
+                                                                 f"@127.0.0.1:{node.mqtt_port}"}).wait_port(port)
+    try:
+        cookie = web_login(port, "farmer", "pw-farmer-1")
+        assert cookie
+        wait_until(lambda: node.request("GET", f"/api/farms/{FARM}")[0] == 200, 15, what="farm known")
+        simulator.control("/alarm", {"group": "active_alarms", "bit": 3, "on": True})
+        def page_with_alert() -> str | None:
+            page = web_get(port, f"/farms/{FARM}", cookie)[1]
+            return page if "data-alert=" in page else None
+
+        page = wait_until(page_with_alert, 15, what="the alert on the farm page")
+        assert "Controller alarm: alarm bit 3" in page and "data-acknowledge" in page
+        token = page.split('name="csrf_token" value="')[1].split('"')[0]
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("POST", f"/farms/{FARM}/alerts/ack", urllib.parse.urlencode({"csrf_token": token}),
+                           {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"})
+        answer = connection.getresponse()
+        answer.read()
+        connection.close()
+        assert answer.status == 302
+        wait_until(lambda: node.alerts()[0].get("acknowledged_by") == "farmer", 10, what="acknowledged over MQTT")
+        wait_until(lambda: "data-acknowledge" not in web_get(port, f"/farms/{FARM}", cookie)[1], 10,
+                   what="the page without the button")
+    finally:
+        web.stop()
