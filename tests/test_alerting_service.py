@@ -86,6 +86,7 @@ class Rig:
         self.published: dict[str, FarmAlerts] = {}
         self.service: AlertingService | None = None
         self.alive: set[str] = {"farm-001", "farm-009"}  # farms whose heartbeat comes before each step
+        self.book = load_rules()
 
     def channel(self, user: str, path: str, tier: int = 1, severity: str = "warning", **prefs: str) -> str:
         from discovery.alerting.kinds import Severity
@@ -99,7 +100,7 @@ class Rig:
         return url
 
     async def start(self) -> AlertingService:
-        config = AlertingConfig(TIMING, silent_after=120, book=load_rules(), link_url="http://phone.test:5000",
+        config = AlertingConfig(TIMING, silent_after=120, book=self.book, link_url="http://phone.test:5000",
                                 tick_interval=3600)
         self.service = AlertingService(config, AlertStore(self.data_dir / "alerts.db"), self.identities, TOPICS,
                                        Channels(None, retries=1, backoff=0.01), self.clock)
@@ -360,3 +361,33 @@ async def test_rest_lists_and_acknowledges_alerts_by_role_and_owner(rig: Rig, da
         assert (await client.post("/api/alerts/Not-An-Id/ack", headers=auth(API_TOKEN))).status == 400
     finally:
         await client.close()
+
+
+async def test_an_owners_rule_watches_only_that_owners_farms(rig: Rig, tmp_path: Path) -> None:
+    rig.channel("boss", "/boss", language="en")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: [{name: hot_a, value: temp_inside, above: 30, owner: owner-a, severity: critical}]\n",
+                     encoding="utf-8")
+    rig.book = load_rules(rules)
+    await rig.start()
+    for farm, owner in (("farm-001", "owner-a"), ("farm-009", "owner-b")):
+        await rig.feed(meta(farm, owner=owner), message(TOPICS.state(farm), Reading(
+            ts=T0, seq=1, values={"temp_inside": 35.0})))
+    await rig.at(30)
+    [body] = rig.bodies("/boss")
+    assert "farm-001" in body and "farm-009" not in body
+
+
+async def test_old_steps_and_cleared_alerts_are_pruned_and_the_told_stay_for_the_rest(data_dir: Path) -> None:
+    from discovery.alerting.store import Step
+
+    store = AlertStore(data_dir / "alerts.db")
+    try:
+        store.record([Step(T0, "farm-001", ("a1",), "opened", "farmer", "json://x", True),
+                      Step(T0 + timedelta(days=100), "farm-001", ("a2",), "opened", "farmer", "json://x", True),
+                      Step(T0 + timedelta(days=100), "farm-001", ("a2",), "deferred", "boss", "json://y", None)])
+        assert store.told(["a1"]) == {"farmer"} and store.told(["a2"]) == {"farmer"}  # deferred is not told
+        assert store.prune(T0 + timedelta(days=50)) >= 1
+        assert [s.alert_ids for s in store.steps()] == [("a2",), ("a2",)]
+    finally:
+        store.close()

@@ -7,7 +7,6 @@ nothing. Readings replayed from a farm's backlog are old: they count as heard, n
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -31,17 +30,13 @@ class FarmWatch:
 
     farm_id: str
     book: RuleBook
-    owner_of: Callable[[str, str | None], str | None]  # the farm's owner, given the one its agent declares
     name: str | None = None
     declared_owner: str | None = None
+    owner: str | None = None  # whose farm it is (the identity store's say, looked up off the loop by the service)
     last_heard: datetime | None = None
     offline: Status | None = None
     silent: bool = False  # what the engine was last told of its presence
     _rules: dict[str, RuleWatch] = field(default_factory=dict)
-
-    @property
-    def owner(self) -> str | None:
-        return self.owner_of(self.farm_id, self.declared_owner)
 
     def on_message(self, message: FarmMessage[BaseModel], now: datetime, silent_after: float) -> list[Update]:
         payload = message.payload
@@ -53,6 +48,7 @@ class FarmWatch:
             self.offline = payload if payload.state == "offline" else None
         elif isinstance(payload, Meta):
             self.name, self.declared_owner = payload.name, payload.owner_id
+            self.owner = self.owner or payload.owner_id  # until the identity store is asked
         elif isinstance(payload, Alarms):
             updates.append((ALARMS, self._alarm_conditions(payload)))
         elif isinstance(payload, Heartbeat):

@@ -33,7 +33,9 @@ Publish = Callable[[str, bytes], Awaitable[None]]  # retained, QoS 1; raises whe
 FARM_SAVE_INTERVAL_S = 30.0  # how often the farms' last-heard times reach the disk
 REST_LANGUAGE = "en"
 STOP_WAIT_S = 5.0
-PRESENCE_CHECK_S = 0.5  # how often silence is looked for: fine enough beside ALERT_SILENT_AFTER
+PRESENCE_CHECK_S = 0.5
+KEEP_DAYS = 90  # steps, and alerts cleared, are kept this long in alerts.db
+PRUNE_INTERVAL_S = 3600.0  # how often silence is looked for: fine enough beside ALERT_SILENT_AFTER
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class AlertingService:
         self._ticker: asyncio.Task[None] | None = None
         self._farms_saved = datetime.min.replace(tzinfo=UTC)
         self._presence_checked = datetime.min.replace(tzinfo=UTC)
+        self._pruned = datetime.min.replace(tzinfo=UTC)
 
     # ---- start and stop -----------------------------------------------------------------------------
 
@@ -83,6 +86,7 @@ class AlertingService:
         for farm in farms:
             watch = self._watch(farm.farm_id)
             watch.name, watch.declared_owner, watch.last_heard = farm.name, farm.owner, farm.last_heard
+        await self._resolve_owners()
         self._unpublished.update({alert.farm_id for alert in alerts})
         self._farms_saved = self.clock()
         log.info("alerting: %d alert(s) not yet cleared, %d farm(s) known, %d rule(s) from %s", len(alerts),
@@ -240,6 +244,25 @@ class AlertingService:
             farms = [KnownFarm(w.farm_id, w.name, w.declared_owner, w.last_heard) for w in self.watches.values()]
         if changed or farms:
             await self.store.call(_save, self.store.store, changed, farms)
+        if farms:
+            await self._resolve_owners()
+        if now - self._pruned >= timedelta(seconds=PRUNE_INTERVAL_S):
+            self._pruned = now
+            await self.store.call(self.store.store.prune, now - timedelta(days=KEEP_DAYS))
+
+    async def _resolve_owners(self) -> None:
+        """Whose each farm is, from the identity store (a file): read on the store's thread, now and then."""
+        declared = {farm_id: watch.declared_owner for farm_id, watch in self.watches.items()}
+        owners = await self.store.call(self._owners, declared)
+        for farm_id, owner in owners.items():
+            if farm_id in self.watches:
+                self.watches[farm_id].owner = owner
+
+    def _owners(self, declared: dict[str, str | None]) -> dict[str, str | None]:
+        try:
+            return {farm_id: self.identities.owner_of(farm_id, owner) for farm_id, owner in declared.items()}
+        except StoreError:
+            return declared
 
     async def _publish_changed(self) -> None:
         if self.publish is None:
@@ -261,14 +284,8 @@ class AlertingService:
     def _watch(self, farm_id: str) -> FarmWatch:
         watch = self.watches.get(farm_id)
         if watch is None:
-            watch = self.watches[farm_id] = FarmWatch(farm_id, self.config.book, self._owner_of)
+            watch = self.watches[farm_id] = FarmWatch(farm_id, self.config.book)
         return watch
-
-    def _owner_of(self, farm_id: str, declared: str | None) -> str | None:
-        try:
-            return self.identities.owner_of(farm_id, declared)
-        except StoreError:
-            return declared
 
 
 def _copy(burst: Burst) -> Burst:

@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS steps (
     step TEXT NOT NULL, username TEXT, channel TEXT, delivered INTEGER, error TEXT
 );
 CREATE INDEX IF NOT EXISTS steps_farm ON steps (farm_id, seq);
+CREATE INDEX IF NOT EXISTS steps_ts ON steps (ts);
+CREATE TABLE IF NOT EXISTS told (
+    alert_id TEXT NOT NULL, username TEXT NOT NULL, PRIMARY KEY (alert_id, username)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS recipients (
     username TEXT PRIMARY KEY, language TEXT NOT NULL DEFAULT 'ru', quiet_start TEXT, quiet_end TEXT,
     timezone TEXT
@@ -50,6 +54,7 @@ CREATE TABLE IF NOT EXISTS farms (
     farm_id TEXT PRIMARY KEY, name TEXT, owner TEXT, last_heard TEXT
 );
 """
+TELLING_STEPS = ("opened", "reminder", "escalated")  # a user told by one of these gets the all clear
 ALERT_COLUMNS = ("id", "farm_id", "key", "source", "kind", "severity", "subject", "since", "opened", "state",
                  "value", "limit_text", "unit", "latching", "tier", "notified", "acknowledged_by", "acknowledged",
                  "cleared")
@@ -146,11 +151,15 @@ class AlertStore:
     # ---- steps --------------------------------------------------------------------------------------
 
     def record(self, steps: Iterable[Step]) -> None:
+        steps = list(steps)
         rows = [(format_ts(s.ts), s.farm_id, json.dumps(list(s.alert_ids)), s.step, s.username, s.channel,
                  None if s.delivered is None else int(s.delivered), s.error) for s in steps]
+        told = [(alert_id, s.username) for s in steps if s.delivered and s.step in TELLING_STEPS and s.username
+                for alert_id in s.alert_ids]
         with self._transaction():
             self._db.executemany("INSERT INTO steps (ts, farm_id, alert_ids, step, username, channel, delivered, "
                                  "error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT OR IGNORE INTO told (alert_id, username) VALUES (?, ?)", told)
 
     def steps(self, farm_id: str | None = None, limit: int = 200) -> list[Step]:
         clause, args = ("WHERE farm_id = ?", (farm_id, limit)) if farm_id else ("", (limit,))
@@ -165,10 +174,19 @@ class AlertStore:
         ids = list(alert_ids)
         if not ids:
             return set()
-        rows = self._db.execute(
-            "SELECT DISTINCT username FROM steps, json_each(steps.alert_ids) WHERE json_each.value IN "
-            f"({', '.join('?' * len(ids))}) AND delivered = 1 AND step != 'cleared'", ids).fetchall()
+        rows = self._db.execute(f"SELECT DISTINCT username FROM told WHERE alert_id IN ({', '.join('?' * len(ids))})",
+                                ids).fetchall()
         return {row[0] for row in rows}
+
+    def prune(self, before: datetime) -> int:
+        """Forget steps, and alerts cleared, older than ``before``; how many rows went."""
+        cutoff = format_ts(before)
+        with self._transaction():
+            gone = self._db.execute("DELETE FROM steps WHERE ts < ?", (cutoff,)).rowcount
+            old = "SELECT id FROM alerts WHERE state = 'cleared' AND cleared < ?"
+            gone += self._db.execute(f"DELETE FROM told WHERE alert_id IN ({old})", (cutoff,)).rowcount
+            gone += self._db.execute("DELETE FROM alerts WHERE state = 'cleared' AND cleared < ?", (cutoff,)).rowcount
+        return gone
 
     # ---- recipients and channels ----------------------------------------------------------------------
 
