@@ -27,6 +27,7 @@ BENCHMARKS = (
     "broker_attacks",
     "sse_fanout",
     "farm_page_load",
+    "alarm_storm",
 )
 TIMEOUT_S = 1800
 

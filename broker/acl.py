@@ -9,10 +9,12 @@ brokers enforce the same rules.
   ``set/…``, which only commanders publish) and its own Home Assistant configs;
   reads its own subtree, ``homeassistant/status`` and ``{base}/discovery/status`` (the farm texts
   its farmer when the discovery node is dead: farm_agent/sms);
-- discovery: reads everything under ``{base}``, alone publishes ``{base}/discovery/#``;
-- mobile web: reads everything under ``{base}``, publishes ``set/…`` commands;
+- discovery: reads everything under ``{base}``, alone publishes ``{base}/discovery/#`` and each farm's
+  open alerts ``{base}/alerts/{id}``;
+- mobile web: reads everything under ``{base}``, publishes ``set/…`` commands and its users' alert
+  acknowledgements;
 - viewer: reads ``{base}/#`` and the Home Assistant tree, publishes nothing;
-- operator: a viewer that may also publish ``set/…``;
+- operator: a viewer that may also publish ``set/…`` and acknowledge alerts (``{base}/alerts/{id}/ack``);
 - admin: the superuser, every topic.
 
 A person with an owner reads only that owner's farms (and the discovery status
@@ -29,7 +31,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from common.identities import Identity, Role
-from contract.topics import FARM_ID_PATTERN, HA_DEFAULT_PREFIX, HA_NODE_PREFIX, FarmTopic, Topics, ha_status_topic
+from contract.topics import (
+    ALERTS,
+    ALERTS_ACK,
+    FARM_ID_PATTERN,
+    HA_DEFAULT_PREFIX,
+    HA_NODE_PREFIX,
+    FarmTopic,
+    Topics,
+    ha_status_topic,
+)
 
 FARM = "{farm}"  # the level of a grant's filter that names a farm
 WILDCARDS = ("+", "#")
@@ -80,6 +91,7 @@ class AclRules:
         farm_tree = f"{base}/farms/{FARM}/#"
         farm_ha = f"{ha}/+/{HA_NODE_PREFIX}{FARM}/#"
         commands = f"{base}/farms/{FARM}/set/+"
+        alerts, alert_acks = f"{base}/{ALERTS}/{FARM}", f"{base}/{ALERTS}/{FARM}/{ALERTS_ACK}"
         farm = (
             *(Grant(write, f"{base}/farms/{FARM}/{kind.value}", Binding.SELF)
               for kind in FarmTopic if kind is not FarmTopic.SET),
@@ -94,19 +106,22 @@ class AclRules:
             Grant(read, farm_ha, Binding.OWNED),
             Grant(read, f"{self.topics.discovery_prefix()}#"),
             Grant(read, ha_status_topic(ha)),
+            Grant(read, alerts, Binding.OWNED),
         )
         any_command = Grant(write, commands.replace(FARM, "+"))
         roles: dict[Role, tuple[Grant, ...]] = {
             Role.FARM: farm,
-            Role.DISCOVERY: (Grant(read, f"{base}/#"), Grant(write, f"{self.topics.discovery_prefix()}#")),
-            Role.MOBILE_WEB: (Grant(read, f"{base}/#"), any_command),
+            Role.DISCOVERY: (Grant(read, f"{base}/#"), Grant(write, f"{self.topics.discovery_prefix()}#"),
+                             Grant(write, alerts.replace(FARM, "+"))),
+            Role.MOBILE_WEB: (Grant(read, f"{base}/#"), any_command, Grant(write, alert_acks.replace(FARM, "+"))),
             Role.VIEWER: everything,
-            Role.OPERATOR: (*everything, any_command),
+            Role.OPERATOR: (*everything, any_command, Grant(write, alert_acks.replace(FARM, "+"))),
             Role.ADMIN: (Grant(read, "#"), Grant(write, "#")),
         }
         policy = {(role, scoped): grants for role, grants in roles.items() for scoped in (False, True)}
         policy[Role.VIEWER, True] = owned
-        policy[Role.OPERATOR, True] = (*owned, Grant(write, commands, Binding.OWNED))
+        policy[Role.OPERATOR, True] = (*owned, Grant(write, commands, Binding.OWNED),
+                                       Grant(write, alert_acks, Binding.OWNED))
         return policy
 
     def grants(self, identity: Identity) -> tuple[Grant, ...]:

@@ -16,7 +16,9 @@ from pydantic import BaseModel
 from contract.payloads import (
     Ack,
     Alarms,
+    AlertAck,
     Event,
+    FarmAlerts,
     Heartbeat,
     Meta,
     PayloadError,
@@ -26,7 +28,7 @@ from contract.payloads import (
     decode,
     decode_set_command,
 )
-from contract.topics import FarmTopic, InvalidTopic, Topics
+from contract.topics import ALERTS_ACK, FarmTopic, InvalidTopic, Topics
 
 FarmPayload = Status | Meta | Heartbeat | Reading | Alarms | Event | Ack | SetCommand
 
@@ -74,13 +76,33 @@ class DiscoveryStatus:
     retained: bool = False
 
 
-Message = FarmMessage[BaseModel] | DiscoveryStatus
+@dataclass(frozen=True)
+class AlertAckMessage:
+    """``{base}/alerts/{farm}/ack``: an operator acknowledging the farm's alerts."""
+
+    farm_id: str
+    payload: AlertAck
+    retained: bool = False
+
+
+@dataclass(frozen=True)
+class AlertsMessage:
+    """``{base}/alerts/{farm}``: the farm's open alerts as the discovery node publishes them (None: cleared)."""
+
+    farm_id: str
+    payload: FarmAlerts | None
+    retained: bool = False
+
+
+Message = FarmMessage[BaseModel] | DiscoveryStatus | AlertAckMessage | AlertsMessage
 
 
 def decode_message(topics: Topics, topic: str, payload: bytes, retained: bool = False) -> Message:
     """Decode ``payload`` of ``topic`` by the contract, or raise :class:`MessageError`."""
     if topic == topics.discovery_status():
         return DiscoveryStatus(online=payload == b"online", retained=retained)
+    if topic.startswith(topics.alerts_prefix()):
+        return _decode_alerts(topics, topic, payload, retained)
     try:
         parsed = topics.parse(topic)
     except InvalidTopic as exc:
@@ -94,3 +116,16 @@ def decode_message(topics: Topics, topic: str, payload: bytes, retained: bool = 
     except Exception as exc:  # a validator's own fault must not escape: the decode path is total
         raise MessageError(topic, f"undecodable payload ({type(exc).__name__})", parsed.farm_id) from None
     return FarmMessage(parsed.farm_id, parsed.kind, model, retained, parsed.name, len(payload))
+
+
+def _decode_alerts(topics: Topics, topic: str, payload: bytes, retained: bool) -> AlertAckMessage | AlertsMessage:
+    """The alerts topics are not farm topics: their errors name no farm kind (``farm_id`` stays None)."""
+    try:
+        if topic.endswith("/" + ALERTS_ACK):
+            return AlertAckMessage(topics.parse_alerts_ack(topic), decode(AlertAck, payload), retained)
+        farm_id = topics.parse_alerts(topic)
+        return AlertsMessage(farm_id, decode(FarmAlerts, payload) if payload else None, retained)
+    except (InvalidTopic, PayloadError) as exc:
+        raise MessageError(topic, str(exc)) from None
+    except Exception as exc:  # total, as for farm topics
+        raise MessageError(topic, f"undecodable payload ({type(exc).__name__})") from None

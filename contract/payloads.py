@@ -293,6 +293,43 @@ class Ack(WireModel):
     ts: Timestamp
 
 
+AlertSeverity = Literal["critical", "warning"]
+AlertState = Literal["open", "acknowledged", "cleared"]
+
+
+class AlertItem(WireModel):
+    """One alert of a farm, as ``GET /api/alerts`` lists it and ``{base}/alerts/{farm}`` publishes it."""
+
+    id: str
+    farm_id: str
+    kind: str
+    severity: AlertSeverity
+    state: AlertState
+    opened: Timestamp
+    since: Timestamp | None = None  # when the condition began, before the alert delay
+    acknowledged_by: str | None = None
+    acknowledged: Timestamp | None = None
+    cleared: Timestamp | None = None
+    message: str
+    value: Number | None = None
+
+
+class FarmAlerts(WireModel):
+    """``{base}/alerts/{farm}``, retained, published by the discovery node: the farm's alerts not yet cleared."""
+
+    farm_id: str
+    ts: Timestamp
+    alerts: list[AlertItem] = Field(default_factory=list)
+
+
+class AlertAck(WireModel):
+    """``{base}/alerts/{farm}/ack``, from an operator: acknowledge one alert, or every open one of the farm."""
+
+    id: str | None = Field(None, min_length=1, max_length=64)
+    by: str = Field(min_length=1, max_length=64)
+    ts: Timestamp | None = None
+
+
 class PayloadError(ValueError):
     """A payload that is not valid JSON or does not fit its model; the message says why."""
 

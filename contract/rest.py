@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.json_schema import models_json_schema
 
-from contract.payloads import Timestamp, parse_ts
+from contract.payloads import AlertItem, Timestamp, parse_ts
 from contract.topics import InvalidTopic, check_farm_id, check_value_name
 
 DEFAULT_HISTORY_SPAN = timedelta(days=1)
@@ -144,6 +144,19 @@ class HistoryQuery(Parameters):
         return self.start, self.end
 
 
+class AlertsQuery(Parameters):
+    """``farm`` (default every farm the caller sees), ``state``: ``open`` (not cleared yet) or ``all``."""
+
+    problem: ClassVar[str] = "invalid alerts query"
+    farm: FarmId | None = None
+    state: Literal["open", "all"] = "open"
+
+
+class AlertPath(Parameters):
+    problem: ClassVar[str] = "invalid alert id"
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")
+
+
 # ---- answers ------------------------------------------------------------------------------------------
 
 
@@ -241,7 +254,16 @@ class Health(Answer):
     farms: int
 
 
-ANSWERS: tuple[type[Answer], ...] = (ErrorAnswer, FarmList, FarmDetail, History, CommandList, TailnetDevices, Health)
+class AlertList(Answer):
+    alerts: list[AlertItem] = Field(description="newest first")
+
+
+class AlertAnswer(Answer):
+    alert: AlertItem
+
+
+ANSWERS: tuple[type[Answer], ...] = (ErrorAnswer, FarmList, FarmDetail, History, CommandList, TailnetDevices, Health,
+                                     AlertList, AlertAnswer)
 
 
 def rest_schemas() -> dict[str, Any]:

@@ -6,6 +6,8 @@ hand elsewhere is a bug. The layout is CONTRACT.md's::
     {base}/farms/{farm}/status|meta|heartbeat|state|backlog|alarms|events|ack
     {base}/farms/{farm}/set/{name}
     {base}/discovery/status
+    {base}/alerts/{farm}          (retained, by the discovery node)
+    {base}/alerts/{farm}/ack      (by an operator)
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from enum import StrEnum
 FARM_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VALUE_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 DEFAULT_BASE = "kub"
+ALERTS = "alerts"
+ALERTS_ACK = "ack"
 
 
 class FarmTopic(StrEnum):
@@ -121,6 +125,37 @@ class Topics:
 
     def discovery_prefix(self) -> str:
         return f"{self.base}/discovery/"
+
+    def alerts(self, farm_id: str) -> str:
+        """A farm's open alerts, retained, published by the discovery node."""
+        return f"{self.base}/{ALERTS}/{check_farm_id(farm_id)}"
+
+    def alerts_ack(self, farm_id: str) -> str:
+        """Where an operator acknowledges a farm's alerts."""
+        return f"{self.alerts(farm_id)}/{ALERTS_ACK}"
+
+    def alerts_prefix(self) -> str:
+        return f"{self.base}/{ALERTS}/"
+
+    def parse_alerts(self, topic: str) -> str:
+        """The farm id of an ``{base}/alerts/{farm}`` topic."""
+        parts = topic.split("/")
+        if len(parts) != 3 or parts[0] != self.base or parts[1] != ALERTS:
+            raise InvalidTopic(f"not a farm's alerts topic: {topic!r}")
+        return check_farm_id(parts[2])
+
+    def alerts_filter(self) -> str:
+        return f"{self.base}/{ALERTS}/+"
+
+    def alerts_ack_filter(self) -> str:
+        return f"{self.base}/{ALERTS}/+/{ALERTS_ACK}"
+
+    def parse_alerts_ack(self, topic: str) -> str:
+        """The farm id of an ``{base}/alerts/{farm}/ack`` topic."""
+        parts = topic.split("/")
+        if len(parts) != 4 or parts[0] != self.base or parts[1] != ALERTS or parts[3] != ALERTS_ACK:
+            raise InvalidTopic(f"not an alert acknowledgement topic: {topic!r}")
+        return check_farm_id(parts[2])
 
     def parse(self, topic: str) -> ParsedTopic:
         """Split a farm topic into farm id, kind and (for set) value name."""

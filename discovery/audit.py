@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from contract.messages import DiscoveryStatus, FarmMessage
+from contract.messages import FarmMessage, Message
 from contract.payloads import Ack, Clock, SetCommand, format_ts
 from contract.topics import FarmTopic, Topics
 from discovery.extension import Extension, Node
@@ -52,7 +52,7 @@ class CommandAudit(Extension):
     def databases(self) -> list[Database]:
         return [self.db]
 
-    async def on_message(self, message: FarmMessage[Any] | DiscoveryStatus) -> None:
+    async def on_message(self, message: Message) -> None:
         # a malformed command never gets here: the agent refuses it, and its ack (with the reason) is recorded
         if not isinstance(message, FarmMessage):
             return

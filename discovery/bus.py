@@ -44,6 +44,7 @@ class DiscoveryBus:
                                    manual_ack=True, reconnect_max=reconnect_max)
         self._unacked: list[tuple[int, int]] = []  # (mid, qos) of messages delivered but not yet committed
         self._batch_full = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
 
     @property
     def connected(self) -> bool:
@@ -52,7 +53,14 @@ class DiscoveryBus:
     async def run(self, stop: asyncio.Event) -> None:
         await self.session.run(stop, lambda client: self._serve(client, stop))
 
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Publish retained (QoS 1) on the node's session; raises MqttError while it is not connected."""
+        if self._client is None or not self.connected:
+            raise aiomqtt.MqttError("not connected")
+        await self._client.publish(topic, payload, qos=1, retain=True)
+
     async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        self._client = client
         self._unacked.clear()  # message ids belong to a connection; the broker resends what we did not ack
         await client.publish(self.topics.discovery_status(), b"online", qos=1, retain=True)
         filters = self.extensions.filters()

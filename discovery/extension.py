@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from common.identities import IdentityStore
-from contract.messages import DiscoveryStatus, FarmMessage, Message
+from contract.messages import FarmMessage, Message
 from contract.payloads import Clock
 from contract.topics import Topics, filter_within
 from discovery.settings import DiscoverySettings
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kubmesh.discovery")
 
 E = TypeVar("E", bound="Extension")
+Publish = Callable[[str, bytes], Awaitable[None]]
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Node:
     identities: IdentityStore
     broker: KubBroker | None = None
     extensions: Extensions = field(default_factory=lambda: Extensions([]))
+    publish: Publish | None = None  # the bus's: retained, QoS 1, for an extension that publishes (the alerting)
 
 
 class Extension:
@@ -58,7 +60,7 @@ class Extension:
     async def stop(self) -> None:
         """Close what the extension owns; nothing is delivered after."""
 
-    async def on_message(self, message: FarmMessage | DiscoveryStatus) -> None:
+    async def on_message(self, message: Message) -> None:
         """A message on one of :meth:`filters`, decoded by the contract."""
 
     async def commit(self) -> None:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from contract.messages import DiscoveryStatus, FarmMessage
+from contract.messages import FarmMessage, Message
 from contract.payloads import Clock, Reading
 from contract.topics import FarmTopic, Topics
 from discovery.extension import Extension, Node
@@ -133,7 +133,7 @@ class HistoryRecorder(Extension):
     def databases(self) -> list[Database]:
         return [self.db]
 
-    async def on_message(self, message: FarmMessage[Any] | DiscoveryStatus) -> None:
+    async def on_message(self, message: Message) -> None:
         if not isinstance(message, FarmMessage) or not isinstance(message.payload, Reading):
             return  # a retained state being cleared
         reading = message.payload

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -17,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from broker.server import KubBroker
 from broker.stats import broker_stats
-from contract.messages import DiscoveryStatus, FarmMessage
+from contract.messages import FarmMessage, Message
 from contract.topics import FarmTopic
 from discovery.extension import Extension, Node
 from discovery.history import HistoryRecorder
@@ -45,7 +44,7 @@ class Metrics(Extension):
     def filters(self) -> list[str]:
         return [self.topics.all_farms(FarmTopic.STATE), self.topics.all_farms(FarmTopic.BACKLOG)]
 
-    async def on_message(self, message: FarmMessage[Any] | DiscoveryStatus) -> None:
+    async def on_message(self, message: Message) -> None:
         if isinstance(message, FarmMessage) and message.payload is not None and not message.retained:
             self.readings[message.farm_id] += 1  # a retained copy was counted when it was new
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from contract.messages import DiscoveryStatus, FarmMessage
+from contract.messages import FarmMessage, Message
 from contract.payloads import Clock
 from contract.topics import FarmTopic, Topics
 from discovery.extension import Extension, Node
@@ -46,9 +46,10 @@ class Presence(Extension):
     def databases(self) -> list[Database]:
         return [self.registry.db]
 
-    async def on_message(self, message: FarmMessage[Any] | DiscoveryStatus) -> None:
+    async def on_message(self, message: Message) -> None:
         if not isinstance(message, FarmMessage) or message.payload is None:
             return  # a retained message being cleared
+        payload: Any = message.payload  # every model this extension asked for has a ts
         # a retained message delivered on subscribe is old news: the farm was last seen when it was sent
-        seen = message.payload.ts if message.retained else self.clock()
+        seen = payload.ts if message.retained else self.clock()
         RECORDERS[message.kind](self.registry, message.farm_id, message.payload, seen)

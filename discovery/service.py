@@ -19,6 +19,8 @@ from common.identities import IdentityStore, Role
 from common.mqtt import MqttUrl
 from contract.payloads import utc_now
 from contract.topics import Topics
+from discovery.alerting.api import add_alert_routes
+from discovery.alerting.extension import Alerting
 from discovery.api import create_api
 from discovery.audit import CommandAudit
 from discovery.bus import DiscoveryBus
@@ -38,6 +40,7 @@ EXTENSIONS: list[Callable[[Node], Extension | None]] = [
     CommandAudit.build,
     Metrics.build,
     Tailnet.build,
+    Alerting.build,
 ]
 
 
@@ -64,8 +67,10 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
     node = Node(settings, topics, utc_now, identities, broker)
     extensions = build_extensions(node)
     bus = DiscoveryBus(_bus_url(settings), topics, extensions, settings.keepalive, settings.reconnect_max)
+    node.publish = bus.publish
     presence, history = extensions.get(Presence), extensions.get(HistoryRecorder)
     audit, metrics, tailnet = extensions.get(CommandAudit), extensions.get(Metrics), extensions.get(Tailnet)
+    alerting = extensions.get(Alerting)
     if presence is None or history is None or audit is None:
         raise RuntimeError("the REST API needs the presence, history and audit extensions in EXTENSIONS")
 
@@ -77,6 +82,8 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
                                   "database_write_errors": extensions.write_errors()}
         if tailnet is not None:
             report["tailnet"] = tailnet.manager.health()
+        if alerting is not None:
+            report["alerting"] = alerting.service.health()
         return report
 
     if not settings.api_token:
@@ -84,6 +91,8 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
     await extensions.start()
     api = create_api(presence.registry, audit, settings.api_token, health, history, identities,
                      metrics=metrics.scrape if metrics else None, tailnet=tailnet.manager if tailnet else None)
+    if alerting is not None:
+        add_alert_routes(api, alerting.service)
     runner = web.AppRunner(api, access_log=None)
     await runner.setup()
     try:

@@ -26,6 +26,14 @@ class DiscoverySettings(BrokerSettings):
         "HISTORY_RAW_DAYS": "history_raw_days",
         "HISTORY_ROLLUP_SECONDS": "history_rollup_seconds",
         "HISTORY_KEEP_DAYS": "history_keep_days",
+        "ALERT_DELAY": "alert_delay",
+        "ALERT_REMIND_INTERVAL": "alert_remind_interval",
+        "ALERT_ESCALATE_AFTER": "alert_escalate_after",
+        "ALERT_SILENT_AFTER": "alert_silent_after",
+        "ALERT_RULES": "alert_rules",
+        "ALERT_LINK_URL": "alert_link_url",
+        "ALERT_RETRIES": "alert_retries",
+        "ALERT_RETRY_BACKOFF": "alert_retry_backoff",
     }
     YAML: ClassVar[dict[str, str]] = {
         **BrokerSettings.YAML,
@@ -38,6 +46,12 @@ class DiscoverySettings(BrokerSettings):
         "history.raw_days": "history_raw_days",
         "history.rollup_seconds": "history_rollup_seconds",
         "history.keep_days": "history_keep_days",
+        "alerts.delay": "alert_delay",
+        "alerts.remind_interval": "alert_remind_interval",
+        "alerts.escalate_after": "alert_escalate_after",
+        "alerts.silent_after": "alert_silent_after",
+        "alerts.rules": "alert_rules",
+        "alerts.link_url": "alert_link_url",
     }
 
     api_host: str = "0.0.0.0"
@@ -55,6 +69,14 @@ class DiscoverySettings(BrokerSettings):
     history_raw_days: float = Field(30.0, gt=0)  # every reading kept this long, then downsampled
     history_rollup_seconds: float = Field(300.0, ge=1)  # one min/max/avg row per value and this many seconds
     history_keep_days: float = Field(365.0, gt=0)  # downsampled rows kept this long
+    alert_delay: float = Field(30.0, ge=0)  # a condition must hold this long before its alert opens
+    alert_remind_interval: float = Field(600.0, gt=0)  # an open alert is sent again this often until acknowledged
+    alert_escalate_after: float = Field(900.0, ge=0)  # not acknowledged this long: tier 2 is told too
+    alert_silent_after: float = Field(120.0, gt=0)  # nothing heard from a farm this long: it is silent
+    alert_rules: Path | None = None  # value rules (YAML); default: the shipped KUB-1063 rules
+    alert_link_url: str | None = None  # the mobile web's address, for the farm link in each message
+    alert_retries: int = Field(3, ge=0, le=10)  # a failed delivery is tried again this many times …
+    alert_retry_backoff: float = Field(1.0, gt=0)  # … after this many seconds, doubling each time
 
     @property
     def database(self) -> Path:
@@ -73,6 +95,10 @@ class DiscoverySettings(BrokerSettings):
     @property
     def history_database(self) -> Path:
         return self.database.with_name("history.db")
+
+    @property
+    def alerts_database(self) -> Path:
+        return self.database.with_name("alerts.db")
 
     @property
     def embedded_broker(self) -> bool:

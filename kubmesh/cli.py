@@ -64,6 +64,12 @@ def _tailnet(subparsers: argparse._SubParsersAction) -> None:
     commands.register(subparsers)
 
 
+def _notify(subparsers: argparse._SubParsersAction) -> None:
+    from kubmesh import notify_commands
+
+    notify_commands.register(subparsers)
+
+
 def _doctor(subparsers: argparse._SubParsersAction) -> None:
     from kubmesh import doctor
 
@@ -75,7 +81,7 @@ def _doctor(subparsers: argparse._SubParsersAction) -> None:
 COMMANDS: dict[str, Registrar] = {
     "demo": _demo, "broker": _broker, "discovery": _discovery, "farm-agent": _agent, "simulate": _simulator,
     "mobile-web": _web, "farm": _identities, "user": _identities, "service": _identities, "token": _identities,
-    "tailscale": _tailnet, "doctor": _doctor,
+    "tailscale": _tailnet, "doctor": _doctor, "notify": _notify,
 }
 
 

@@ -31,6 +31,9 @@ import yaml
 
 from common.identities import Credentials, IdentityStore, Role
 from common.mqtt import MqttUrl
+from discovery.alerting.channels import check_url
+from discovery.alerting.kinds import Severity
+from discovery.alerting.store import AlertStore
 
 SITE = "Агрофирма Север"
 SITE_HOUSES = (("farm-001", "Птичник №1"), ("farm-003", "Птичник №2"), ("farm-004", "Птичник №3"))
@@ -62,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the site bus simulator's Modbus TCP port (+1: the greenhouse's)")
     parser.add_argument("--control-port", type=int, default=5030, help="the site bus simulator's control port (+1 …)")
     parser.add_argument("--poll-interval", type=float, default=float(os.environ.get("POLL_INTERVAL", 5)))
+    parser.add_argument("--notify", action="append", default=[], metavar="URL",
+                        help="an alert channel for the demo's farmer (an Apprise URL such as ntfy://…, "
+                             "mailto://…, json://…); repeatable. ALERT_* settings of the environment apply")
     parser.set_defaults(func=run_demo)
 
 
@@ -77,7 +83,12 @@ def run_demo(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
 
+    problems = [problem for url in args.notify if (problem := check_url(url))]
+    if problems:
+        print(f"kubmesh demo: --notify: {problems[0]}", file=sys.stderr)
+        return 1
     credentials = _make_credentials(IdentityStore(data_dir))
+    _add_channels(data_dir, args.notify)
     api_token = secrets.token_hex(24)
     broker_url = MqttUrl(host="127.0.0.1", port=args.mqtt_port)
     children: list[Child] = []
@@ -110,7 +121,9 @@ def run_demo(args: argparse.Namespace) -> int:
             "discovery",
             ["discovery", "--data-dir", str(data_dir), "--mqtt-host", args.bind, "--mqtt-port", str(args.mqtt_port),
              "--host", args.bind, "--port", str(args.api_port)],
-            env={"API_TOKEN": api_token},
+            # the ALERT_* settings of the environment reach it as they are; the messages link to the demo's web
+            env={"API_TOKEN": api_token,
+                 "ALERT_LINK_URL": os.environ.get("ALERT_LINK_URL") or f"http://{_host(args.bind)}:{args.web_port}"},
             wait_port=args.mqtt_port,
         )
         _wait_for_port(children[-1], args.api_port, lambda: stopping)
@@ -247,6 +260,20 @@ def _make_credentials(store: IdentityStore) -> dict[str, Credentials]:
     for farm_id, _ in FARMS:
         credentials[farm_id] = store.ensure(farm_id, Role.FARM, owner=DEMO_OWNER)
     return credentials
+
+
+def _add_channels(data_dir: Path, urls: list[str]) -> None:
+    """The demo's farmer is told of alerts through these channels (tier 1, warnings and above)."""
+    store = AlertStore(data_dir / "alerts.db")
+    try:
+        for url in urls:
+            store.add_channel("farmer", url, Severity.WARNING, 1)
+    finally:
+        store.close()
+
+
+def _host(bind: str) -> str:
+    return "127.0.0.1" if bind == "0.0.0.0" else bind
 
 
 def _write_credentials(path: Path, credentials: dict[str, Credentials], api_token: str) -> None:

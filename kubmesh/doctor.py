@@ -34,6 +34,8 @@ from common.mqtt import MqttUrl, async_client
 from common.settings import ConfigError, ServiceSettings, load_settings
 from common.tailscale.local import TailscaleCli, TailscaleCliError
 from contract.payloads import SmsStatus, format_ts
+from discovery.alerting.channels import display
+from discovery.alerting.store import AlertStore
 from discovery.settings import DiscoverySettings
 from farm_agent.link import ModbusFailure, ModbusLink, ModbusUrl
 from farm_agent.poller import Poller
@@ -118,6 +120,7 @@ async def _node_checks(args: argparse.Namespace) -> list[Check]:
         checks.append(Check("config", OK, f"discovery node{where}, REST API port {settings.api_port}"))
         checks += await _discovery_broker_checks(settings)
         checks.append(_http_check("discovery API", f"http://127.0.0.1:{settings.api_port}"))
+        checks.append(_alert_channels_check(settings))
     return checks + await _environment_checks(args, settings, farm_node)
 
 
@@ -167,6 +170,25 @@ async def _discovery_broker_checks(settings: DiscoverySettings) -> list[Check]:
     status = OK if count else FAIL
     return [*checks, Check("broker identities", status, f"{count} in {settings.data_dir / 'identities.json'}"
                            + ("" if count else ": add farms with kubmesh farm add"))]
+
+
+def _alert_channels_check(settings: DiscoverySettings) -> Check:
+    """Whether anyone is told of alerts, and which channels failed their last delivery."""
+    if not settings.alerts_database.exists():
+        return Check("alert channels", SKIP, "no one is told of alerts yet: kubmesh notify add USER URL")
+    store = AlertStore(settings.alerts_database)
+    try:
+        channels = store.channels()
+    finally:
+        store.close()
+    if not channels:
+        return Check("alert channels", SKIP, "no one is told of alerts yet: kubmesh notify add USER URL")
+    failing = [c for c in channels if c.failing]
+    if failing:
+        return Check("alert channels", FAIL, "; ".join(
+            f"{c.username} {display(c.url)} failing ×{c.failures}: {c.last_error}" for c in failing))
+    users = len({c.username for c in channels})
+    return Check("alert channels", OK, f"{len(channels)} channel(s) of {users} user(s), none failing")
 
 
 async def _modbus_check(settings: AgentSettings) -> Check:

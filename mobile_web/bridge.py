@@ -28,8 +28,8 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from common.mqtt import MqttUrl, threaded_client
-from contract.messages import DiscoveryStatus, FarmMessage, MessageError, decode_message
-from contract.payloads import Alarms, Event, Heartbeat, Meta, Reading, Status
+from contract.messages import AlertAckMessage, AlertsMessage, DiscoveryStatus, FarmMessage, MessageError, decode_message
+from contract.payloads import Alarms, Event, FarmAlerts, Heartbeat, Meta, Reading, Status
 from contract.topics import FarmTopic, Topics
 
 log = logging.getLogger("kubmesh.web.bridge")
@@ -53,6 +53,7 @@ class FarmView:
     state: Reading | None = None
     state_received: float | None = None
     alarms: Alarms | None = None
+    alerts: FarmAlerts | None = None  # the discovery node's open alerts of the farm
     events: deque[Event] = field(default_factory=lambda: deque(maxlen=RECENT_EVENTS))
     last_seen: float | None = None  # the newest sign of life: a heartbeat's or reading's own time
 
@@ -242,6 +243,12 @@ class FarmBridge:
             return False
         return self._client.publish(self.topics.set(farm_id, name), payload, qos=1).rc == paho.MQTT_ERR_SUCCESS
 
+    def publish_alert_ack(self, farm_id: str, payload: bytes) -> bool:
+        """``{base}/alerts/{farm}/ack`` for a user; the discovery node checks that they may acknowledge."""
+        if self._client is None or not self.connected:
+            return False
+        return self._client.publish(self.topics.alerts_ack(farm_id), payload, qos=1).rc == paho.MQTT_ERR_SUCCESS
+
     def health(self, now: float | None = None) -> BridgeHealth:
         now = time.time() if now is None else now
         since = self.last_message if self.last_message is not None else self.connected_at
@@ -253,7 +260,8 @@ class FarmBridge:
             log.warning("broker refused the connection: %s", reason)
             return
         self.connected, self.connected_at = True, time.time()
-        filters = [self.topics.all_farms(kind) for kind in SHOWN] + [self.topics.discovery_status()]
+        filters = [self.topics.all_farms(kind) for kind in SHOWN] + [self.topics.discovery_status(),
+                                                                     self.topics.alerts_filter()]
         client.subscribe([(f, 1) for f in filters])
         log.info("connected to the broker")
 
@@ -273,7 +281,12 @@ class FarmBridge:
             self.dropped += 1
             self._log_drop(exc)
             return
+        if isinstance(decoded, AlertAckMessage):
+            return  # an operator's acknowledgement: the discovery node answers it on the alerts topic
         try:
+            if isinstance(decoded, AlertsMessage):
+                self._take_alerts(decoded)
+                return
             self._take(decoded)
         except Exception:  # a fault here must not end paho's thread: the page would freeze on stale values
             self.handler_errors += 1
@@ -291,6 +304,14 @@ class FarmBridge:
         self._drops_logged[error.farm_id] = (now, 0)
         more = f" ({since} more dropped since the last one logged)" if since else ""
         log.warning("dropped a message: %s%s", error, more)
+
+    def _take_alerts(self, decoded: AlertsMessage) -> None:
+        with self._lock:
+            view = self.farms.setdefault(decoded.farm_id, FarmView(decoded.farm_id))
+            view.alerts = decoded.payload
+        alerts = decoded.payload.alerts if decoded.payload else []
+        self.hub.publish("alerts", decoded.farm_id, {"farm": decoded.farm_id,
+                                                     "alerts": [json.loads(a.model_dump_json()) for a in alerts]})
 
     def _take(self, decoded: DiscoveryStatus | FarmMessage[Any]) -> None:
         if isinstance(decoded, DiscoveryStatus):

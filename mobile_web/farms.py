@@ -7,13 +7,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
-from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
+from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request, url_for
 from flask_babel import get_locale, lazy_gettext
 from flask_babel import gettext as _
 from pydantic import ValidationError
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from common.identities import StoreError
-from contract.payloads import Event, Labels, ProfileSummary, SetCommand, ValueInfo, encode, utc_now
+from contract.payloads import AlertAck, Event, Labels, ProfileSummary, SetCommand, ValueInfo, encode, utc_now
 from contract.topics import InvalidTopic, check_farm_id
 from mobile_web.auth import current_user, login_required, store
 from mobile_web.bridge import FarmBridge, FarmView
@@ -276,6 +277,25 @@ def command(farm_id: str) -> tuple[Response, int]:
         return _json_error(503, _("Not connected to the broker."))
     current_app.logger.info("%s sent %s=%s to %s (%s)", user.username, body["name"], value, farm_id, command.id)
     return jsonify(id=command.id), 202
+
+
+@bp.post("/farms/<farm_id>/alerts/ack")
+@login_required
+def acknowledge_alerts(farm_id: str) -> WerkzeugResponse:
+    """One tap: the farm's open alerts (or the one named) acknowledged for the user, over MQTT; the discovery
+    node records who, stops the reminders, and publishes the alerts again."""
+    view = visible_view(farm_id)
+    user = current_user()
+    if user is None or not user.may_command:
+        abort(403)
+    alert_id = request.form.get("alert") or None
+    if alert_id is not None and not re.fullmatch(r"[0-9a-f]{1,64}", alert_id):
+        abort(400)
+    payload = encode(AlertAck(id=alert_id, by=user.username, ts=utc_now()))
+    if not bridge().publish_alert_ack(view.farm_id, payload):
+        abort(503)
+    current_app.logger.info("%s acknowledged %s of %s", user.username, alert_id or "every alert", farm_id)
+    return redirect(url_for("farms.farm", farm_id=view.farm_id))
 
 
 @bp.get("/farms/<farm_id>")

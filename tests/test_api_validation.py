@@ -117,7 +117,7 @@ def test_the_api_fuzzed_from_its_own_document_answers_no_5xx_and_as_documented(n
     fuzzed = {operation.path for operation in operations}
     assert fuzzed >= {path for path in schema.raw_schema["paths"] if path.startswith("/api/")}, fuzzed
     for operation in operations:
-        takes_parameters = bool(schema.raw_schema["paths"][operation.path]["get"].get("parameters"))
+        takes_parameters = bool(schema.raw_schema["paths"][operation.path][operation.method.lower()].get("parameters"))
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if takes_parameters else (
                 GenerationMode.POSITIVE,):
             check_operation(operation.as_strategy(generation_mode=mode))

@@ -17,6 +17,12 @@ from common.identities import IdentityStore, Role
 from contract.payloads import Reading, Status, encode, utc_now
 from contract.rest import History, rest_schemas
 from contract.topics import Topics
+from discovery.alerting.api import add_alert_routes
+from discovery.alerting.channels import Channels
+from discovery.alerting.engine import Timing
+from discovery.alerting.rules import load_rules
+from discovery.alerting.service import AlertingConfig, AlertingService
+from discovery.alerting.store import AlertStore
 from discovery.api import OPENAPI_FILE, create_api, openapi_document
 from discovery.audit import CommandAudit
 from discovery.history import HistoryRecorder
@@ -34,8 +40,11 @@ def test_the_document_is_valid_openapi_3_and_names_every_route(tmp_path: Path) -
     app = create_api(Registry(tmp_path / "d.db"), CommandAudit(tmp_path / "d.db", Topics(), utc_now), "token",
                      dict, HistoryRecorder(tmp_path / "h.db", Topics(), utc_now), IdentityStore(tmp_path),
                      metrics=scrape)
-    routes = {r.resource.canonical for r in app.router.routes() if r.method == "GET" and r.resource is not None}
-    assert routes == set(document["paths"])
+    add_alert_routes(app, AlertingService(AlertingConfig(Timing(), 120, load_rules()), AlertStore(tmp_path / "a.db"),
+                                          IdentityStore(tmp_path), Topics(), Channels(None), utc_now))
+    routes = {(r.resource.canonical, r.method.lower()) for r in app.router.routes()
+              if r.method != "HEAD" and r.resource is not None}
+    assert routes == {(path, method) for path, item in document["paths"].items() for method in item}
 
 
 def references(node: Any) -> set[str]:

@@ -217,6 +217,12 @@
         markStale();
       },
       alarms: renderAlarms,
+      // the discovery node's alerts of this farm changed (opened, acknowledged, cleared): render afresh
+      alerts: (data) => {
+        const shown = [...main.querySelectorAll("[data-alert]")].map((el) => el.dataset.alert + el.dataset.state);
+        const now = (data.alerts || []).map((alert) => alert.id + alert.state);
+        if (shown.sort().join() !== now.sort().join()) location.reload();
+      },
       profile: () => location.reload(), // the farm's agent runs another profile: other values and controls
       events: (data) => {
         const list = main.querySelector("[data-events]");
