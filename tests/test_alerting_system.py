@@ -33,8 +33,6 @@ from tests.helpers import (
     web_login,
 )
 
-pytestmark = pytest.mark.slow
-
 FARM = "farm-001"
 TOKEN = "alerting-system-token"
 POLL_S = 0.5
@@ -183,6 +181,7 @@ def test_a_killed_agent_is_a_silent_farm_and_a_failing_channel_escalates_at_once
     assert 'kubmesh_alerts{severity="critical",state="open"} 1.0' in metrics
 
 
+@pytest.mark.slow
 def test_demo_notify_tells_the_farmer_of_a_simulated_alarm(tmp_path: Path, receiver: HttpReceiver) -> None:
     ports = {name: free_port() for name in ("mqtt", "api", "web")}
     ports.update({name: free_consecutive_ports(2) for name in ("agent", "modbus", "control")})
@@ -211,6 +210,7 @@ def test_demo_notify_tells_the_farmer_of_a_simulated_alarm(tmp_path: Path, recei
         demo.wait(20)
 
 
+@pytest.mark.slow
 def test_the_farm_page_shows_the_alert_and_one_tap_acknowledges_it(
         farm_system: tuple[Node, Simulator, Agent], receiver: HttpReceiver, data_dir: Path, tmp_path: Path) -> None:
     node, simulator, _ = farm_system
