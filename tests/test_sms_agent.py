@@ -89,7 +89,6 @@ def farm_factory(broker: RunningBroker, simulator: Simulator, tmp_path: Path) ->
         farm.modem.unplug()
 
 
-@pytest.mark.slow
 def test_broker_cut_with_an_alarm_active_texts_once_with_farm_and_label_then_reports_it_on_the_bus(
     farm_factory: Any,
 ) -> None:
@@ -142,7 +141,6 @@ def test_an_alarm_storm_while_cut_off_keeps_to_the_hourly_limit(farm_factory: An
     assert farm.agent.health()["polls_ok"] > 0
 
 
-@pytest.mark.slow
 def test_discoverys_last_will_while_the_link_works_texts_monitoring_down_once(
     farm_factory: Any, broker: RunningBroker, tmp_path: Path,
 ) -> None:
@@ -169,7 +167,6 @@ def test_discoverys_last_will_while_the_link_works_texts_monitoring_down_once(
         discovery.process.stop()
 
 
-@pytest.mark.slow
 def test_an_unplugged_modem_is_reported_and_the_agent_keeps_polling(farm_factory: Any) -> None:
     farm: Farm = farm_factory()
     assert "_gammu" in Path(f"/proc/{farm.agent.process.proc.pid}/maps").read_text()  # type: ignore[union-attr]
