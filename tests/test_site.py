@@ -189,7 +189,6 @@ def check_a_killed_agent_takes_every_house_offline(rig: SiteRig) -> None:
         late.close()
 
 
-@pytest.mark.slow
 def test_a_site_over_tcp_on_both_brokers(any_bus: Bus, tmp_path: Path) -> None:
     port = free_port()
     rig = start_site(tmp_path, any_bus, f"tcp://127.0.0.1:{port}?timeout=0.3", ["--port", str(port)])
@@ -205,7 +204,6 @@ def test_a_site_over_tcp_on_both_brokers(any_bus: Bus, tmp_path: Path) -> None:
         stop_site(rig)
 
 
-@pytest.mark.slow
 def test_a_site_over_a_serial_pair(broker: RunningBroker, tmp_path: Path, serial_pair: tuple[Path, Path]) -> None:
     device_end, agent_end = serial_pair
     rig = start_site(tmp_path, embedded_bus(broker),
