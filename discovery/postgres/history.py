@@ -1,0 +1,174 @@
+"""The history on PostgreSQL: raw readings partitioned by day, rollups by week (declarative partitioning),
+written a batch at a time in one multi-row ``INSERT ... SELECT FROM unnest(...)``, retention by partition.
+
+- A reading's partition is made when the first reading of its day arrives (under an advisory lock, so two
+  nodes make it once), for the days of the raw window (``raw_days`` back to tomorrow); a reading of any other
+  time goes to the default partition, so a wrong clock cannot make thousands of tables.
+- Retention folds every partition wholly older than the cut-off into rollups and drops it; only the partition
+  that straddles the cut-off (and the default one) give up their older rows by ``DELETE``. Rollups past
+  ``keep_days`` go the same way.
+- The farm page's gap summary is counted by the server from the primary key's index, for every request: with
+  several nodes writing, no node sees every insert, so none can keep it in memory as SQLite's store does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from discovery.gaps import SeqRuns
+from discovery.postgres.database import PostgresDatabase
+from discovery.storage import HistoryStore, Pending
+
+DAY = 86400.0
+PERIODS = {"readings": DAY, "rollups": 7 * DAY}  # seconds per partition
+PARTITION_LOCK = 0x6B75626D70617274  # "kubmpart"
+INSERT = """
+INSERT INTO readings (farm_id, seq, ts, data)
+SELECT farm_id, seq, ts, data::jsonb FROM unnest(%s::text[], %s::bigint[], %s::float8[], %s::text[])
+    AS batch (farm_id, seq, ts, data)
+ON CONFLICT DO NOTHING
+"""
+# trunc(), as SQLite's CAST(... AS INTEGER): the two stores put a reading in the same bucket
+ROLLUP = """
+INSERT INTO rollups (farm_id, name, ts, min, max, avg, count)
+SELECT r.farm_id, j.key, trunc(r.ts / %(step)s) * %(step)s,
+       MIN(j.value::float8), MAX(j.value::float8), AVG(j.value::float8), COUNT(*)
+FROM {source} AS r CROSS JOIN LATERAL jsonb_each(r.data) AS j
+WHERE r.ts < %(cutoff)s AND jsonb_typeof(j.value) = 'number'
+GROUP BY 1, 2, 3
+ON CONFLICT (farm_id, name, ts) DO UPDATE SET
+    min = LEAST(rollups.min, excluded.min),
+    max = GREATEST(rollups.max, excluded.max),
+    avg = (rollups.avg * rollups.count + excluded.avg * excluded.count) / (rollups.count + excluded.count),
+    count = rollups.count + excluded.count
+"""
+GAPS = """
+SELECT COUNT(*), MIN(seq), MAX(seq), COUNT(*) FILTER (WHERE previous IS DISTINCT FROM seq - 1)
+FROM (SELECT seq, lag(seq) OVER (ORDER BY seq) AS previous
+      FROM (SELECT DISTINCT seq FROM readings WHERE farm_id = %s) AS stored) AS runs
+"""
+
+
+def partition_name(table: str, index: int) -> str:
+    start = datetime.fromtimestamp(index * PERIODS[table], UTC)
+    return f"{table}_{start:%Y%m%d}"
+
+
+def partition_index(table: str, name: str) -> int:
+    start = datetime.strptime(name.removeprefix(f"{table}_"), "%Y%m%d").replace(tzinfo=UTC)
+    return round(start.timestamp() / PERIODS[table])
+
+
+class PostgresHistory(HistoryStore):
+    def __init__(self, db: PostgresDatabase, raw_days: float) -> None:
+        self.db = db
+        self.raw_days = raw_days
+        self._made: set[tuple[str, int]] = set()  # partitions known to exist; on the writer thread only
+
+    async def insert(self, pending: Sequence[Pending], now: datetime) -> int:
+        return await self.db.write(lambda connection: self._insert(connection, pending, now.timestamp()))
+
+    async def gaps(self, farm_id: str) -> dict[str, Any]:
+        return await self.db.read(self._gaps, farm_id)
+
+    async def fold(self, step: float, cutoff: float, expiry: float) -> tuple[int, int]:
+        return await self.db.write(lambda connection: self._fold(connection, step, cutoff, expiry))
+
+    def count(self) -> int:
+        """The planner's estimate: an exact count of a fleet's month of readings would scan them all."""
+        row = self.db.reader().execute(
+            "SELECT COALESCE(SUM(GREATEST(c.reltuples, 0)), 0) FROM pg_inherits AS i "
+            "JOIN pg_class AS c ON c.oid = i.inhrelid WHERE i.inhparent = 'readings'::regclass").fetchone()
+        return int(row[0])
+
+    def points(self, farm_id: str, name: str, start: float, end: float) -> tuple[list[Any], list[Any]]:
+        db = self.db.reader()
+        raw = db.execute(
+            "SELECT ts, data -> %(name)s FROM readings WHERE farm_id = %(farm)s AND ts BETWEEN %(start)s AND %(end)s "
+            "AND data ? %(name)s ORDER BY ts, seq",
+            {"name": name, "farm": farm_id, "start": start, "end": end}).fetchall()
+        rolled = db.execute(
+            "SELECT ts, min, max, avg, count FROM rollups WHERE farm_id = %s AND name = %s AND ts BETWEEN %s AND %s "
+            "ORDER BY ts", (farm_id, name, start, end)).fetchall()
+        return raw, rolled
+
+    def seqs(self, farm_id: str) -> list[int]:
+        rows = self.db.reader().execute("SELECT DISTINCT seq FROM readings WHERE farm_id = %s ORDER BY seq",
+                                        (farm_id,))
+        return [seq for (seq,) in rows]
+
+    def _gaps(self, farm_id: str) -> dict[str, Any]:
+        count, first, last, runs = self.db.reader().execute(GAPS, (farm_id,)).fetchone()
+        return SeqRuns(count, first, last, runs).report()
+
+    # ---- on the writer thread ----------------------------------------------------------------------
+
+    def _insert(self, connection: Any, pending: Sequence[Pending], now: float) -> int:
+        first_day, last_day = math.floor(now / DAY - self.raw_days), math.floor(now / DAY) + 1
+        days = {math.floor(ts / DAY) for _, _, ts, _ in pending}
+        for day in sorted(days):
+            if first_day <= day <= last_day:
+                self._make_partition(connection, "readings", day)
+        farms, seqs, times, values = zip(*pending, strict=True)
+        with connection.transaction():
+            cursor = connection.execute(INSERT, (list(farms), list(seqs), list(times), list(values)))
+        return int(cursor.rowcount)
+
+    def _make_partition(self, connection: Any, table: str, index: int) -> None:
+        """The partition of ``table`` for period ``index``, with the rows the default partition held for it."""
+        if (table, index) in self._made:
+            return
+        name = partition_name(table, index)
+        start, end = index * PERIODS[table], (index + 1) * PERIODS[table]
+        with connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
+            if connection.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is None:
+                # no insert may put a row of this period in the default partition while it is moved out
+                connection.execute(f"LOCK TABLE {table}_default IN EXCLUSIVE MODE")
+                connection.execute(f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+                connection.execute(f"WITH moved AS (DELETE FROM {table}_default WHERE ts >= %s AND ts < %s "
+                                   f"RETURNING *) INSERT INTO {name} SELECT * FROM moved", (start, end))
+                connection.execute(f"ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES FROM ({start!r}) "
+                                   f"TO ({end!r})")
+        self._made.add((table, index))
+
+    def _partitions(self, connection: Any, table: str) -> list[tuple[str, float, float]]:
+        rows = connection.execute(
+            "SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = %s::regclass AND c.relname <> %s", (table, f"{table}_default")).fetchall()
+        found = [(name, partition_index(table, name)) for (name,) in rows]
+        return sorted((name, index * PERIODS[table], (index + 1) * PERIODS[table]) for name, index in found)
+
+    def _fold(self, connection: Any, step: float, cutoff: float, expiry: float) -> tuple[int, int]:
+        folded = expired = 0
+        readings = self._partitions(connection, "readings")
+        # the rollups' own partitions, for the weeks the folded readings fall in
+        weeks = {math.floor(ts / PERIODS["rollups"]) for _, start, end in readings if start < cutoff
+                 for ts in (start, min(end, cutoff) - 1)}
+        for week in sorted(weeks):
+            if week * PERIODS["rollups"] >= expiry - PERIODS["rollups"]:
+                self._make_partition(connection, "rollups", week)
+        with connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
+            for name, start, end in readings:
+                if start >= cutoff:
+                    continue
+                connection.execute(ROLLUP.format(source=name), {"step": step, "cutoff": cutoff})
+                if end <= cutoff:
+                    folded += connection.execute(f"SELECT COUNT(*) FROM {name}").fetchone()[0]
+                    connection.execute(f"DROP TABLE {name}")
+                    self._made.discard(("readings", partition_index("readings", name)))
+                else:
+                    folded += connection.execute(f"DELETE FROM {name} WHERE ts < %s", (cutoff,)).rowcount
+            connection.execute(ROLLUP.format(source="readings_default"), {"step": step, "cutoff": cutoff})
+            folded += connection.execute("DELETE FROM readings_default WHERE ts < %s", (cutoff,)).rowcount
+            for name, _start, end in self._partitions(connection, "rollups"):
+                if end <= expiry:
+                    expired += connection.execute(f"SELECT COUNT(*) FROM {name}").fetchone()[0]
+                    connection.execute(f"DROP TABLE {name}")
+                    self._made.discard(("rollups", partition_index("rollups", name)))
+            expired += connection.execute("DELETE FROM rollups WHERE ts < %s", (expiry,)).rowcount
+        return int(folded), int(expired)
