@@ -11,7 +11,7 @@ from psycopg_pool import ConnectionPool
 from discovery.postgres.database import PostgresDatabase, rows
 from discovery.postgres.history import PostgresHistory
 from discovery.postgres.lease import KEEPALIVE, AdvisoryLease
-from discovery.postgres.migrate import migrate, migrations, schema_version
+from discovery.postgres.migrate import SchemaError, migrate, migrations, schema_version
 from discovery.storage import Lease, Storage
 
 POOL_MAX = 16  # the stores' writers and readers (2 each), and the threads that read outside them
@@ -69,7 +69,9 @@ class PostgresStorage(Storage):
             version = connection.execute("SHOW server_version").fetchone()
             schema = schema_version(connection)
         known = len(migrations())
-        state = "up to date" if schema == known else f"version {schema}, this kubmesh has {known}"
+        if schema > known:
+            raise SchemaError(f"the schema is version {schema}, newer than this kubmesh knows ({known})")
+        state = "up to date" if schema == known else f"version {schema} of {known}, migrated when the node starts"
         return f"postgresql {version[0] if version else '?'} at {redacted(self.url)}, schema {state}"
 
     def describe(self) -> str:
