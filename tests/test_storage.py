@@ -38,9 +38,10 @@ async def test_the_registry_answers_the_same_on_both_backends(storage: Storage) 
     registry.db.open()
     try:
         registry.record_status("farm-b", Status(state="online", ts=NOW), NOW)
-        registry.record_meta("farm-b", Meta(
-            farm_id="farm-b", name="Птичник", owner_id="owner-a", device=DeviceInfo(model="KUB-1063", firmware="4.01"),
-            agent_version="test", poll_interval_s=5, profile=ProfileSummary(name="KUB-1063", values=["t"]), ts=NOW), NOW)
+        meta = Meta(farm_id="farm-b", name="Птичник", owner_id="owner-a", agent_version="test", poll_interval_s=5,
+                    device=DeviceInfo(model="KUB-1063", firmware="4.01"),
+                    profile=ProfileSummary(name="KUB-1063", values=["t"]), ts=NOW)
+        registry.record_meta("farm-b", meta, NOW)
         registry.record_state("farm-b", Reading(ts=NOW, seq=3, values={"t": 1.5}), NOW)
         registry.record_status("farm-a", Status(state="offline", ts=NOW), NOW)
         await registry.db.write(lambda db: None)  # after the writes queued before it
