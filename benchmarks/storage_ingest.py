@@ -73,8 +73,9 @@ async def ingest(storage: Storage, farms: int, rounds: int, now: datetime) -> fl
     return farms * rounds / elapsed
 
 
-async def seed(storage: Storage, now: datetime) -> int:
-    """30 days of one farm's readings every 5 s, through the store's own batched insert."""
+async def seed(storage: Storage, now: datetime) -> tuple[int, float]:
+    """30 days of one farm's readings every 5 s, through the store's own batched insert; the count, and the
+    bytes on disk per reading (table and indexes)."""
     store = storage.history()
     store.open()
     count = HISTORY_DAYS * 86400 // POLL_S
@@ -86,8 +87,14 @@ async def seed(storage: Storage, now: datetime) -> int:
         await store.insert(rows, now)
     if isinstance(storage, PostgresStorage):
         await store.db.write(lambda db: db.execute("ANALYZE readings"))
+        size = await store.db.read(lambda: store.db.reader().execute(
+            "SELECT SUM(pg_total_relation_size(inhrelid)) FROM pg_inherits "
+            "WHERE inhparent = 'readings'::regclass").fetchone()[0])
+    else:
+        await store.db.write(lambda db: db.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
+        size = (store.db.path.parent / "history.db").stat().st_size  # type: ignore[attr-defined]
     store.close()
-    return count
+    return count, float(size) / count
 
 
 async def farm_page(storage: Storage, now: datetime, repeat: int) -> dict[str, float]:
@@ -121,8 +128,8 @@ async def run_backend(name: str, storage: Storage, fleets: list[int], rounds: in
                       now: datetime) -> dict[str, Any]:
     storage.open()
     try:
-        seeded = await seed(storage, now)
-        result: dict[str, Any] = {"seeded": seeded, "ingest": {}}
+        seeded, per_reading = await seed(storage, now)
+        result: dict[str, Any] = {"seeded": seeded, "bytes": per_reading, "ingest": {}}
         for farms in fleets:
             result["ingest"][farms] = await ingest(storage, farms, rounds, now)
             print(f"  {name}: {farms} farms: {result['ingest'][farms]:,.0f} readings/s", flush=True)
@@ -156,6 +163,8 @@ async def main() -> None:
         need = farms / POLL_S
         s, p = sqlite["ingest"][farms], pg["ingest"][farms]
         print(f"{farms:>8} {need:>9,.0f} {s:>10,.0f} {p:>13,.0f} {p / s:>10.2f} {s / need:>15.1f}x {p / need:>11.1f}x")
+    print(f"\nbytes on disk per reading (5 values, with the indexes): sqlite {sqlite['bytes']:.0f}, "
+          f"postgresql {pg['bytes']:.0f} ({pg['bytes'] / sqlite['bytes']:.2f})")
     print(f"\nfarm page on {sqlite['seeded']:,} readings (30 days every 5 s), median of {args.repeat}, ms")
     print(f"{'query':<38} {'sqlite':>9} {'postgresql':>11} {'pg/sqlite':>10}")
     for label, s_ms in sqlite["page"].items():
