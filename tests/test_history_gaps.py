@@ -35,8 +35,9 @@ class Clock:
 @pytest.fixture
 def history(storage: Storage) -> Iterator[tuple[asyncio.AbstractEventLoop, HistoryRecorder]]:
     loop = asyncio.new_event_loop()
-    # raw readings kept a minute, folded by the minute: a fold at k takes every reading with seq < k
-    recorder = HistoryRecorder(storage.history(1 / 1440), Topics(), Clock(), Retention(1 / 1440, 60, 365))
+    # a reading an hour apart (over three days: PostgreSQL's day partitions, its default one, the day runs it
+    # keeps), raw readings kept an hour, folded by the hour: a fold at k takes every reading with seq < k
+    recorder = HistoryRecorder(storage.history(1 / 24), Topics(), Clock(), Retention(1 / 24, 3600, 365))
     loop.run_until_complete(recorder.start())
     yield loop, recorder
     loop.run_until_complete(recorder.stop())
@@ -44,7 +45,7 @@ def history(storage: Storage) -> Iterator[tuple[asyncio.AbstractEventLoop, Histo
 
 
 def reading(farm_id: str, seq: int) -> FarmMessage[Any]:
-    return FarmMessage(farm_id, FarmTopic.BACKLOG, Reading(ts=NOW + timedelta(minutes=seq), seq=seq,
+    return FarmMessage(farm_id, FarmTopic.BACKLOG, Reading(ts=NOW + timedelta(hours=seq), seq=seq,
                                                            values={"t": 1.0}))
 
 
@@ -74,7 +75,7 @@ def test_the_kept_gap_count_equals_the_counted_one(history: tuple[asyncio.Abstra
                     await recorder.gaps(farm)  # from here on, this farm's summary is kept by the writes
                 continue
             if isinstance(step, int):
-                recorder.clock.now = NOW + timedelta(minutes=step + 1)  # type: ignore[attr-defined]
+                recorder.clock.now = NOW + timedelta(hours=step + 1)  # type: ignore[attr-defined]
                 await recorder.apply_retention()
                 continue
             for farm, seq in step:

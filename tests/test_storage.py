@@ -18,7 +18,7 @@ from contract.payloads import Ack, DeviceInfo, Meta, ProfileSummary, Reading, Se
 from contract.topics import FarmTopic, Topics
 from discovery.audit import SCHEMA as AUDIT_SCHEMA
 from discovery.audit import CommandAudit
-from discovery.postgres.history import partition_name
+from discovery.postgres.history import PostgresHistory, partition_name
 from discovery.postgres.lease import AdvisoryLease
 from discovery.postgres.migrate import SchemaError, migrate
 from discovery.postgres.storage import PostgresStorage
@@ -208,3 +208,27 @@ async def test_a_writer_whose_connection_the_server_ended_goes_on_with_a_new_one
         assert await registry.db.read(registry.count) == 2
     finally:
         registry.db.close()
+
+
+async def test_a_reading_another_node_stored_shows_in_this_nodes_gap_summary_within_its_bound(
+        pg: PostgresStorage) -> None:
+    loop = asyncio.get_running_loop()
+    here, there = PostgresHistory(pg.database("history", ""), 30, runs_keep_s=0.5), pg.history(30)
+    here.open()
+    there.open()
+    try:
+        times = [(NOW - timedelta(days=days)).timestamp() for days in (3, 2, 1)]
+        await here.insert([("farm-a", seq, ts, "{}") for seq, ts in zip((1, 2, 5), times, strict=True)], NOW)
+        assert (await here.gaps("farm-a"))["gaps"] == 1  # 3 and 4 missing
+        # the other node stores 3 and 4 in the day two back (its partition not the oldest): this node never
+        # received them, so only the bound on a kept day's runs brings them in
+        await there.insert([("farm-a", 3, times[1] + 5, "{}"), ("farm-a", 4, times[1] + 10, "{}")], NOW)
+        report = await asyncio.to_thread(wait_until, lambda: asyncio.run_coroutine_threadsafe(
+            here.gaps("farm-a"), loop).result()["gaps"] == 0 and True, 10, 0.1, "the other node's readings")
+        assert report
+        assert await here.gaps("farm-a") == {"readings": 5, "first_seq": 1, "last_seq": 5, "gaps": 0, "missing": 0}
+        await here.insert([("farm-a", 7, times[2] + 5, "{}")], NOW)  # this node's own write: at once
+        assert (await here.gaps("farm-a"))["missing"] == 1
+    finally:
+        here.close()
+        there.close()

@@ -7,13 +7,19 @@ written a batch at a time in one multi-row ``INSERT ... SELECT FROM unnest(...)`
 - Retention folds every partition wholly older than the cut-off into rollups and drops it; only the partition
   that straddles the cut-off (and the default one) give up their older rows by ``DELETE``. Rollups past
   ``keep_days`` go the same way.
-- The farm page's gap summary is counted by the server from the primary key's index, for every request: with
-  several nodes writing, no node sees every insert, so none can keep it in memory as SQLite's store does.
+- The farm page's gap summary is merged from each day's runs of consecutive ``seq`` (islands), counted by the
+  server per partition. A day's runs are kept in memory while they hold: until this node writes a reading of
+  that farm into that day, and at most ``DAY_RUNS_KEEP_S``, so that a reading another node stored and this one
+  never received (its session lost) shows within that bound. The oldest partition (the one retention may be
+  deleting rows from, on whichever node holds the lease) and the default one are counted for every request,
+  and a dropped partition leaves the summary with the catalog. Several nodes write, so none can keep the
+  whole summary up to date from its own writes as SQLite's store does.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -45,11 +51,15 @@ ON CONFLICT (farm_id, name, ts) DO UPDATE SET
     avg = (rollups.avg * rollups.count + excluded.avg * excluded.count) / (rollups.count + excluded.count),
     count = rollups.count + excluded.count
 """
-GAPS = """
-SELECT COUNT(*), MIN(seq), MAX(seq), COUNT(*) FILTER (WHERE previous IS DISTINCT FROM seq - 1)
-FROM (SELECT seq, lag(seq) OVER (ORDER BY seq) AS previous
-      FROM (SELECT DISTINCT seq FROM readings WHERE farm_id = %s) AS stored) AS runs
+# a farm's runs of consecutive seq in one partition (gaps and islands: seq minus its rank is constant in a run)
+RUNS = """
+SELECT MIN(seq), MAX(seq) FROM (
+    SELECT seq, seq - row_number() OVER (ORDER BY seq) AS island
+    FROM (SELECT DISTINCT seq FROM {partition} WHERE farm_id = %s) AS stored) AS numbered
+GROUP BY island
 """
+DAY_RUNS_KEEP_S = 60.0
+Runs = list[tuple[int, int]]  # (first, last) of each run of consecutive seq numbers
 
 
 def partition_name(table: str, index: int) -> str:
@@ -63,10 +73,14 @@ def partition_index(table: str, name: str) -> int:
 
 
 class PostgresHistory(HistoryStore):
-    def __init__(self, db: PostgresDatabase, raw_days: float) -> None:
+    def __init__(self, db: PostgresDatabase, raw_days: float, runs_keep_s: float = DAY_RUNS_KEEP_S) -> None:
         self.db = db
         self.raw_days = raw_days
+        self.runs_keep_s = runs_keep_s
         self._made: set[tuple[str, int]] = set()  # partitions known to exist; on the writer thread only
+        # (farm, partition) -> (this node's writes there, when counted, the runs): read and replaced whole
+        self._runs: dict[tuple[str, str], tuple[int, float, Runs]] = {}
+        self._writes: dict[tuple[str, str], int] = {}  # (farm, partition) -> this node's writes there
 
     async def insert(self, pending: Sequence[Pending], now: datetime) -> int:
         return await self.db.write(lambda connection: self._insert(connection, pending, now.timestamp()))
@@ -101,8 +115,25 @@ class PostgresHistory(HistoryStore):
         return [seq for (seq,) in rows]
 
     def _gaps(self, farm_id: str) -> dict[str, Any]:
-        count, first, last, runs = self.db.reader().execute(GAPS, (farm_id,)).fetchone()
-        return SeqRuns(count, first, last, runs).report()
+        db = self.db.reader()
+        days = [name for name, _, _ in self._partitions(db, "readings")]
+        always = {days[0], "readings_default"} if days else {"readings_default"}
+        runs: Runs = []
+        for partition in [*days, "readings_default"]:
+            runs += self._partition_runs(db, farm_id, partition, recount=partition in always)
+        return merged(runs).report()
+
+    def _partition_runs(self, db: Any, farm_id: str, partition: str, recount: bool) -> Runs:
+        key = (farm_id, partition)
+        writes = self._writes.get(key, 0)
+        kept = self._runs.get(key)
+        if not recount and kept is not None and kept[0] == writes and time.monotonic() - kept[1] < self.runs_keep_s:
+            return kept[2]
+        counted_at = time.monotonic()
+        runs = [(first, last) for first, last in db.execute(RUNS.format(partition=partition), (farm_id,))]
+        # kept only if no write of this node went there meanwhile (it may be missing from what was counted)
+        self._runs[key] = (writes, counted_at, runs)
+        return runs
 
     # ---- on the writer thread ----------------------------------------------------------------------
 
@@ -115,6 +146,9 @@ class PostgresHistory(HistoryStore):
         farms, seqs, times, values = zip(*pending, strict=True)
         with connection.transaction():
             cursor = connection.execute(INSERT, (list(farms), list(seqs), list(times), list(values)))
+        for farm_id, day in {(farm, math.floor(ts / DAY)) for farm, _, ts, _ in pending}:
+            key = (farm_id, partition_name("readings", day))  # a reading outside them: the default, always counted
+            self._writes[key] = self._writes.get(key, 0) + 1
         return int(cursor.rowcount)
 
     def _make_partition(self, connection: Any, table: str, index: int) -> None:
@@ -172,3 +206,15 @@ class PostgresHistory(HistoryStore):
                     self._made.discard(("rollups", partition_index("rollups", name)))
             expired += connection.execute("DELETE FROM rollups WHERE ts < %s", (expiry,)).rowcount
         return int(folded), int(expired)
+
+
+def merged(runs: Runs) -> SeqRuns:
+    """The farm's summary from its partitions' runs (a seq stored in two partitions, at two times, counts once)."""
+    joined: Runs = []
+    for first, last in sorted(runs):
+        if joined and first <= joined[-1][1] + 1:
+            joined[-1] = (joined[-1][0], max(joined[-1][1], last))
+        else:
+            joined.append((first, last))
+    count = sum(last - first + 1 for first, last in joined)
+    return SeqRuns(count, joined[0][0] if joined else None, joined[-1][1] if joined else None, len(joined))
