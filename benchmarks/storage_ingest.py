@@ -1,6 +1,6 @@
 """The history's storage on this machine, PostgreSQL against SQLite in the same run: readings ingested per
 second by the discovery node's history at 2,000 and 10,000 simulated farms polling every 5 s, and the farm
-page's history queries on one farm's 30 days of readings every 5 s.
+page's history queries on one farm's 30 days of readings every 5 s; and the registry's upserts per second.
 
 Ingest goes through :class:`discovery.history.HistoryRecorder` as the bus drives it: each reading handed to
 ``on_message``, then ``commit`` once per batch, a batch being what a fleet sends in the bus's commit interval
@@ -38,6 +38,8 @@ from contract.payloads import Reading
 from contract.topics import FarmTopic, Topics
 from discovery.history import HistoryRecorder
 from discovery.postgres.storage import PostgresStorage
+from discovery.registry import SCHEMA as REGISTRY_SCHEMA
+from discovery.registry import Registry
 from discovery.sqlite import SqliteStorage
 from discovery.storage import Storage
 from tests.postgres import postgres_server
@@ -71,6 +73,20 @@ async def ingest(storage: Storage, farms: int, rounds: int, now: datetime) -> fl
     elapsed = time.perf_counter() - started
     await recorder.stop()
     return farms * rounds / elapsed
+
+
+async def registry_updates(storage: Storage, farms: int, now: datetime) -> float:
+    """The registry's upserts per second (each reading and heartbeat updates its farm's row, one write each)."""
+    registry = Registry(storage.database("discovery.db", REGISTRY_SCHEMA))
+    registry.db.open()
+    reading = Reading(ts=now, seq=1, values=VALUES)
+    started = time.perf_counter()
+    for farm in range(farms):
+        registry.record_state(f"farm-{farm:05d}", reading, now)
+    await registry.db.write(lambda db: None)  # after every write queued before it
+    elapsed = time.perf_counter() - started
+    registry.db.close()
+    return farms / elapsed
 
 
 async def seed(storage: Storage, now: datetime) -> tuple[int, float]:
@@ -133,6 +149,8 @@ async def run_backend(name: str, storage: Storage, fleets: list[int], rounds: in
         for farms in fleets:
             result["ingest"][farms] = await ingest(storage, farms, rounds, now)
             print(f"  {name}: {farms} farms: {result['ingest'][farms]:,.0f} readings/s", flush=True)
+        result["registry"] = await registry_updates(storage, max(fleets), now)
+        print(f"  {name}: registry: {result['registry']:,.0f} upserts/s", flush=True)
         result["page"] = await farm_page(storage, now, repeat)
         return result
     finally:
@@ -163,6 +181,10 @@ async def main() -> None:
         need = farms / POLL_S
         s, p = sqlite["ingest"][farms], pg["ingest"][farms]
         print(f"{farms:>8} {need:>9,.0f} {s:>10,.0f} {p:>13,.0f} {p / s:>10.2f} {s / need:>15.1f}x {p / need:>11.1f}x")
+    need = max(args.fleets) * 0.16  # a farm's state (reported by exception) and heartbeat messages per second
+    print(f"\nregistry upserts per second, {max(args.fleets)} farms once each: sqlite {sqlite['registry']:,.0f}, "
+          f"postgresql {pg['registry']:,.0f} ({pg['registry'] / sqlite['registry']:.2f}); {need:,.0f}/s needed "
+          f"at 0.16 messages a farm a second")
     print(f"\nbytes on disk per reading (5 values, with the indexes): sqlite {sqlite['bytes']:.0f}, "
           f"postgresql {pg['bytes']:.0f} ({pg['bytes'] / sqlite['bytes']:.2f})")
     print(f"\nfarm page on {sqlite['seeded']:,} readings (30 days every 5 s), median of {args.repeat}, ms")

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
@@ -72,6 +73,23 @@ class Database(ABC):
     def reader(self) -> Any:
         """This thread's read connection (rows indexable by position and by column name); refused on the event
         loop's thread."""
+
+
+@contextmanager
+def transaction(db: Any) -> Iterator[None]:
+    """One transaction on a writer's connection, whichever the driver: psycopg's own (a savepoint within the
+    writer's batch), or BEGIN and COMMIT on sqlite3's autocommit connection."""
+    if hasattr(db, "transaction"):
+        with db.transaction():
+            yield
+        return
+    db.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def upsert(db: Any, mark: str, table: str, keys: dict[str, Any], columns: dict[str, Any]) -> None:

@@ -232,3 +232,22 @@ async def test_a_reading_another_node_stored_shows_in_this_nodes_gap_summary_wit
     finally:
         here.close()
         there.close()
+
+
+async def test_a_failing_write_queued_with_others_fails_alone(storage: Storage) -> None:
+    registry = Registry(storage.database("discovery.db", REGISTRY_SCHEMA))
+    registry.db.open()
+    try:
+        release = threading.Event()
+        registry.db.submit(lambda db: release.wait(10))  # holds the writer while the next ones queue up
+        registry.record_status("farm-a", Status(state="online", ts=NOW), NOW)
+        bad = registry.db.submit(lambda db: db.execute("INSERT INTO no_such_table VALUES (1)"))
+        registry.record_status("farm-b", Status(state="online", ts=NOW), NOW)
+        release.set()  # PostgreSQL writes the three in one transaction, the bad one in a savepoint of its own
+        with pytest.raises(Exception, match="no_such_table"):
+            await asyncio.wrap_future(bad)
+        await registry.db.write(lambda db: None)
+        assert [f["farm_id"] for f in await registry.db.read(registry.farms)] == ["farm-a", "farm-b"]
+        assert registry.db.write_errors == 1
+    finally:
+        registry.db.close()

@@ -1,7 +1,8 @@
 """A store's tables on PostgreSQL with the thread model of :class:`discovery.sqlite.SqliteDatabase`: one writer
-thread whose jobs run in order on one connection, reads on reader threads, every connection from the storage's
-pool (psycopg_pool). A write that fails on a broken connection gives it back to the pool, which replaces it: the
-next write goes on after the server is back, without a restart."""
+thread whose jobs run in order on one connection (what is queued together committed together), reads on
+reader threads, every connection from the storage's pool (psycopg_pool). A write that fails on a broken
+connection gives it back to the pool, which replaces it: the next write goes on after the server is back,
+without a restart."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 from psycopg import Connection, Cursor, pq
@@ -25,6 +27,7 @@ log = logging.getLogger("kubmesh.discovery.postgres")
 T = TypeVar("T")
 P = ParamSpec("P")
 READERS = 2
+WRITE_BATCH = 500  # jobs at most in one transaction
 
 
 class Row(tuple[Any, ...]):
@@ -86,20 +89,45 @@ class PostgresDatabase(Database):
 
     def _write_loop(self) -> None:
         connection: Connection[Any] | None = None
-        while (item := self._jobs.get()) is not None:
-            job, future = item
-            try:
-                if connection is None:
-                    connection = self._pool().getconn()
-                future.set_result(job(connection))
-            except Exception as exc:  # a write that fails is counted and its caller told; the next ones go on
-                self.write_errors += 1
-                log.error("%s: a write failed: %s", self.name, exc)
-                future.set_exception(exc)
-                if connection is not None:
-                    connection = self._recover(connection)
+        stopping = False
+        while not stopping and (item := self._jobs.get()) is not None:
+            batch = [item]
+            while len(batch) < WRITE_BATCH:  # what else is queued goes in the same transaction
+                try:
+                    queued = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if queued is None:
+                    stopping = True
+                    break
+                batch.append(queued)
+            connection = self._run(connection, batch)
         if connection is not None:
             self._pool().putconn(connection)
+
+    def _run(self, connection: Connection[Any] | None, batch: list[tuple[Job, Future[Any]]]) -> Connection[Any] | None:
+        """The jobs in one transaction (one commit, one flush of the server's log, for a burst of upserts); their
+        callers hear of their results once it has committed. If it fails, each job runs again alone (the jobs are
+        upserts and inserts that ignore what is there), so that a failing write fails alone and the others are
+        written."""
+        try:
+            if connection is None:
+                connection = self._pool().getconn()
+            with connection.transaction():
+                results = [job(connection) for job, _ in batch]
+        except Exception as exc:
+            if connection is not None and len(batch) > 1 and not connection.broken:
+                for job in batch:
+                    connection = self._run(connection, [job])
+                return connection
+            self.write_errors += len(batch)  # a write that fails is counted and its caller told; the next ones go on
+            log.error("%s: %d write(s) failed: %s", self.name, len(batch), exc)
+            for _, future in batch:
+                future.set_exception(exc)
+            return self._recover(connection) if connection is not None else None
+        for (_, future), result in zip(batch, results, strict=True):
+            future.set_result(result)
+        return connection
 
     def _recover(self, connection: Connection[Any]) -> Connection[Any] | None:
         """The writer's connection after a failed job: rolled back, or given back to the pool if broken."""

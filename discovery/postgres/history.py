@@ -77,9 +77,8 @@ class PostgresHistory(HistoryStore):
         self.db = db
         self.raw_days = raw_days
         self.runs_keep_s = runs_keep_s
-        self._made: set[tuple[str, int]] = set()  # partitions known to exist; on the writer thread only
-        # (farm, partition) -> (this node's writes there, when counted, the runs): read and replaced whole
-        self._runs: dict[tuple[str, str], tuple[int, float, Runs]] = {}
+        # (farm, partition) -> (its oid, this node's writes there, when counted, the runs): replaced whole
+        self._runs: dict[tuple[str, str], tuple[int, int, float, Runs]] = {}
         self._writes: dict[tuple[str, str], int] = {}  # (farm, partition) -> this node's writes there
 
     async def insert(self, pending: Sequence[Pending], now: datetime) -> int:
@@ -116,23 +115,27 @@ class PostgresHistory(HistoryStore):
 
     def _gaps(self, farm_id: str) -> dict[str, Any]:
         db = self.db.reader()
-        days = [name for name, _, _ in self._partitions(db, "readings")]
+        # by oid: a day dropped and made again (a node whose clock is behind) is another table
+        partitions = dict(db.execute("SELECT c.relname, c.oid FROM pg_inherits AS i JOIN pg_class AS c "
+                                     "ON c.oid = i.inhrelid WHERE i.inhparent = 'readings'::regclass").fetchall())
+        days = sorted(name for name in partitions if name != "readings_default")
         always = {days[0], "readings_default"} if days else {"readings_default"}
         runs: Runs = []
-        for partition in [*days, "readings_default"]:
-            runs += self._partition_runs(db, farm_id, partition, recount=partition in always)
+        for partition, oid in partitions.items():
+            runs += self._partition_runs(db, farm_id, partition, int(oid), recount=partition in always)
         return merged(runs).report()
 
-    def _partition_runs(self, db: Any, farm_id: str, partition: str, recount: bool) -> Runs:
+    def _partition_runs(self, db: Any, farm_id: str, partition: str, oid: int, recount: bool) -> Runs:
         key = (farm_id, partition)
         writes = self._writes.get(key, 0)
         kept = self._runs.get(key)
-        if not recount and kept is not None and kept[0] == writes and time.monotonic() - kept[1] < self.runs_keep_s:
-            return kept[2]
+        if (not recount and kept is not None and kept[:2] == (oid, writes)
+                and time.monotonic() - kept[2] < self.runs_keep_s):
+            return kept[3]
         counted_at = time.monotonic()
         runs = [(first, last) for first, last in db.execute(RUNS.format(partition=partition), (farm_id,))]
         # kept only if no write of this node went there meanwhile (it may be missing from what was counted)
-        self._runs[key] = (writes, counted_at, runs)
+        self._runs[key] = (oid, writes, counted_at, runs)
         return runs
 
     # ---- on the writer thread ----------------------------------------------------------------------
@@ -153,9 +156,11 @@ class PostgresHistory(HistoryStore):
 
     def _make_partition(self, connection: Any, table: str, index: int) -> None:
         """The partition of ``table`` for period ``index``, with the rows the default partition held for it."""
-        if (table, index) in self._made:
-            return
         name = partition_name(table, index)
+        # asked every time (a catalog lookup): another node's retention may have dropped it, or a transaction
+        # that made it may have been rolled back
+        if connection.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is not None:
+            return
         start, end = index * PERIODS[table], (index + 1) * PERIODS[table]
         with connection.transaction():
             connection.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
@@ -167,7 +172,6 @@ class PostgresHistory(HistoryStore):
                                    f"RETURNING *) INSERT INTO {name} SELECT * FROM moved", (start, end))
                 connection.execute(f"ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES FROM ({start!r}) "
                                    f"TO ({end!r})")
-        self._made.add((table, index))
 
     def _partitions(self, connection: Any, table: str) -> list[tuple[str, float, float]]:
         rows = connection.execute(
@@ -194,7 +198,6 @@ class PostgresHistory(HistoryStore):
                 if end <= cutoff:
                     folded += connection.execute(f"SELECT COUNT(*) FROM {name}").fetchone()[0]
                     connection.execute(f"DROP TABLE {name}")
-                    self._made.discard(("readings", partition_index("readings", name)))
                 else:
                     folded += connection.execute(f"DELETE FROM {name} WHERE ts < %s", (cutoff,)).rowcount
             connection.execute(ROLLUP.format(source="readings_default"), {"step": step, "cutoff": cutoff})
@@ -203,7 +206,6 @@ class PostgresHistory(HistoryStore):
                 if end <= expiry:
                     expired += connection.execute(f"SELECT COUNT(*) FROM {name}").fetchone()[0]
                     connection.execute(f"DROP TABLE {name}")
-                    self._made.discard(("rollups", partition_index("rollups", name)))
             expired += connection.execute("DELETE FROM rollups WHERE ts < %s", (expiry,)).rowcount
         return int(folded), int(expired)
 

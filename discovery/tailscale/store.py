@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from contract.payloads import format_ts
-from discovery.storage import Database, upsert
+from discovery.storage import Database, transaction, upsert
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -52,12 +52,11 @@ class TailnetStore:
 
 
 def _replace(db: Any, mark: str, devices: list[dict[str, Any]], sync: dict[str, Any]) -> None:
-    db.execute("BEGIN")
-    db.execute("DELETE FROM devices")
-    db.cursor().executemany(
-        f"INSERT INTO devices (id, name, hostname, farm_id, online, record) VALUES ({', '.join([mark] * 6)})",
-        [(device["id"], device["name"], device["hostname"], device["farm_id"],
-          None if device["online"] is None else int(device["online"]), json.dumps(device)) for device in devices],
-    )
-    upsert(db, mark, "sync", {"id": 1}, sync)
-    db.execute("COMMIT")
+    with transaction(db):
+        db.execute("DELETE FROM devices")
+        db.cursor().executemany(
+            f"INSERT INTO devices (id, name, hostname, farm_id, online, record) VALUES ({', '.join([mark] * 6)})",
+            [(device["id"], device["name"], device["hostname"], device["farm_id"],
+              None if device["online"] is None else int(device["online"]), json.dumps(device)) for device in devices],
+        )
+        upsert(db, mark, "sync", {"id": 1}, sync)
