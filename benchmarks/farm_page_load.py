@@ -39,8 +39,8 @@ from benchmarks.mqtt_load import (
     wait_port,
 )
 from common.identities import Credentials, IdentityStore, Role, new_token
-from discovery.history import SCHEMA as HISTORY_SCHEMA
 from discovery.registry import SCHEMA as REGISTRY_SCHEMA
+from discovery.sqlite_history import SCHEMA as HISTORY_SCHEMA
 
 HISTORY_FARM = "farm-history"
 HISTORY_DAYS = 30

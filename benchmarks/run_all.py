@@ -28,6 +28,7 @@ BENCHMARKS = (
     "sse_fanout",
     "farm_page_load",
     "alarm_storm",
+    "storage_ingest",
 )
 TIMEOUT_S = 1800
 

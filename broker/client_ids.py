@@ -15,12 +15,15 @@ SERVICE_IDS: dict[str, Role] = {
     "kubmesh-discovery": Role.DISCOVERY,
     "kubmesh-mobile-web": Role.MOBILE_WEB,
 }
+DISCOVERY_NODE_PREFIX = "kubmesh-discovery-"  # + NODE_NAME: one of several discovery nodes
 
 
 def reserved_for(client_id: str, identity: Identity) -> bool:
     """False when ``client_id`` is kept for a farm or a service that ``identity`` is not."""
     if client_id.startswith(AGENT_PREFIX):
         return identity.role is Role.FARM and identity.username == client_id.removeprefix(AGENT_PREFIX)
+    if client_id.startswith(DISCOVERY_NODE_PREFIX):
+        return identity.role is Role.DISCOVERY
     role = SERVICE_IDS.get(client_id)
     return role is None or identity.role is role
 

@@ -1,17 +1,16 @@
-"""Extension: the audit trail of commands, every ``set/{name}`` sent to a farm paired with its ``ack``, in
-SQLite (``commands.db``)."""
+"""Extension: the audit trail of commands, every ``set/{name}`` sent to a farm paired with its ``ack``, in the
+node's storage (SQLite's ``commands.db``)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 from contract.messages import FarmMessage, Message
 from contract.payloads import Ack, Clock, SetCommand, format_ts
 from contract.topics import FarmTopic, Topics
 from discovery.extension import Extension, Node
-from discovery.sqlite import Database, upsert
+from discovery.storage import Database, upsert
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS commands (
@@ -31,14 +30,14 @@ CREATE TABLE IF NOT EXISTS commands (
 class CommandAudit(Extension):
     name = "audit"
 
-    def __init__(self, path: Path, topics: Topics, clock: Clock) -> None:
+    def __init__(self, db: Database, topics: Topics, clock: Clock) -> None:
         self.topics = topics
         self.clock = clock
-        self.db = Database(path, SCHEMA)
+        self.db = db
 
     @classmethod
     def build(cls, node: Node) -> CommandAudit:
-        return cls(node.settings.database.with_name("commands.db"), node.topics, node.clock)
+        return cls(node.storage.database("commands.db", SCHEMA), node.topics, node.clock)
 
     def filters(self) -> list[str]:
         return [f"{self.topics.base}/farms/+/{FarmTopic.SET.value}/+", self.topics.all_farms(FarmTopic.ACK)]
@@ -65,13 +64,14 @@ class CommandAudit(Extension):
 
     def _record(self, farm_id: str, command_id: str, name: str, value: Any, **columns: Any) -> None:
         row = {"name": name, "value": None if value is None else str(value), **columns}
-        self.db.submit(lambda db: upsert(db, "commands", {"farm_id": farm_id, "id": command_id}, row))
+        self.db.submit(lambda db: upsert(db, self.db.mark, "commands", {"farm_id": farm_id, "id": command_id}, row))
 
     def commands(self, farm_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """The farm's last commands, newest first (blocking: through self.db.read)."""
+        mark = self.db.mark
         rows = self.db.reader().execute(
-            "SELECT id, name, value, sent_ts, ack_ts, ok, error FROM commands WHERE farm_id = ? "
-            "ORDER BY COALESCE(sent_ts, ack_ts) DESC LIMIT ?",
+            f"SELECT id, name, value, sent_ts, ack_ts, ok, error FROM commands WHERE farm_id = {mark} "
+            f"ORDER BY COALESCE(sent_ts, ack_ts) DESC LIMIT {mark}",
             (farm_id, limit),
         ).fetchall()
         return [

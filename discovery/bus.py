@@ -8,7 +8,11 @@ logged, counted (``Extensions.rejected``) and acknowledged: sent again, it would
 :class:`common.session.MqttSession` reconnects it with backoff; it never exits on a broker fault.
 
 The session is persistent (a fixed client id, clean session off, QoS 1 subscriptions): while the node
-restarts, an external broker queues the readings for it. A message is acknowledged only after every
+restarts, an external broker queues the readings for it. Several nodes on one broker each have a client id
+of their own (``kubmesh-discovery-{NODE_NAME}``): two sessions with one id would take each other over. They
+share the one retained status topic, which says whether the discovery service is there: a node that hears
+``offline`` there (another node's last will, or its clean stop) while it is connected says ``online`` again,
+so the topic says ``offline`` only when the last node is gone. A message is acknowledged only after every
 extension's :meth:`~discovery.extension.Extension.commit` has returned (the history's writes are then
 committed), a batch at a time, so a node killed mid-batch gets the unacknowledged messages again.
 """
@@ -30,16 +34,21 @@ from discovery.extension import Extensions
 
 log = logging.getLogger("kubmesh.discovery")
 CLIENT_ID = "kubmesh-discovery"
+
+
+def client_id(node_name: str | None) -> str:
+    """The node's MQTT client id: the one a single node has always had, or one per named node."""
+    return f"{CLIENT_ID}-{node_name}" if node_name else CLIENT_ID
 COMMIT_INTERVAL_S = 0.25
 COMMIT_BATCH = 500
 
 
 class DiscoveryBus:
     def __init__(self, url: MqttUrl, topics: Topics, extensions: Extensions, keepalive: int = 30,
-                 reconnect_max: float = 30.0) -> None:
+                 reconnect_max: float = 30.0, node_name: str | None = None) -> None:
         self.topics = topics
         self.extensions = extensions
-        self.session = MqttSession(url, CLIENT_ID, purpose="discovery bus", keepalive=keepalive,
+        self.session = MqttSession(url, client_id(node_name), purpose="discovery bus", keepalive=keepalive,
                                    will=LastWill(topics.discovery_status(), b"offline"), clean_session=False,
                                    manual_ack=True, reconnect_max=reconnect_max)
         self._unacked: list[tuple[int, int]] = []  # (mid, qos) of messages delivered but not yet committed
@@ -63,9 +72,8 @@ class DiscoveryBus:
         self._client = client
         self._unacked.clear()  # message ids belong to a connection; the broker resends what we did not ack
         await client.publish(self.topics.discovery_status(), b"online", qos=1, retain=True)
-        filters = self.extensions.filters()
-        if filters:
-            await client.subscribe([(f, 1) for f in filters])
+        filters = sorted({*self.extensions.filters(), self.topics.discovery_status()})
+        await client.subscribe([(f, 1) for f in filters])
         log.info("connected to the broker %s", self.session.url.redacted())
         # returns on stop; a broken connection raises MqttError here, and the session reconnects
         if await run_until_stopped(stop, self._dispatch(client), self._commit_every(client)):
@@ -75,6 +83,9 @@ class DiscoveryBus:
     async def _dispatch(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            if message.topic.value == self.topics.discovery_status() and payload == b"offline":
+                # another node stopped or died: this one is still here
+                await client.publish(self.topics.discovery_status(), b"online", qos=1, retain=True)
             await self.handle(message.topic.value, payload, bool(message.retain))
             if message.qos > 0:
                 self._unacked.append((message.mid, message.qos))

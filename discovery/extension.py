@@ -21,7 +21,7 @@ from contract.messages import FarmMessage, Message
 from contract.payloads import Clock
 from contract.topics import Topics, filter_within
 from discovery.settings import DiscoverySettings
-from discovery.sqlite import Database
+from discovery.storage import Database, Lease, SoleNode, Storage, open_storage
 
 if TYPE_CHECKING:
     from broker.server import KubBroker
@@ -34,7 +34,8 @@ Publish = Callable[[str, bytes], Awaitable[None]]
 
 @dataclass
 class Node:
-    """What every extension may use: the settings, the topics, the clock and the other extensions."""
+    """What every extension may use: the settings, the topics, the clock, the storage (and its lease on the
+    duties that run on one node at a time) and the other extensions."""
 
     settings: DiscoverySettings
     topics: Topics
@@ -43,6 +44,12 @@ class Node:
     broker: KubBroker | None = None
     extensions: Extensions = field(default_factory=lambda: Extensions([]))
     publish: Publish | None = None  # the bus's: retained, QoS 1, for an extension that publishes (the alerting)
+    storage: Storage = field(default=None)  # type: ignore[assignment]  # None: the one the settings name
+    lease: Lease = field(default_factory=SoleNode)
+
+    def __post_init__(self) -> None:
+        if self.storage is None:
+            self.storage = open_storage(self.settings)
 
 
 class Extension:
@@ -88,7 +95,7 @@ class Extensions:
 
     def write_errors(self) -> dict[str, int]:
         """Writes that failed, per database file, ever."""
-        return {db.path.name: db.write_errors for extension in self.all for db in extension.databases()}
+        return {db.name: db.write_errors for extension in self.all for db in extension.databases()}
 
     async def start(self) -> None:
         for extension in self.all:

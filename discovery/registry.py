@@ -1,4 +1,4 @@
-"""The farm registry and presence, in SQLite: what the discovery node knows of every farm.
+"""The farm registry and presence, in the node's storage: what the discovery node knows of every farm.
 
 Writes are queued to the database's writer thread and return at once; the reads block, so the REST
 API runs them through :meth:`Database.read <discovery.sqlite.Database.read>`.
@@ -7,14 +7,12 @@ API runs them through :meth:`Database.read <discovery.sqlite.Database.read>`.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from contract.payloads import Alarms, Heartbeat, Meta, Reading, Status, format_ts
-from discovery.sqlite import Database, upsert
+from discovery.storage import Database, upsert
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS farms (
@@ -35,12 +33,12 @@ CREATE TABLE IF NOT EXISTS farms (
 
 
 class Registry:
-    def __init__(self, path: Path) -> None:
-        self.db = Database(path, SCHEMA)
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def _touch(self, farm_id: str, seen: datetime, **columns: Any) -> None:
         row = {"last_seen": format_ts(seen), **columns}
-        self.db.submit(lambda db: upsert(db, "farms", {"farm_id": farm_id}, row))
+        self.db.submit(lambda db: upsert(db, self.db.mark, "farms", {"farm_id": farm_id}, row))
 
     def record_status(self, farm_id: str, status: Status, seen: datetime) -> None:
         self._touch(farm_id, seen, online=int(status.state == "online"), status_ts=format_ts(status.ts),
@@ -62,12 +60,13 @@ class Registry:
     # ---- reading (blocking) ----------------------------------------------------------------------------
 
     def farms(self, owner: str | None = None) -> list[dict[str, Any]]:
-        query = "SELECT * FROM farms" + (" WHERE owner_id = ?" if owner is not None else "") + " ORDER BY farm_id"
+        where = f" WHERE owner_id = {self.db.mark}" if owner is not None else ""
+        query = f"SELECT * FROM farms{where} ORDER BY farm_id"
         rows = self.db.reader().execute(query, (owner,) if owner is not None else ()).fetchall()
         return [_summary(row) for row in rows]
 
     def farm(self, farm_id: str) -> dict[str, Any] | None:
-        row = self.db.reader().execute("SELECT * FROM farms WHERE farm_id = ?", (farm_id,)).fetchone()
+        row = self.db.reader().execute(f"SELECT * FROM farms WHERE farm_id = {self.db.mark}", (farm_id,)).fetchone()
         if row is None:
             return None
         return {**_summary(row), "state": _json(row["state"]), "alarms": _json(row["alarms"])}
@@ -83,7 +82,7 @@ class Registry:
     def healthy(self) -> bool:
         try:
             self.db.reader().execute("SELECT 1").fetchone()
-        except sqlite3.Error:
+        except Exception:  # any driver's error, or a server gone: the node is degraded, /health says so
             return False
         return True
 
@@ -92,7 +91,7 @@ def _json(text: str | None) -> Any:
     return json.loads(text) if text else None
 
 
-def _summary(row: sqlite3.Row) -> dict[str, Any]:
+def _summary(row: Any) -> dict[str, Any]:
     return {
         "farm_id": row["farm_id"],
         "name": row["name"] or row["farm_id"],

@@ -29,6 +29,7 @@ from discovery.history import HistoryRecorder
 from discovery.metrics import Metrics
 from discovery.presence import Presence
 from discovery.settings import DiscoverySettings
+from discovery.storage import open_storage
 from discovery.tailnet import Tailnet
 
 log = logging.getLogger("kubmesh.discovery")
@@ -64,9 +65,13 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
     topics = Topics(settings.base_topic)
     broker = await start_broker(settings) if settings.embedded_broker else None
     identities = IdentityStore(settings.data_dir)
-    node = Node(settings, topics, utc_now, identities, broker)
+    storage = open_storage(settings)
+    await asyncio.to_thread(storage.open)  # PostgreSQL: connect, migrate the schema
+    lease = storage.lease(settings.lease_interval)
+    node = Node(settings, topics, utc_now, identities, broker, storage=storage, lease=lease)
     extensions = build_extensions(node)
-    bus = DiscoveryBus(_bus_url(settings), topics, extensions, settings.keepalive, settings.reconnect_max)
+    bus = DiscoveryBus(_bus_url(settings), topics, extensions, settings.keepalive, settings.reconnect_max,
+                       settings.node_name)
     node.publish = bus.publish
     presence, history = extensions.get(Presence), extensions.get(HistoryRecorder)
     audit, metrics, tailnet = extensions.get(CommandAudit), extensions.get(Metrics), extensions.get(Tailnet)
@@ -79,7 +84,9 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
                                   "embedded_broker": broker is not None,
                                   "extensions": {"failures": dict(extensions.failures),
                                                  "rejected_messages": extensions.rejected},
-                                  "database_write_errors": extensions.write_errors()}
+                                  "database_write_errors": extensions.write_errors(),
+                                  "storage": {"backend": storage.kind, "node": settings.node_name,
+                                              "lease": lease.health()}}
         if tailnet is not None:
             report["tailnet"] = tailnet.manager.health()
         if alerting is not None:
@@ -88,6 +95,8 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
 
     if not settings.api_token:
         log.info("no static API token (API_TOKEN): /api accepts only tokens made by kubmesh token add")
+    lease_stop = asyncio.Event()
+    lease_task = asyncio.create_task(lease.run(lease_stop))
     await extensions.start()
     api = create_api(presence.registry, audit, settings.api_token, health, history, identities,
                      metrics=metrics.scrape if metrics else None, tailnet=tailnet.manager if tailnet else None)
@@ -103,5 +112,8 @@ async def run_discovery(settings: DiscoverySettings, stop: asyncio.Event) -> Non
     finally:
         await runner.cleanup()
         await extensions.stop()
+        lease_stop.set()
+        await lease_task
+        await asyncio.to_thread(storage.close)
         if broker is not None:
             await stop_broker(broker)

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from broker.server import BrokerSettings
 from discovery.tailscale.api import DEFAULT_API_URL
@@ -34,6 +34,9 @@ class DiscoverySettings(BrokerSettings):
         "ALERT_LINK_URL": "alert_link_url",
         "ALERT_RETRIES": "alert_retries",
         "ALERT_RETRY_BACKOFF": "alert_retry_backoff",
+        "DATABASE_URL": "database_url",
+        "NODE_NAME": "node_name",
+        "LEASE_INTERVAL": "lease_interval",
     }
     YAML: ClassVar[dict[str, str]] = {
         **BrokerSettings.YAML,
@@ -52,6 +55,8 @@ class DiscoverySettings(BrokerSettings):
         "alerts.silent_after": "alert_silent_after",
         "alerts.rules": "alert_rules",
         "alerts.link_url": "alert_link_url",
+        "database_url": "database_url",
+        "node_name": "node_name",
     }
 
     api_host: str = "0.0.0.0"
@@ -77,6 +82,18 @@ class DiscoverySettings(BrokerSettings):
     alert_link_url: str | None = None  # the mobile web's address, for the farm link in each message
     alert_retries: int = Field(3, ge=0, le=10)  # a failed delivery is tried again this many times …
     alert_retry_backoff: float = Field(1.0, gt=0)  # … after this many seconds, doubling each time
+    # None: SQLite files in the data dir, one node; postgresql://user:pass@host/db: shared by every node
+    database_url: str | None = None
+    # names this node among several on one broker and database (its MQTT client id); None: the only one
+    node_name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    lease_interval: float = Field(5.0, gt=0, le=60)  # how often a node tries to take the one-node duties' lease
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql_only(cls, url: str | None) -> str | None:
+        if url and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql://user:password@host/database URL (unset: SQLite)")
+        return url or None
 
     @property
     def database(self) -> Path:

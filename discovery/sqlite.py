@@ -1,4 +1,4 @@
-"""The discovery node's SQLite databases, kept off the event loop.
+"""The discovery node's SQLite databases (the embedded default storage), kept off the event loop.
 
 Each :class:`Database` has one writer thread that owns the only connection that writes (jobs run in
 the order they were given) and a small pool of reader threads, each with a connection of its own
@@ -17,23 +17,65 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
+
+from discovery.storage import Database, Job, Lease, SoleNode, Storage, refuse_on_the_event_loop
+
+if TYPE_CHECKING:
+    from discovery.storage import HistoryStore
 
 log = logging.getLogger("kubmesh.discovery.sqlite")
 
 T = TypeVar("T")
 P = ParamSpec("P")
-Job = Callable[[sqlite3.Connection], Any]
 READERS = 2
 
 
-class OnTheEventLoop(RuntimeError):
-    """A blocking database call was made from the event loop's thread."""
+class SqliteStorage(Storage):
+    """Files next to ``discovery.db`` in the data dir, one per store; one node per data dir."""
+
+    kind = "sqlite"
+
+    def __init__(self, registry_path: Path) -> None:
+        self.directory = registry_path.parent
+        self.registry_name = registry_path.name
+
+    def open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        pass
+
+    def database(self, file_name: str, schema: str) -> SqliteDatabase:
+        name = self.registry_name if file_name == "discovery.db" else file_name
+        return SqliteDatabase(self.directory / name, schema)
+
+    def history(self, raw_days: float = 30.0) -> HistoryStore:
+        from discovery.sqlite_history import SqliteHistory
+
+        return SqliteHistory(self.directory / "history.db")
+
+    def lease(self, interval_s: float) -> Lease:
+        return SoleNode()
+
+    def check(self) -> str:
+        probe = sqlite3.connect(self.directory / self.registry_name)
+        try:
+            probe.execute("SELECT 1").fetchone()
+        finally:
+            probe.close()
+        return f"sqlite {sqlite3.sqlite_version} in {self.directory}"
+
+    def describe(self) -> str:
+        return f"sqlite ({self.directory})"
 
 
-class Database:
+class SqliteDatabase(Database):
+    mark: ClassVar[str] = "?"
+
     def __init__(self, path: Path, schema: str) -> None:
         self.path = path
+        self.name = path.name
         self.schema = schema
         self.write_errors = 0
         self._jobs: queue.SimpleQueue[tuple[Job, concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
@@ -66,15 +108,9 @@ class Database:
     # ---- writing -----------------------------------------------------------------------------------
 
     def submit(self, job: Job) -> concurrent.futures.Future[Any]:
-        """Queue a write; it runs on the writer thread, after every write queued before it."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._jobs.put((job, future))
         return future
-
-    async def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
-        """Queue a write and wait (without blocking the loop) until it is committed."""
-        result: T = await asyncio.wrap_future(self.submit(job))
-        return result
 
     def _write_loop(self) -> None:
         db = self._writer_db
@@ -93,17 +129,10 @@ class Database:
     # ---- reading -----------------------------------------------------------------------------------
 
     async def read(self, query: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run the blocking ``query(*args)`` on a reader thread."""
         return await asyncio.get_running_loop().run_in_executor(self._readers, lambda: query(*args, **kwargs))
 
     def reader(self) -> sqlite3.Connection:
-        """This thread's own read connection; refused on the event loop's thread."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
-            raise OnTheEventLoop(f"{self.path.name}: a blocking read on the event loop; use Database.read")
+        refuse_on_the_event_loop(self.path.name)
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             connection = _connect(self.path)
@@ -121,13 +150,3 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA busy_timeout=5000")
     return db
 
-
-def upsert(db: sqlite3.Connection, table: str, keys: dict[str, Any], columns: dict[str, Any]) -> None:
-    """Insert a row, or update the given columns of the row with these keys (names are ours, never input)."""
-    names = [*keys, *columns]
-    updates = ", ".join(f"{name} = excluded.{name}" for name in columns)
-    db.execute(
-        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
-        f"ON CONFLICT({', '.join(keys)}) DO UPDATE SET {updates}",
-        [*keys.values(), *columns.values()],
-    )

@@ -4,8 +4,9 @@ A farm node (``--farm-id``, ``FARM_ID`` or a ``farm:`` section in the config) is
 checked for its configuration, the broker (reachable, credentials accepted),
 the controller (Modbus answers), the SMS modem when ``sms.device`` is set (asked of
 the running agent, which holds its port, or else of the modem itself), the discovery
-API, tailscaled (up, tagged ``tag:farm``), the clock and the disk; a discovery node for its configuration,
-its broker and REST API, tailscaled (tagged ``tag:discovery``), the clock and
+API, tailscaled (up, tagged ``tag:farm``), the clock and the disk; a discovery node
+for its configuration, its broker, its database (SQLite, or the PostgreSQL of
+DATABASE_URL) and REST API, tailscaled (tagged ``tag:discovery``), the clock and
 the disk. A check that cannot apply here (no tailscale installed, nothing to
 compare the clock with) says ``skip``, which is not a failure.
 """
@@ -37,6 +38,7 @@ from contract.payloads import SmsStatus, format_ts
 from discovery.alerting.channels import display
 from discovery.alerting.store import AlertStore
 from discovery.settings import DiscoverySettings
+from discovery.storage import open_storage
 from farm_agent.link import ModbusFailure, ModbusLink, ModbusUrl
 from farm_agent.poller import Poller
 from farm_agent.profile import ProfileError, load_profile
@@ -119,6 +121,7 @@ async def _node_checks(args: argparse.Namespace) -> list[Check]:
     elif isinstance(settings, DiscoverySettings):
         checks.append(Check("config", OK, f"discovery node{where}, REST API port {settings.api_port}"))
         checks += await _discovery_broker_checks(settings)
+        checks.append(await asyncio.to_thread(_database_check, settings))
         checks.append(_http_check("discovery API", f"http://127.0.0.1:{settings.api_port}"))
         checks.append(_alert_channels_check(settings))
     return checks + await _environment_checks(args, settings, farm_node)
@@ -247,6 +250,17 @@ def _running_agent_sms(port: int) -> SmsStatus | None:
         return SmsStatus.model_validate(sms) if sms else None
     except ValueError:
         return None
+
+
+def _database_check(settings: DiscoverySettings) -> Check:
+    """The node's storage answers (a round trip to PostgreSQL, with its schema version; the SQLite file opens)."""
+    try:
+        return Check("database", OK, open_storage(settings).check())
+    except ImportError:
+        return Check("database", FAIL, "DATABASE_URL names PostgreSQL but psycopg is not installed: "
+                                       "pip install 'kubmesh[postgres]'")
+    except Exception as exc:  # any driver's error: the reason is what the operator needs
+        return Check("database", FAIL, str(exc).strip() or type(exc).__name__)
 
 
 def _http_check(name: str, base_url: str) -> Check:

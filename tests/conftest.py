@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from common.identities import Credentials, IdentityStore, Role
+from discovery.settings import DiscoverySettings
+from discovery.storage import Storage, open_storage
 from tests.farm_system import Simulator
 from tests.helpers import ServiceProcess, free_port, port_open, wait_until
+from tests.postgres import PostgresServer, postgres_server
 
 
 @dataclass
@@ -123,3 +126,35 @@ def web_process(broker: RunningBroker, tmp_path: Path, data_dir: Path) -> Iterat
     ).wait_port(port)
     yield process, port
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the test run (started only if a test asks for it)."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> Iterator[str]:
+    """A fresh database on the test run's server, for one test."""
+    with postgres.database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+    """The discovery node's storage on each backend, opened: the same test runs against both."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    opened = open_storage(DiscoverySettings(data_dir=tmp_path / "data", database_url=url))
+    opened.open()
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The environment that points a discovery process at each backend."""
+    if request.param == "sqlite":
+        return {}
+    return {"DATABASE_URL": request.getfixturevalue("postgres_url")}

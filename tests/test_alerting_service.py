@@ -22,9 +22,12 @@ from discovery.alerting.rules import load_rules
 from discovery.alerting.service import AlertingConfig, AlertingService
 from discovery.alerting.store import AlertStore
 from discovery.api import create_api
+from discovery.audit import SCHEMA as AUDIT_SCHEMA
 from discovery.audit import CommandAudit
 from discovery.history import HistoryRecorder
+from discovery.registry import SCHEMA as REGISTRY_SCHEMA
 from discovery.registry import Registry
+from discovery.sqlite import SqliteStorage
 from tests.alert_receivers import HttpReceiver
 from tests.helpers import free_port
 
@@ -325,9 +328,10 @@ async def test_rest_lists_and_acknowledges_alerts_by_role_and_owner(rig: Rig, da
                    alarms("farm-009", T0, 1))
     await rig.at(30)
     tokens = {name: rig.identities.add_api_token(name) for name in ("farmer", "watcher", "neighbour", "boss")}
-    registry = Registry(data_dir / "discovery.db")
-    audit = CommandAudit(data_dir / "commands.db", TOPICS, rig.clock)
-    history = HistoryRecorder(data_dir / "history.db", TOPICS, rig.clock)
+    storage = SqliteStorage(data_dir / "discovery.db")
+    registry = Registry(storage.database("discovery.db", REGISTRY_SCHEMA))
+    audit = CommandAudit(storage.database("commands.db", AUDIT_SCHEMA), TOPICS, rig.clock)
+    history = HistoryRecorder(storage.history(), TOPICS, rig.clock)
     app = create_api(registry, audit, API_TOKEN, dict, history, rig.identities)
     add_alert_routes(app, service)
     client = TestClient(TestServer(app, port=free_port()))
@@ -391,3 +395,18 @@ async def test_old_steps_and_cleared_alerts_are_pruned_and_the_told_stay_for_the
         assert [s.alert_ids for s in store.steps()] == [("a2",), ("a2",)]
     finally:
         store.close()
+
+
+async def test_a_node_without_the_lease_keeps_the_alerts_but_tells_no_one_until_it_takes_it(rig: Rig) -> None:
+    rig.channel("farmer", "/farmer")
+    service = await rig.start()
+    held = False
+    service.may_notify = lambda: held  # another node holds the lease on the notifications
+    await rig.feed(meta("farm-001"), alarms("farm-001", T0, 3))
+    await rig.at(30)
+    assert rig.bodies("/farmer") == []  # the other node told the farmer
+    assert [a.message for a in rig.published[TOPICS.alerts("farm-001")].alerts] == ["Controller alarm: alarm bit 3"]
+    held = True  # that node died: this one took the lease over, and goes on with the reminder
+    await rig.at(630)
+    [reminder] = rig.bodies("/farmer")
+    assert "ВСЁ ЕЩЁ НЕ ПОДТВЕРЖДЕНА" in reminder

@@ -80,7 +80,8 @@ def test_the_ids_of_farm_agents_and_services_are_kept_for_them(broker: RunningBr
     viewer = broker.add("viewer-b", Role.VIEWER)
     other_farm = broker.add("farm-c", Role.FARM)
     for client_id, who in [("kubmesh-agent-farm-b", viewer), ("kubmesh-agent-farm-b", other_farm),
-                           ("kubmesh-discovery", viewer), ("kubmesh-mobile-web", broker.admin)]:
+                           ("kubmesh-discovery", viewer), ("kubmesh-discovery-b", viewer),
+                           ("kubmesh-mobile-web", broker.admin)]:
         _, code = connected(broker.port, client_id, who)
         assert code == b"\x00\x05", f"{who.username} got the client id {client_id!r}"
     _, code = connected(broker.port, "kubmesh-agent-farm-c", other_farm)

@@ -129,3 +129,19 @@ def test_log_json_writes_one_json_object_per_line(tmp_path: Path) -> None:
     entries = [json.loads(line) for line in (tmp_path / "broker.log").read_text().splitlines() if line.strip()]
     assert entries and all({"ts", "level", "logger", "message"} <= set(e) for e in entries)
     assert any("listening" in e["message"] for e in entries)
+
+
+def test_the_two_node_compose_runs_two_discovery_nodes_on_one_broker_and_one_database() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.two-nodes.yml").read_text())
+    nodes = {name: service for name, service in compose["services"].items() if name.startswith("discovery-")}
+    assert len(nodes) == 2
+    known = {**ServiceSettings.ENV, **DiscoverySettings.ENV}
+    environments = [node["environment"] for node in nodes.values()]
+    for node, environment in zip(nodes.values(), environments, strict=True):
+        assert kubmesh_args(node["command"])[0] == "discovery" and set(environment) <= set(known)
+        assert node["read_only"] is True and node["cap_drop"] == ["ALL"]
+    assert len({environment["NODE_NAME"] for environment in environments}) == 2  # a client id each
+    for shared in ("DATABASE_URL", "MQTT_URL"):
+        assert len({environment[shared] for environment in environments}) == 1
+    assert environments[0]["DATABASE_URL"].startswith("postgresql://")
+    assert {"postgres", "mosquitto"} <= set(compose["services"])

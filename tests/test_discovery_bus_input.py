@@ -29,7 +29,7 @@ from discovery.metrics import Metrics
 from discovery.presence import Presence
 from discovery.service import build_extensions
 from discovery.settings import DiscoverySettings
-from discovery.sqlite import Database
+from discovery.storage import Database
 
 TOPICS = Topics()
 FARM = "farm-001"

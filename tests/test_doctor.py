@@ -12,7 +12,7 @@ import pytest
 
 from common.identities import Role
 from tests.farm_system import Simulator
-from tests.helpers import REPO, wait_until
+from tests.helpers import REPO, free_port, wait_until
 from tests.tailscale_api import FIXTURES, STANDIN_BIN
 from tests.test_discovery import start_discovery
 
@@ -94,7 +94,19 @@ def test_doctor_names_a_bad_config_and_checks_a_discovery_node(tmp_path: Path, d
         node = doctor("--data-dir", str(data_dir), env=env)
         assert node.returncode == 0, node.stdout
         assert lines(node) == {"python": "ok", "config": "ok", "broker reachable": "ok", "broker identities": "ok",
-                               "discovery API": "ok", "alert channels": "skip", "tailscale": "ok", "clock": "ok",
-                               "disk": "ok"}
+                               "database": "ok", "discovery API": "ok", "alert channels": "skip", "tailscale": "ok",
+                               "clock": "ok", "disk": "ok"}
     finally:
         discovery.process.stop()
+
+
+def test_doctor_checks_the_postgresql_of_a_discovery_node_and_fails_clearly_without_it(
+        tmp_path: Path, data_dir: Path, postgres_url: str) -> None:
+    env = {"DATABASE_URL": postgres_url, "MQTT_PORT": str(free_port()), "KUBMESH_API_PORT": str(free_port())}
+    found = doctor("--data-dir", str(data_dir), env=env)
+    assert lines(found)["database"] == "ok", found.stdout
+    assert "postgresql 15" in found.stdout and "version 0 of 1, migrated when the node starts" in found.stdout
+    gone = postgres_url.rsplit(":", 1)[0] + f":{free_port()}/nothing"
+    missing = doctor("--data-dir", str(data_dir), env={**env, "DATABASE_URL": gone})
+    assert missing.returncode == 1 and lines(missing)["database"] == "FAIL"
+    assert "connection" in missing.stdout.lower() and "database" in missing.stdout

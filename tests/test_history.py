@@ -1,5 +1,5 @@
 """The history recorder of a real discovery process: readings from ``state`` and ``backlog`` stored once by
-seq, served raw or downsampled, gaps counted, bad queries refused with a reason."""
+seq, served raw or downsampled, gaps counted, bad queries refused with a reason; on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ START = utc_now().replace(second=0, microsecond=0) - timedelta(minutes=10)
 
 
 @pytest.fixture
-def node(tmp_path: Path, data_dir: Path) -> Iterator[Discovery]:
-    running = start_discovery(tmp_path, data_dir)
+def node(tmp_path: Path, data_dir: Path, database_env: dict[str, str]) -> Iterator[Discovery]:
+    running = start_discovery(tmp_path, data_dir, database_env)
     wait_until(lambda: running.get("/health")[1]["broker"] == "connected", 10, what="discovery connected")
     yield running
     running.process.stop()

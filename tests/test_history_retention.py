@@ -1,22 +1,23 @@
 """History retention: raw readings older than raw_days are folded into min/max/avg rows, which the
-history query serves in their place; rows older than keep_days go."""
+history query serves in their place; rows older than keep_days go; on both backends (PostgreSQL drops whole
+partitions)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from contract.messages import decode_message
 from contract.payloads import Reading, encode
 from contract.topics import Topics
 from discovery.history import HistoryRecorder, Retention
+from discovery.storage import Storage
 
 NOW = datetime(2026, 11, 24, 21, 0, tzinfo=UTC)
 TOPIC = "kub/farms/farm-001/backlog"
 
 
-async def test_old_readings_are_downsampled_and_still_charted(tmp_path: Path) -> None:
-    history = HistoryRecorder(tmp_path / "history.db", Topics(), lambda: NOW,
+async def test_old_readings_are_downsampled_and_still_charted(storage: Storage) -> None:
+    history = HistoryRecorder(storage.history(1), Topics(), lambda: NOW,
                               Retention(raw_days=1, rollup_step=600, keep_days=3), retention_every_s=3600)
 
     async def receive(reading: Reading) -> None:

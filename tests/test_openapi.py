@@ -27,6 +27,7 @@ from discovery.api import OPENAPI_FILE, create_api, openapi_document
 from discovery.audit import CommandAudit
 from discovery.history import HistoryRecorder
 from discovery.registry import Registry
+from discovery.sqlite import SqliteStorage
 from tests.helpers import wait_until
 from tests.test_discovery import FARM, Discovery, discovery, farm_client, meta, publish  # noqa: F401 - fixture
 
@@ -37,8 +38,10 @@ def test_the_document_is_valid_openapi_3_and_names_every_route(tmp_path: Path) -
     async def scrape() -> bytes:
         return b""
 
-    app = create_api(Registry(tmp_path / "d.db"), CommandAudit(tmp_path / "d.db", Topics(), utc_now), "token",
-                     dict, HistoryRecorder(tmp_path / "h.db", Topics(), utc_now), IdentityStore(tmp_path),
+    storage = SqliteStorage(tmp_path / "discovery.db")
+    app = create_api(Registry(storage.database("discovery.db", "")),
+                     CommandAudit(storage.database("commands.db", ""), Topics(), utc_now), "token",
+                     dict, HistoryRecorder(storage.history(), Topics(), utc_now), IdentityStore(tmp_path),
                      metrics=scrape)
     add_alert_routes(app, AlertingService(AlertingConfig(Timing(), 120, load_rules()), AlertStore(tmp_path / "a.db"),
                                           IdentityStore(tmp_path), Topics(), Channels(None), utc_now))

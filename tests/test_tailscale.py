@@ -17,6 +17,7 @@ import pytest
 
 from common.identities import IdentityStore, Role
 from common.tailscale.local import TailscaleCli, TailscaleCliError
+from discovery.sqlite import SqliteDatabase
 from discovery.tailscale.api import (
     TailscaleApi,
     TailscaleApiError,
@@ -26,7 +27,7 @@ from discovery.tailscale.api import (
 )
 from discovery.tailscale.manager import TailscaleManager
 from discovery.tailscale.policy import DISCOVERY, FARM, MOBILE, policy_ports, recommended_policy
-from discovery.tailscale.store import TailnetStore
+from discovery.tailscale.store import SCHEMA, TailnetStore
 from tests.helpers import REPO, ServiceProcess, free_port, wait_until
 from tests.tailscale_api import API_KEY, STANDIN_BIN, Failure, FakeTailscaleApi
 
@@ -43,7 +44,7 @@ def tailscale_api() -> Iterator[FakeTailscaleApi]:
 
 def manager(tmp_path: Path, api: TailscaleApi | None, farms: set[str] | None = None,
             cli: str = STANDIN) -> TailscaleManager:
-    store = TailnetStore(tmp_path / "tailnet.db")
+    store = TailnetStore(SqliteDatabase(tmp_path / "tailnet.db", SCHEMA))
     store.db.open()
     return TailscaleManager(store, TailscaleCli(cli), api,
                             lambda: farms if farms is not None else {"farm-001", "farm-002", "farm-003"},

@@ -24,7 +24,9 @@ class Alerting(Extension):
 
     @classmethod
     def build(cls, node: Node) -> Alerting:
-        return cls(node, build_alerting(node.settings, node.identities, node.topics, node.clock))
+        service = build_alerting(node.settings, node.identities, node.topics, node.clock)
+        service.may_notify = lambda: node.lease.held  # one node tells; the others keep the same alerts
+        return cls(node, service)
 
     def filters(self) -> list[str]:
         return [self.node.topics.farm_filter(), self.node.topics.alerts_ack_filter()]

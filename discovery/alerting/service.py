@@ -68,6 +68,9 @@ class AlertingService:
                                      self.engine.tier_failed)
         self.watches: dict[str, FarmWatch] = {}
         self.publish: Publish | None = None
+        # whether this node tells (of several nodes, the one that holds the storage's lease); every node keeps
+        # the alerts, so the one that takes the lease over goes on with the reminders and the all clear
+        self.may_notify: Callable[[], bool] = lambda: True
         self._unpublished: set[str] = set()
         self._sending: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -207,7 +210,10 @@ class AlertingService:
         await self.dispatcher.flush()
         if bursts:
             self._unpublished.update(burst.farm_id for burst in bursts)
-            self._track(asyncio.create_task(self._dispatch(bursts)))
+            if self.may_notify():
+                self._track(asyncio.create_task(self._dispatch(bursts)))
+            else:
+                log.debug("alerting: %d burst(s) left to the node that holds the lease", len(bursts))
         await self._publish_changed()
 
     async def drain(self) -> None:

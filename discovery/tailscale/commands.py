@@ -12,12 +12,15 @@ from common.identities import IdentityStore
 from common.settings import ConfigError, load_settings
 from common.tailscale.local import TailscaleCli, TailscaleCliError
 from common.tailscale.models import AuthKey
+from discovery.registry import SCHEMA as REGISTRY_SCHEMA
 from discovery.registry import Registry
 from discovery.settings import DiscoverySettings
+from discovery.sqlite import SqliteDatabase
 from discovery.tailscale.api import TailscaleApi, TailscaleApiError
 from discovery.tailscale.manager import known_farms
 from discovery.tailscale.matching import FARM_TAG, farms_summary
 from discovery.tailscale.policy import recommended_policy
+from discovery.tailscale.store import SCHEMA as TAILNET_SCHEMA
 from discovery.tailscale.store import TailnetStore
 
 AUTHKEY_EXPIRY_S = 86400
@@ -64,7 +67,7 @@ def _status(args: argparse.Namespace) -> int:
         report["local_error"] = str(exc)
     farm_ids = _farm_ids(settings)
     if settings.tailnet_db.exists():
-        store = TailnetStore(settings.tailnet_db)
+        store = TailnetStore(SqliteDatabase(settings.tailnet_db, TAILNET_SCHEMA))
         devices = store.devices()
         report["last_sync"] = store.last_sync()
         store.db.close()
@@ -83,7 +86,7 @@ def _farm_ids(settings: DiscoverySettings) -> set[str]:
     identities = IdentityStore(settings.data_dir)
     if not settings.database.exists():
         return known_farms(None, identities)
-    registry = Registry(settings.database)
+    registry = Registry(SqliteDatabase(settings.database, REGISTRY_SCHEMA))
     try:
         return known_farms(registry, identities)
     finally:

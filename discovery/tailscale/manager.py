@@ -83,8 +83,16 @@ class TailscaleManager:
         self.records = await self.store.db.read(self.store.devices)
         self.last = await self.store.db.read(self.store.last_sync)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, may_sync: Callable[[], bool] = lambda: True,
+                  standby_s: float = 5.0) -> None:
+        """Sync every interval while ``may_sync()`` (this node holds the lease); otherwise read what the node
+        that holds it synced, every ``standby_s``, so that this node's REST answers the same."""
         while not stop.is_set():
+            if not may_sync():
+                await self.load()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), standby_s)
+                continue
             try:
                 delay = await self.sync_once()
             except Exception:  # a bug here must not take the discovery node down with it
@@ -191,12 +199,13 @@ def known_farms(registry: Registry | None, identities: IdentityStore) -> set[str
     return farms | ({farm["farm_id"] for farm in registry.farms()} if registry else set())
 
 
-def build_manager(settings: DiscoverySettings, farm_ids: Callable[[], set[str]], clock: Clock) -> TailscaleManager:
+def build_manager(settings: DiscoverySettings, farm_ids: Callable[[], set[str]], clock: Clock,
+                  store: TailnetStore) -> TailscaleManager:
     api = None
     if settings.tailscale_api_key:
         api = TailscaleApi(settings.tailscale_api_key, settings.tailnet or "-", settings.tailscale_api_url)
     return TailscaleManager(
-        TailnetStore(settings.tailnet_db), TailscaleCli(settings.tailscale_cli), api, farm_ids, clock,
+        store, TailscaleCli(settings.tailscale_cli), api, farm_ids, clock,
         interval_s=settings.sync_interval, retry_s=settings.tailscale_retry,
         expiry_warning=timedelta(days=settings.key_expiry_warning_days),
     )

@@ -1,4 +1,5 @@
-"""The tailnet's devices as last synced, matched to farms, in SQLite (``tailnet.db`` next to ``discovery.db``).
+"""The tailnet's devices as last synced, matched to farms, in the node's storage (SQLite: ``tailnet.db`` next to
+``discovery.db``).
 
 A sync is written on the database's writer thread; the reads block (the manager keeps what it wrote in
 memory and reads the store once, at start, off the event loop)."""
@@ -6,13 +7,11 @@ memory and reads the store once, at start, off the event loop)."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from contract.payloads import format_ts
-from discovery.sqlite import Database, upsert
+from discovery.storage import Database, transaction, upsert
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -33,14 +32,14 @@ CREATE TABLE IF NOT EXISTS sync (
 
 
 class TailnetStore:
-    def __init__(self, path: Path) -> None:
-        self.db = Database(path, SCHEMA)
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def replace(self, devices: list[dict[str, Any]], synced_at: datetime, source: str,
                       tailnet: str | None) -> None:
         """The tailnet as one sync saw it: devices gone from the tailnet go from the table too."""
-        await self.db.write(lambda db: _replace(db, devices, {"synced_at": format_ts(synced_at), "source": source,
-                                                              "tailnet": tailnet}))
+        sync = {"synced_at": format_ts(synced_at), "source": source, "tailnet": tailnet}
+        await self.db.write(lambda db: _replace(db, self.db.mark, devices, sync))
 
     def devices(self) -> list[dict[str, Any]]:
         rows = self.db.reader().execute(
@@ -52,13 +51,12 @@ class TailnetStore:
         return dict(row) if row else {"synced_at": None, "source": None, "tailnet": None}
 
 
-def _replace(db: sqlite3.Connection, devices: list[dict[str, Any]], sync: dict[str, Any]) -> None:
-    db.execute("BEGIN")
-    db.execute("DELETE FROM devices")
-    db.executemany(
-        "INSERT INTO devices (id, name, hostname, farm_id, online, record) VALUES (?, ?, ?, ?, ?, ?)",
-        [(device["id"], device["name"], device["hostname"], device["farm_id"],
-          None if device["online"] is None else int(device["online"]), json.dumps(device)) for device in devices],
-    )
-    upsert(db, "sync", {"id": 1}, sync)
-    db.execute("COMMIT")
+def _replace(db: Any, mark: str, devices: list[dict[str, Any]], sync: dict[str, Any]) -> None:
+    with transaction(db):
+        db.execute("DELETE FROM devices")
+        db.cursor().executemany(
+            f"INSERT INTO devices (id, name, hostname, farm_id, online, record) VALUES ({', '.join([mark] * 6)})",
+            [(device["id"], device["name"], device["hostname"], device["farm_id"],
+              None if device["online"] is None else int(device["online"]), json.dumps(device)) for device in devices],
+        )
+        upsert(db, mark, "sync", {"id": 1}, sync)
