@@ -32,6 +32,7 @@ from tests.test_discovery import Discovery, start_discovery
 
 FARMS = ("farm-051", "farm-052")
 FAST = {"MAX_INTERVAL": "0", "HEARTBEAT_INTERVAL": "1", "KUBMESH_RECONNECT_MAX": "1", "KUBMESH_KEEPALIVE": "5"}
+QUEUED_FOR_OFFLINE = 5
 DISCOVERY_ENV = {"KUBMESH_RECONNECT_MAX": "1", "KUBMESH_KEEPALIVE": "5"}
 
 
@@ -149,7 +150,8 @@ class ExternalMosquitto:
 
 @pytest.fixture
 def external(data_dir: Path, tmp_path: Path) -> Iterator[ExternalMosquitto]:
-    bus, mosquitto = mosquitto_bus(data_dir, tmp_path)
+    # a small queue for a client away: the short form of an outage longer than a real broker's queue
+    bus, mosquitto = mosquitto_bus(data_dir, tmp_path, [f"max_queued_messages {QUEUED_FOR_OFFLINE}"])
     try:
         discovery = bus.add("discovery", Role.DISCOVERY)
         farm_credentials = {farm_id: bus.add(farm_id, Role.FARM, owner="owner-a") for farm_id in FARMS}
@@ -164,14 +166,25 @@ def external(data_dir: Path, tmp_path: Path) -> Iterator[ExternalMosquitto]:
 def test_external_mosquitto_restarted_without_persistence_loses_no_reading(
     external: ExternalMosquitto, farms: Farms, nodes: Nodes, tmp_path: Path
 ) -> None:
-    discovery = nodes.start(tmp_path, tmp_path / "discovery", {"MQTT_URL": external.url(external.discovery)},
-                            mqtt_port=external.mosquitto.port)
-    agent = farms.agent(FARMS[0], external.url(external.farms[FARMS[0]]), poll=0.3)
-    wait_until(lambda: history(discovery, FARMS[0]).get("readings", 0) >= 3, 20, what="the first readings")
-    external.restart_empty()
-    assert_every_reading_stored_once(discovery, agent)
-    # the registry has the farm again although the new broker kept nothing retained: the agent re-announced it
-    wait_until(lambda: discovery.get(f"/api/farms/{FARMS[0]}")[1]["online"], 10, what="the farm online")
+    # discovery reaches the broker through a proxy, so that it can come back after the farm does
+    proxy = TcpProxy(external.mosquitto.port).start()
+    try:
+        discovery = nodes.start(tmp_path, tmp_path / "discovery",
+                                {"MQTT_URL": external.url(external.discovery, proxy.port)}, mqtt_port=proxy.port)
+        agent = farms.agent(FARMS[0], external.url(external.farms[FARMS[0]]), poll=0.3)
+        wait_until(lambda: history(discovery, FARMS[0]).get("readings", 0) >= 3, 20, what="the first readings")
+        proxy.cut()
+        external.restart_empty()
+        wait_until(lambda: agent.health()["broker"] == "disconnected", 10, what="the agent noticing")
+        hold(3)  # readings queue on the farm's disk
+        wait_until(lambda: agent.health()["broker"] == "connected", 20, what="the agent back on the new broker")
+        hold(2)  # the farm is back first: the new broker has no session and no subscriber for discovery
+        proxy.restore()
+        assert_every_reading_stored_once(discovery, agent)
+        # the registry has the farm again although the new broker kept nothing retained: the agent re-announced it
+        wait_until(lambda: discovery.get(f"/api/farms/{FARMS[0]}")[1]["online"], 10, what="the farm online")
+    finally:
+        proxy.close()
 
 
 @pytest.mark.parametrize("outage_s", [5])
@@ -184,7 +197,7 @@ def test_discovery_killed_while_mosquitto_stays_up_loses_no_reading(
     wait_until(lambda: history(discovery, FARMS[0]).get("readings", 0) >= 3, 20, what="the first readings")
     discovery.process.kill()
     wait_until(lambda: agent.health()["discovery"] == "offline", 10, what="the agent told by discovery's will")
-    hold(outage_s)
+    hold(outage_s)  # more readings than Mosquitto queues for a client away
     assert agent.health()["backlog"] >= outage_s  # the agent keeps what the history has not confirmed
     discovery = nodes.start(tmp_path, tmp_path / "discovery", env, mqtt_port=external.mosquitto.port)
     assert_every_reading_stored_once(discovery, agent)
@@ -193,18 +206,21 @@ def test_discovery_killed_while_mosquitto_stays_up_loses_no_reading(
 # ---- the embedded broker ------------------------------------------------------------------------------------
 
 
-def test_embedded_broker_killed_with_discovery_and_restarted_loses_no_reading(
+def test_embedded_broker_killed_with_discovery_in_a_replay_and_restarted_loses_no_reading(
     farms: Farms, nodes: Nodes, tmp_path: Path
 ) -> None:
     data = tmp_path / "discovery"
     discovery = nodes.start(tmp_path, data, {})
     credentials = discovery.store.add(FARMS[0], Role.FARM, owner="owner-a")
     url = f"mqtt://{credentials.username}:{credentials.password}@127.0.0.1:{discovery.mqtt_port}"
-    agent = farms.agent(FARMS[0], url, poll=0.2)
-    wait_until(lambda: history(discovery, FARMS[0]).get("readings", 0) >= 3, 20, what="the first readings")
-    discovery.process.kill()  # the broker in it goes too, with what it had acknowledged and not yet delivered
+    backlog = prefill_backlog(tmp_path / f"agent-{FARMS[0]}", FARMS[0], hours=1)
+    agent = farms.agent(FARMS[0], url, poll=0.3, env={"REPLAY_RATE": "100"})
+    wait_until(lambda: 50 <= history(discovery, FARMS[0]).get("readings", 0) < backlog - 100, 30, interval=0.02,
+               what="the replay under way")
+    # the broker in it goes too, with what it had acknowledged to the farm and the history had not committed
+    discovery.process.kill()
     wait_until(lambda: agent.health()["broker"] == "disconnected", 10, what="the agent noticing")
-    hold(3)
+    hold(2)
     discovery = nodes.start(tmp_path, data, {}, mqtt_port=discovery.mqtt_port)
     assert_every_reading_stored_once(discovery, agent)
 
@@ -351,6 +367,6 @@ def test_the_history_confirms_a_farm_with_one_mark_per_commit_not_one_per_readin
         agent = farms.agent(FARMS[0], broker.url(credentials), env={"REPLAY_RATE": "0"})
         assert_every_reading_stored_once(discovery, agent)
         marks = [mark["seq"] for mark in watcher.payloads(f"kub/discovery/committed/{FARMS[0]}")]
-        assert marks == sorted(marks) and len(marks) < backlog / 5
+        assert marks and marks == sorted(marks) and marks[-1] >= backlog and len(marks) < backlog / 5
     finally:
         watcher.close()
