@@ -1,5 +1,6 @@
 """The history's committed mark per farm: the highest seq below which every reading is stored, moved in the
-commit that stores them, stepping over what the farm said it no longer holds, and kept across a restart."""
+commit that stores them, stepping over what the farm said it no longer holds, and kept across a restart; on
+both backends, and on PostgreSQL with two nodes moving one farm's mark."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from contract.messages import decode_message
 from contract.payloads import Reading, encode
 from contract.topics import Topics
 from discovery.history import HistoryRecorder
+from discovery.postgres.storage import PostgresStorage
+from discovery.sqlite_history import SqliteHistory
+from discovery.storage import Storage
 
 NOW = datetime(2026, 11, 24, 21, 0, tzinfo=UTC)
 FARM = "farm-001"
@@ -25,9 +29,9 @@ async def store(history: HistoryRecorder, *seqs: int) -> None:
 
 
 async def test_the_mark_moves_over_contiguous_readings_only_and_steps_over_what_the_farm_dropped(
-    tmp_path: Path
+    storage: Storage
 ) -> None:
-    history = HistoryRecorder(tmp_path / "history.db", Topics(), lambda: NOW)
+    history = HistoryRecorder(storage.history(), Topics(), lambda: NOW)
     await history.start()
     try:
         await store(history, 1, 2, 3, 6, 7)
@@ -41,7 +45,7 @@ async def test_the_mark_moves_over_contiguous_readings_only_and_steps_over_what_
         assert history.take_announcements() == {FARM: 7}
     finally:
         await history.stop()
-    again = HistoryRecorder(tmp_path / "history.db", Topics(), lambda: NOW)
+    again = HistoryRecorder(storage.history(), Topics(), lambda: NOW)
     await again.start()
     try:
         assert again.marks == {FARM: 7}
@@ -52,7 +56,7 @@ async def test_the_mark_moves_over_contiguous_readings_only_and_steps_over_what_
 
 
 async def test_a_write_cancelled_before_it_ran_leaves_the_writer_thread_working(tmp_path: Path) -> None:
-    history = HistoryRecorder(tmp_path / "history.db", Topics(), lambda: NOW)
+    history = HistoryRecorder(SqliteHistory(tmp_path / "history.db"), Topics(), lambda: NOW)
     history.db.open()
     try:
         blocked = threading.Event()
@@ -63,3 +67,26 @@ async def test_a_write_cancelled_before_it_ran_leaves_the_writer_thread_working(
         assert await asyncio.wait_for(history.db.write(lambda db: 42), 5) == 42
     finally:
         history.db.close()
+
+
+async def test_two_nodes_move_one_farms_mark_from_the_shared_store_and_never_lower_it(postgres_url: str) -> None:
+    storage = PostgresStorage(postgres_url)
+    storage.open()
+    here = HistoryRecorder(storage.history(), Topics(), lambda: NOW)
+    there = HistoryRecorder(storage.history(), Topics(), lambda: NOW)
+    await here.start()
+    await there.start()
+    try:
+        await store(here, 1, 2, 4)
+        assert here.take_announcements() == {FARM: 2}
+        await store(there, 3)  # the other node fills the gap: it walks from the stored mark, over 4
+        assert there.take_announcements() == {FARM: 4}
+        await store(here, 2)  # a reading sent again to the node that knew only 2: it learns 4 from the store
+        assert here.take_announcements() == {FARM: 4}
+        await store(there, 5)
+        assert there.take_announcements() == {FARM: 5}
+        assert await here.db.read(here.store.marks) == {FARM: 5}
+    finally:
+        await there.stop()
+        await here.stop()
+        storage.close()
