@@ -19,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import http_ece
 import pytest
@@ -28,7 +29,7 @@ from playwright.sync_api import Page, expect
 from tests.alert_receivers import HttpReceiver
 from tests.helpers import wait_until
 from tests.test_alerting_browser import site  # noqa: F401 - fixture
-from tests.test_browser import Site, browser, log_in, page  # noqa: F401 - fixtures
+from tests.test_browser import FARM, Site, browser, log_in, page  # noqa: F401 - fixtures
 
 FAKE_SUBSCRIBE = """
 PushManager.prototype.subscribe = async function (options) {
@@ -116,3 +117,28 @@ def test_web_push_is_enabled_on_the_phone_and_a_test_decrypts_with_the_pages_key
     plain = http_ece.decrypt(pushed.body, private_key=private, auth_secret=unb64url(keys["auth"]),
                              version="aes128gcm")
     assert json.loads(plain)["title"].startswith("kubmesh")
+
+
+def test_the_service_worker_shows_a_pushed_alert_with_the_page_closed(page: Page, site: Site) -> None:  # noqa: F811
+    """The push event is delivered to the service worker by Chromium's DevTools protocol (what the push
+    service would hand the browser, already decrypted); the notification it shows links to the farm page."""
+    page.context.grant_permissions(["notifications"])
+    log_in(page, site, site.operator)
+    page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+    page.goto("about:blank")  # no page of the site open: the worker is alone with the push
+    cdp = page.context.new_cdp_session(page)
+    registrations: list[dict[str, Any]] = []
+    cdp.on("ServiceWorker.workerRegistrationUpdated", lambda event: registrations.extend(event["registrations"]))
+    cdp.send("ServiceWorker.enable")
+    # page.evaluate lets Playwright hand over the DevTools events that arrived meanwhile
+    [registration] = wait_until(lambda: page.evaluate("1") and [
+        r for r in registrations if r["scopeURL"] == site.url + "/" and not r["isDeleted"]], 10)
+    message = {"title": "Farm 1: Controller alarm", "body": "alarm bit 5", "severity": "critical",
+               "farm_id": FARM, "alerts": ["ab12"]}
+    cdp.send("ServiceWorker.deliverPushMessage", {"origin": site.url, "registrationId": registration["registrationId"],
+                                                  "data": json.dumps(message)})
+    page.goto(f"{site.url}/alerts")
+    shown = wait_until(lambda: page.evaluate(
+        "navigator.serviceWorker.ready.then((r) => r.getNotifications())"
+        ".then((list) => list.map((n) => ({title: n.title, body: n.body, tag: n.tag, data: n.data})))"), 10)
+    assert shown == [{"title": message["title"], "body": "alarm bit 5", "tag": FARM, "data": {"url": f"/farms/{FARM}"}}]
