@@ -29,7 +29,7 @@ from playwright.sync_api import Page, expect
 from tests.alert_receivers import HttpReceiver
 from tests.helpers import wait_until
 from tests.test_alerting_browser import site  # noqa: F401 - fixture
-from tests.test_browser import FARM, Site, browser, log_in, page  # noqa: F401 - fixtures
+from tests.test_browser import FARM, Site, browser, log_in, no_sideways_scrolling, page  # noqa: F401 - fixtures
 
 FAKE_SUBSCRIBE = """
 PushManager.prototype.subscribe = async function (options) {
@@ -79,6 +79,7 @@ def test_a_user_adds_tests_and_removes_channels_and_sets_quiet_hours(
     expect(page.locator(f'[data-channel^="{failing}"] [data-test-result]')).to_contain_text("test failed")
     expect(page.locator(f'[data-channel^="{working}"] [data-test-result]')).to_have_text("test sent")
     assert len(http.on("/hook")) == 1  # the test message, really sent
+    assert no_sideways_scrolling(page)  # a long channel URL wraps on the phone
     expect(page.locator(f'[data-channel^="{failing}"]')).to_have_class("failing")
 
     page.locator(f'[data-channel^="{failing}"] [data-remove]').click()
