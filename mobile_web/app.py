@@ -15,7 +15,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from common.identities import IdentityStore
 from contract.topics import Topics
-from mobile_web import auth, farms, health, history, pwa, stream
+from mobile_web import alerts, auth, farms, health, history, notify, pwa, stream
 from mobile_web.bridge import FarmBridge
 from mobile_web.extensions import babel, csrf, limiter
 from mobile_web.i18n import compile_catalogs
@@ -67,6 +67,8 @@ def create_app(
     app.register_blueprint(farms.bp)
     app.register_blueprint(stream.bp)
     app.register_blueprint(history.bp)
+    app.register_blueprint(alerts.bp)
+    app.register_blueprint(notify.bp)
     app.register_blueprint(pwa.bp)
     app.register_blueprint(health.bp)
     app.add_url_rule("/lang/<code>", "language", _set_language)

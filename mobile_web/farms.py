@@ -295,6 +295,8 @@ def acknowledge_alerts(farm_id: str) -> WerkzeugResponse:
     if not bridge().publish_alert_ack(view.farm_id, payload):
         abort(503)
     current_app.logger.info("%s acknowledged %s of %s", user.username, alert_id or "every alert", farm_id)
+    if request.form.get("back") == "alerts":
+        return redirect(url_for("alerts.alerts"))
     return redirect(url_for("farms.farm", farm_id=view.farm_id))
 
 

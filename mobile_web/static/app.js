@@ -384,6 +384,37 @@
     });
   }
 
+  function urlBase64ToBytes(text) {
+    const base64 = (text + "=".repeat((4 - (text.length % 4)) % 4)).replace(/-/g, "+").replace(/_/g, "/");
+    return Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  }
+
+  // "Enable notifications on this phone": the service worker's push subscription, made with the node's
+  // VAPID public key, is handed to the web, which keeps it as the user's Web Push channel
+  function webPushButton(button) {
+    const status = document.querySelector("[data-webpush-status]");
+    const say = (ok) => { status.textContent = ok ? status.dataset.ok : status.dataset.failed; };
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        if (!("serviceWorker" in navigator) || !("PushManager" in window)) throw new Error("no push here");
+        if ((await Notification.requestPermission()) !== "granted") throw new Error("not allowed");
+        const registration = await navigator.serviceWorker.ready;
+        const subscription = await registration.pushManager.subscribe({
+          userVisibleOnly: true, applicationServerKey: urlBase64ToBytes(button.dataset.webpush) });
+        const answer = await fetch(button.dataset.webpushUrl, {
+          method: "POST", headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken },
+          body: JSON.stringify(subscription.toJSON ? subscription.toJSON() : subscription) });
+        if (!answer.ok) throw new Error("refused");
+        say(true);
+        location.reload();
+      } catch (_) {
+        say(false);
+        button.disabled = false;
+      }
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     refreshTimes();
     setInterval(refreshTimes, 5000);
@@ -398,5 +429,7 @@
     if (list) farmList(list);
     const farm = document.getElementById("farm");
     if (farm) farmPage(farm);
+    const push = document.querySelector("[data-webpush]");
+    if (push) webPushButton(push);
   });
 })();
