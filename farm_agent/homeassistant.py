@@ -236,9 +236,9 @@ class _Entities:
         diagnostic = {"ent_cat": "diagnostic"}
         self.add("modbus_link", "binary_sensor", self.say(NAMES["modbus_link"]), dev_cla="connectivity",
                  stat_t=heartbeat, val_tpl="{{ 'ON' if value_json.modbus == 'ok' else 'OFF' }}", **diagnostic)
-        for key, field, state_class in (("backlog", "backlog", "measurement"), ("dropped", "dropped", "total_increasing"),
-                                        ("polls_failed", "polls_failed", "total_increasing")):
-            self.add(key, "sensor", self.say(NAMES[key]), stat_t=heartbeat, val_tpl=f"{{{{ value_json.{field} }}}}",
+        for key, state_class in (("backlog", "measurement"), ("dropped", "total_increasing"),
+                                 ("polls_failed", "total_increasing")):
+            self.add(key, "sensor", self.say(NAMES[key]), stat_t=heartbeat, val_tpl=f"{{{{ value_json.{key} }}}}",
                      stat_cla=state_class, **diagnostic)
         self.add("uptime", "sensor", self.say(NAMES["uptime"]), stat_t=heartbeat, dev_cla="duration",
                  unit_of_meas="s", val_tpl="{{ value_json.uptime_s | round(0) | int }}", **diagnostic)

@@ -241,9 +241,10 @@ def test_an_agent_announces_its_farm_to_home_assistant_again_on_its_birth_and_cl
     broker: RunningBroker, simulator: Simulator, tmp_path: Path
 ) -> None:
     credentials = broker.add(FARM, Role.FARM, owner="ivan")
-    home_assistant = broker.add("homeassistant", Role.OPERATOR)
+    home_assistant = broker.add("homeassistant", Role.HOMEASSISTANT)
     agent = Agent(tmp_path, broker.data_dir, FARM, broker.url(credentials), simulator.modbus_url).start()
-    watcher = MqttWatcher(broker.port, home_assistant.username, home_assistant.password, "homeassistant/#")
+    watcher = MqttWatcher(broker.port, home_assistant.username, home_assistant.password,
+                          ["homeassistant/#", f"kub/farms/{FARM}/state", f"kub/farms/{FARM}/ack"])
     try:
         document = wait_until(lambda: ha_configs(watcher)[-1], 15, what="the device config")
         components = check_device_config(document)
@@ -256,10 +257,20 @@ def test_an_agent_announces_its_farm_to_home_assistant_again_on_its_birth_and_cl
         finally:
             newcomer.close()
 
-        # Home Assistant restarts: its birth message brings the config again
+        # the time zone number's state is what the controller holds, read back from 0x003F
+        state = f"kub/farms/{FARM}/state"
+        timezone = lambda: (watcher.last(state) or {}).get("values", {}).get("timezone")  # noqa: E731
+        wait_until(lambda: timezone() == 180, 15, what="the time zone read back")
+        watcher.client.publish(components["timezone_minutes"]["command_topic"], b"240", qos=1)
+        wait_until(lambda: timezone() == 240, 15, what="the new time zone read back")
+        watcher.client.publish(components["timezone_minutes"]["command_topic"], b"5000", qos=1)
+        wait_until(lambda: any(not a["ok"] for a in watcher.payloads(f"kub/farms/{FARM}/ack")), 10, what="a refusal")
+        assert timezone() == 240, "a refused value is not what the number shows"
+
+        # Home Assistant restarts: its birth message, with its own login, brings the config again
         before = len(ha_configs(watcher))
         birth = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
-        birth.username_pw_set(broker.admin.username, broker.admin.password)
+        birth.username_pw_set(home_assistant.username, home_assistant.password)
         birth.connect("127.0.0.1", broker.port)
         birth.loop_start()
         birth.publish("homeassistant/status", b"online", qos=1).wait_for_publish(5)
