@@ -77,10 +77,74 @@
   // ---- the farm list ------------------------------------------------------------------------------
   function farmList(main) {
     const card = (farm) => main.querySelector(`[data-farm="${CSS.escape(farm)}"]`);
-    const lists = main.querySelectorAll(".farms"); // one per site, farms without a site last
+    const lists = () => main.querySelectorAll("ul.farms"); // one per site, farms without a site last
+
+    const noFarms = main.querySelector("[data-no-farms]");
+    const shown = new Map(); // farm → the newest card request, so an older answer never wins
 
     function markStale() {
       main.querySelectorAll("[data-farm]").forEach((el) => el.classList.toggle("stale", isStale(el)));
+    }
+
+    // the list of a site's farms (the server's grouping, mobile_web/farms.py by_site): made when a farm of a
+    // new site appears, before the farms without a site, which come last
+    function siteList(site) {
+      const found = Array.from(lists()).find((list) => list.dataset.site === site);
+      if (found) return found;
+      const list = document.createElement("ul");
+      list.className = "farms";
+      list.dataset.site = site;
+      const heading = document.createElement("h2");
+      heading.className = "site";
+      heading.textContent = site || main.dataset.otherFarms;
+      const unsited = Array.from(lists()).find((other) => other.dataset.site === "");
+      const before = unsited && unsited.previousElementSibling && unsited.previousElementSibling.matches("h2.site")
+        ? unsited.previousElementSibling : unsited;
+      if (before) main.insertBefore(list, before); else main.appendChild(list);
+      if (site || lists().length > 1) list.before(heading);
+      if (site && unsited && !(unsited.previousElementSibling || {}).matches?.("h2.site")) {
+        const other = document.createElement("h2");
+        other.className = "site";
+        other.textContent = main.dataset.otherFarms;
+        unsited.before(other);
+      }
+      return list;
+    }
+
+    // a card goes; so does its site's list when it was the last one there
+    function removeCard(el) {
+      const li = el.closest("li");
+      const list = li.parentElement;
+      li.remove();
+      if (list.children.length === 0 && list.dataset.site !== "") {
+        const heading = list.previousElementSibling;
+        if (heading && heading.matches("h2.site")) heading.remove();
+        list.remove();
+      }
+    }
+
+    // a farm that appeared (or changed its name) while the list is open: its card as the server renders it
+    async function showCard(farm) {
+      const mine = (shown.get(farm) || 0) + 1;
+      shown.set(farm, mine);
+      let html = null;
+      try {
+        const response = await fetch(main.dataset.cardUrl.replace("FARM", encodeURIComponent(farm)));
+        if (response.ok) html = await response.text();
+      } catch (error) {
+        html = null;
+      }
+      if (html === null || shown.get(farm) !== mine) return; // not this user's farm, or a newer answer comes
+      const template = document.createElement("template");
+      template.innerHTML = html.trim();
+      const fresh = template.content.firstElementChild;
+      const old = card(farm);
+      if (old) removeCard(old);
+      siteList(fresh.dataset.site).appendChild(fresh);
+      noFarms.hidden = true;
+      markStale();
+      refreshTimes();
+      sortCards();
     }
 
     function sortCards() {
@@ -89,7 +153,7 @@
         const alarms = parseInt(el.querySelector("[data-alarm-count]").textContent, 10) || 0;
         return [-alarms, el.dataset.online === "true" ? 0 : 1, el.querySelector(".name").textContent];
       };
-      lists.forEach((list) => {
+      lists().forEach((list) => {
         const items = Array.from(list.children);
         items.sort((a, b) => {
           const [ka, kb] = [key(a), key(b)];
@@ -119,13 +183,21 @@
       },
       status: (data) => {
         const el = card(data.farm);
-        if (!el) { if (data.state === "online") location.reload(); return; }
+        if (!el) return;
         el.dataset.online = String(data.state === "online");
         setPresence(el, data.state === "online");
         markStale();
         sortCards();
       },
       profile: () => location.reload(), // a farm's main value may be another now
+      farm_added: (data) => showCard(data.farm),
+      meta: (data) => { if (card(data.farm)) showCard(data.farm); }, // its name, its main value
+      farm_removed: (data) => {
+        shown.set(data.farm, (shown.get(data.farm) || 0) + 1); // a card request in flight is out of date
+        const el = card(data.farm);
+        if (el) removeCard(el);
+        noFarms.hidden = main.querySelector("[data-farm]") !== null;
+      },
       alarms: (data) => {
         const el = card(data.farm);
         if (!el) return;
