@@ -51,7 +51,8 @@ NAMES: dict[str, tuple[str, str]] = {
     "uptime": ("Agent uptime", "Время работы агента"),
     "last_poll": ("Last poll", "Последний опрос"),
 }
-KIND_WORDS = {"alarm": ("alarm bit", "авария бит"), "warning": ("warning bit", "предупреждение бит")}
+# an unnamed bit, said as the web says it
+KIND_WORDS = {"alarm": ("alarm bit", "авария, бит"), "warning": ("warning bit", "предупреждение, бит")}
 STATUS_TEXTS: dict[str, tuple[str, str]] = {
     "pending": ("pending", "нет данных"),
     "break": ("sensor break", "обрыв датчика"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, cast
 
 from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request, url_for
@@ -327,4 +328,5 @@ def farm(farm_id: str) -> str:
         two_polls=two_polls(view), heartbeat_ok=heartbeat_ok(view), grace=BY_EXCEPTION_GRACE_S,
         event_text=event_text, event_texts=event_texts(), alarm_text=alarm_text, alarm_kinds=ALARM_KINDS,
         alarm_labels=alarm_labels(view), names_bits=names_bits(profile_of(view)), status_texts=SENSOR_STATUS_TEXTS,
+        export_from=utc_now().date() - timedelta(days=1), export_to=utc_now().date(),
     )

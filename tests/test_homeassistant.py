@@ -176,8 +176,8 @@ def test_alarm_and_warning_entities_say_what_is_raised(language: str) -> None:
         assert components[key]["json_attributes_topic"] == "kub/farms/farm-001/alarms", key
     attributes = lambda key: json.loads(render(components[key]["json_attributes_template"], alarms))  # noqa: E731
     if language == "ru":
-        assert attributes("alarm_active") == {"alarms": ["Авария вентилятора", "авария бит 40"], "bits": [3, 40]}
-        assert attributes("latched_warning_count") == {"alarms": ["предупреждение бит 2"], "bits": [2]}
+        assert attributes("alarm_active") == {"alarms": ["Авария вентилятора", "авария, бит 40"], "bits": [3, 40]}
+        assert attributes("latched_warning_count") == {"alarms": ["предупреждение, бит 2"], "bits": [2]}
     else:
         assert attributes("alarm_active") == {"alarms": ["Fan fault", "alarm bit 40"], "bits": [3, 40]}
     assert attributes("warning_active") == {"alarms": [], "bits": []}

@@ -348,6 +348,9 @@
 
     const chart = main.querySelector("[data-chart]");
     if (chart) historyChart(chart);
+    // the export's times are in this phone's time zone
+    const zone = main.querySelector("[data-time-zone]");
+    if (zone) zone.value = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
     setInterval(markStale, 1000);
     markStale();
   }
