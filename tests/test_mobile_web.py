@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import html
 import http.client
-import io
 import http.cookiejar
+import io
 import json
 import re
 import socket
