@@ -81,6 +81,13 @@
 
     const noFarms = main.querySelector("[data-no-farms]");
     const shown = new Map(); // farm → the newest card request, so an older answer never wins
+    const loading = new Set(); // farms whose card is being fetched
+    const changed = new Set(); // ...and that changed meanwhile: the answer may predate it, so fetch again
+
+    // an event for a farm without a card: nothing to update, unless its card is on its way
+    function missing(farm) {
+      if (loading.has(farm)) changed.add(farm);
+    }
 
     function markStale() {
       main.querySelectorAll("[data-farm]").forEach((el) => el.classList.toggle("stale", isStale(el)));
@@ -127,6 +134,8 @@
     async function showCard(farm) {
       const mine = (shown.get(farm) || 0) + 1;
       shown.set(farm, mine);
+      loading.add(farm);
+      changed.delete(farm);
       let html = null;
       try {
         const response = await fetch(main.dataset.cardUrl.replace("FARM", encodeURIComponent(farm)));
@@ -134,7 +143,10 @@
       } catch (error) {
         html = null;
       }
-      if (html === null || shown.get(farm) !== mine) return; // not this user's farm, or a newer answer comes
+      if (shown.get(farm) !== mine) return; // a newer request is on its way, or the farm went meanwhile
+      loading.delete(farm);
+      if (html === null) return; // not this user's farm
+      if (changed.delete(farm)) { showCard(farm); return; }
       const template = document.createElement("template");
       template.innerHTML = html.trim();
       const fresh = template.content.firstElementChild;
@@ -166,7 +178,7 @@
     connect(main.dataset.stream, {
       state: (data) => {
         const el = card(data.farm);
-        if (!el) return;
+        if (!el) { missing(data.farm); return; }
         const shown = el.querySelector("[data-value]"); // the farm's main value, as its profile says
         if (shown) shown.textContent = formatValue(shown, data.values[shown.dataset.value]);
         el.dataset.updated = Math.floor(Date.now() / 1000);
@@ -176,14 +188,14 @@
       },
       heartbeat: (data) => {
         const el = card(data.farm);
-        if (!el) return;
+        if (!el) { missing(data.farm); return; }
         el.dataset.heartbeatOk = String(data.modbus === "ok");
         el.querySelector("time[data-ts]").dataset.ts = Math.floor(Date.parse(data.ts) / 1000);
         markStale();
       },
       status: (data) => {
         const el = card(data.farm);
-        if (!el) return;
+        if (!el) { missing(data.farm); return; }
         el.dataset.online = String(data.state === "online");
         setPresence(el, data.state === "online");
         markStale();
@@ -191,16 +203,17 @@
       },
       profile: () => location.reload(), // a farm's main value may be another now
       farm_added: (data) => showCard(data.farm),
-      meta: (data) => { if (card(data.farm)) showCard(data.farm); }, // its name, its main value
+      meta: (data) => { if (card(data.farm)) showCard(data.farm); else missing(data.farm); }, // name, main value
       farm_removed: (data) => {
         shown.set(data.farm, (shown.get(data.farm) || 0) + 1); // a card request in flight is out of date
+        loading.delete(data.farm);
         const el = card(data.farm);
         if (el) removeCard(el);
         noFarms.hidden = main.querySelector("[data-farm]") !== null;
       },
       alarms: (data) => {
         const el = card(data.farm);
-        if (!el) return;
+        if (!el) { missing(data.farm); return; }
         const badge = el.querySelector("[data-alarm-count]");
         badge.textContent = data.active.length;
         badge.classList.toggle("hidden", data.active.length === 0);
