@@ -130,7 +130,8 @@ def site_config(
     node = site_node_id(first_house)
     return {
         "p": "sensor", "uniq_id": f"{node}-poll_cycle",
-        "def_ent_id": entity_id("sensor", first_house, "site_poll_cycle"), "name": "Цикл опроса" if language == "ru" else "Poll cycle",
+        "def_ent_id": entity_id("sensor", first_house, "site_poll_cycle"),
+        "name": "Цикл опроса" if language == "ru" else "Poll cycle",
         "dev": {"ids": [node], "name": site, "mdl": "kubmesh site"},
         "o": {"name": ORIGIN_NAME, "sw": agent_version},
         "stat_t": topics.heartbeat(first_house), "val_tpl": "{{ value_json.cycle_s }}", "unit_of_meas": "s",

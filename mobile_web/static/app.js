@@ -95,26 +95,29 @@
 
     // the list of a site's farms (the server's grouping, mobile_web/farms.py by_site): made when a farm of a
     // new site appears, before the farms without a site, which come last
+    function heading(list) {
+      const before = list.previousElementSibling;
+      return before && before.matches("h2.site") ? before : null;
+    }
+
     function siteList(site) {
       const found = Array.from(lists()).find((list) => list.dataset.site === site);
       if (found) return found;
       const list = document.createElement("ul");
       list.className = "farms";
       list.dataset.site = site;
-      const heading = document.createElement("h2");
-      heading.className = "site";
-      heading.textContent = site || main.dataset.otherFarms;
       const unsited = Array.from(lists()).find((other) => other.dataset.site === "");
-      const before = unsited && unsited.previousElementSibling && unsited.previousElementSibling.matches("h2.site")
-        ? unsited.previousElementSibling : unsited;
-      if (before) main.insertBefore(list, before); else main.appendChild(list);
-      if (site || lists().length > 1) list.before(heading);
-      if (site && unsited && !(unsited.previousElementSibling || {}).matches?.("h2.site")) {
-        const other = document.createElement("h2");
-        other.className = "site";
-        other.textContent = main.dataset.otherFarms;
-        unsited.before(other);
-      }
+      const anchor = unsited ? heading(unsited) || unsited : null;
+      if (anchor) main.insertBefore(list, anchor); else main.appendChild(list);
+      const title = (text, before) => {
+        const h2 = document.createElement("h2");
+        h2.className = "site";
+        h2.textContent = text;
+        before.before(h2);
+      };
+      if (site) title(site, list);
+      if (unsited && !heading(unsited)) title(main.dataset.otherFarms, unsited); // no longer the only group
+      if (!site && lists().length > 1) title(main.dataset.otherFarms, list);
       return list;
     }
 
@@ -124,8 +127,8 @@
       const list = li.parentElement;
       li.remove();
       if (list.children.length === 0 && list.dataset.site !== "") {
-        const heading = list.previousElementSibling;
-        if (heading && heading.matches("h2.site")) heading.remove();
+        const title = heading(list);
+        if (title) title.remove();
         list.remove();
       }
     }
