@@ -4,7 +4,8 @@ One device per farm, announced with HA's device-based discovery
 (``{prefix}/device/kubmesh-{farm}/config`` with ``cmps``, HA ≥ 2024.11): a sensor
 per profile value, ``problem`` binary sensors for alarms and warnings (their
 attributes list what is raised), buttons and numbers for the writable names (a
-setting's number shows the value read back from the device), and diagnostic
+setting's number shows the value read back from the device), the farm's open alerts from
+the discovery node, and diagnostic
 entities (link, heartbeat counters, sensor faults, digital outputs). The config
 is retained and sent again when HA announces itself on ``{prefix}/status``.
 
@@ -13,6 +14,7 @@ Rules of HA's that this follows (``homeassistant/components/mqtt/``):
 - ``qos`` is set on every component: HA merges only ``SHARED_OPTIONS`` of the
   device's root into its components (``schemas.py``: availability, topics,
   payloads; not ``qos``), so a root ``qos`` would leave commands at QoS 0;
+- a component's own ``availability`` replaces the device's: the open alerts follow the discovery node;
 - ``default_entity_id`` (``sensor.farm_001_temp_inside``) makes entity ids stable
   and independent of the farm's name (``object_id`` is ignored since 2026.4);
 - every name is in one language, ``homeassistant.language``; the device's name is
@@ -50,6 +52,7 @@ NAMES: dict[str, tuple[str, str]] = {
     "polls_failed": ("Failed polls", "Неудачные опросы"),
     "uptime": ("Agent uptime", "Время работы агента"),
     "last_poll": ("Last poll", "Последний опрос"),
+    "open_alerts": ("Open alerts", "Открытые тревоги"),
 }
 # an unnamed bit, said as the web says it
 KIND_WORDS = {"alarm": ("alarm bit", "авария, бит"), "warning": ("warning bit", "предупреждение, бит")}
@@ -98,6 +101,7 @@ def device_config(
         else:
             entities.sensor(spec, state, expire_after_s)
     entities.alarms(topics.alarms(farm_id))
+    entities.alerts(topics.alerts(farm_id), topics.discovery_status())
     for writable in profile.writable:
         entities.writable(writable, topics.set(farm_id, writable.name), state)
     entities.diagnostics(profile, topics, farm_id)
@@ -210,6 +214,22 @@ class _Entities:
                 self.add(key, "sensor", self.say(NAMES[key]), stat_t=topic, stat_cla="measurement",
                          val_tpl=f"{{{{ (value_json.get('{field}') or []) | length }}}}",
                          ic="mdi:alert-circle-outline", **attributes)
+
+    def alerts(self, topic: str, discovery_status: str) -> None:
+        """The farm's open alerts from the discovery node's alerting (``{base}/alerts/{farm}``, retained).
+
+        Available while the discovery node is, not while the farm is: a farm gone silent is itself an alert,
+        which its own availability would hide.
+        """
+        open_ = "(value_json.get('alerts') or []) | rejectattr('state', 'eq', 'cleared') | list"
+        self.add("open_alerts", "sensor", self.say(NAMES["open_alerts"]), stat_t=topic, stat_cla="measurement",
+                 ic="mdi:bell-alert", avty=[{"t": discovery_status}], val_tpl=f"{{{{ {open_} | length }}}}",
+                 json_attr_t=topic,
+                 json_attr_tpl=(f"{{% set open = {open_} %}}"
+                                "{{ {'alerts': open | map(attribute='message') | list,"
+                                " 'unacknowledged': open | selectattr('state', 'eq', 'open') | list | length,"
+                                " 'critical': open | selectattr('severity', 'eq', 'critical') | list | length}"
+                                " | tojson }}"))
 
     def _raised_template(self, field: str, kind: str) -> str:
         """``{"alarms": [labels in the configured language], "bits": [numbers]}`` of one list of ``alarms``."""

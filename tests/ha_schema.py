@@ -104,6 +104,10 @@ def check_device_config(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     entity_ids: set[str] = set()
     for component_id, raw in root["components"].items():
         component = expand(raw, ABBREVIATIONS, component_id)
+        if "availability" in component:  # its own replaces the device's (not merged), abbreviations expanded
+            component["availability"] = [expand(entry, ABBREVIATIONS, f"{component_id} availability")
+                                         for entry in component["availability"]]
+            assert all(entry.get("topic") and _valid_topic(entry["topic"]) for entry in component["availability"])
         for option in SHARED_OPTIONS & set(root) - set(component):  # what HA merges in, and nothing else
             component[option] = root[option]
         component.setdefault("qos", DEFAULT_QOS)

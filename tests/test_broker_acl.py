@@ -253,13 +253,16 @@ def test_embedded_broker_delivers_every_message_while_clients_come_and_go(broker
 # what Home Assistant's MQTT integration subscribes to on every connect (discovery.py: its own prefix, then the
 # discovery topics of the integrations whose manifests name one)
 HA_SUBSCRIPTIONS = ["homeassistant/+/+/config", "homeassistant/device/+/config", "homeassistant/status",
-                    "tasmota/discovery/#", "esphome/discover/#", "zigbee2mqtt/bridge/#", "kub/farms/+/state"]
+                    "tasmota/discovery/#", "esphome/discover/#", "zigbee2mqtt/bridge/#", "kub/farms/+/state",
+                    "kub/alerts/+", "kub/discovery/status"]
 
 
 def test_a_home_assistant_login_does_what_home_assistant_does_and_no_more(bus: Bus) -> None:
     farm = bus.add("farm-ha", Role.FARM)
     home_assistant = bus.add("homeassistant", Role.HOMEASSISTANT)
+    discovery = bus.add("discovery", Role.DISCOVERY)
     publish(bus, farm, "homeassistant/device/kubmesh-farm-ha/config", "{}", retain=True)
+    publish(bus, discovery, "kub/alerts/farm-ha", '{"alerts": []}', retain=True)  # the open alerts entity's state
     ha = watch(bus, home_assistant, HA_SUBSCRIPTIONS)
     agent = watch(bus, farm, ["homeassistant/status", "kub/farms/farm-ha/set/+"])
     admin = watch(bus, bus.admin, "#")
@@ -268,6 +271,7 @@ def test_a_home_assistant_login_does_what_home_assistant_does_and_no_more(bus: B
         assert all(not code.is_failure for code in ha.granted), ha.granted
         wait_until(lambda: ha.last("homeassistant/device/kubmesh-farm-ha/config") is not None, 5,
                    what="the farm's config")
+        wait_until(lambda: ha.last("kub/alerts/farm-ha") == {"alerts": []}, 5, what="the farm's open alerts")
         # the birth message reaches the agents; HA's commands reach the farm
         publish(bus, home_assistant, "homeassistant/status", "online")
         publish(bus, home_assistant, "kub/farms/farm-ha/set/reset_alarms", "1")

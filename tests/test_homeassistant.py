@@ -316,3 +316,23 @@ def test_farm_remove_without_a_broker_says_so_and_still_removes_the_farm(data_di
     assert IdentityStore(data_dir).get(FARM) is None and "Traceback" not in result.stderr
     again = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=REPO)
     assert again.returncode == 1 and f"no farm '{FARM}'" in again.stderr
+
+
+@pytest.mark.parametrize("language", ["en", "ru"])
+def test_the_farms_open_alerts_are_an_entity_that_stays_available_when_the_farm_goes_silent(language: str) -> None:
+    components = check_device_config(config(language=language))
+    alerts = components["open_alerts"]
+    assert alerts["state_topic"] == alerts["json_attributes_topic"] == "kub/alerts/farm-001"
+    assert alerts["availability"] == [{"topic": "kub/discovery/status"}], "the discovery node's, not the farm's"
+    assert alerts["name"] == ("Открытые тревоги" if language == "ru" else "Open alerts")
+    published = {"farm_id": FARM, "ts": "2026-12-01T10:00:00.000Z", "alerts": [
+        {"id": "a1", "farm_id": FARM, "kind": "farm_silent", "severity": "critical", "state": "open",
+         "opened": "2026-12-01T09:50:00.000Z", "message": "Птичник №1 молчит 10 мин"},
+        {"id": "a2", "farm_id": FARM, "kind": "value_high", "severity": "warning", "state": "acknowledged",
+         "opened": "2026-12-01T09:40:00.000Z", "message": "CO2 3100 ppm", "acknowledged_by": "olga"},
+        {"id": "a3", "farm_id": FARM, "kind": "alarm", "severity": "warning", "state": "cleared",
+         "opened": "2026-12-01T09:00:00.000Z", "message": "alarm bit 3"}]}
+    assert render(alerts["value_template"], published) == "2"
+    assert json.loads(render(alerts["json_attributes_template"], published)) == {
+        "alerts": ["Птичник №1 молчит 10 мин", "CO2 3100 ppm"], "unacknowledged": 1, "critical": 1}
+    assert render(alerts["value_template"], {"farm_id": FARM, "ts": "x", "alerts": []}) == "0"
