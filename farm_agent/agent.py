@@ -218,13 +218,15 @@ class FarmAgent:
         self.state.mqtt_connected = True
         try:
             log.info("farm %s: connected to the broker", self.farm_id)
+            # subscribed before it says online: a command sent on seeing "online" is not lost while the agent
+            # still announces itself (its meta, and the Home Assistant config an extension sends with it)
+            for topic in self.extensions.subscriptions():
+                await client.subscribe(topic, qos=1)
             await self.publish_status()
             await self.publish_meta()
             if self.state.latest:
                 await self.reporter.send_live(self.state.latest)
             await self.publish_alarms()
-            for topic in self.extensions.subscriptions():
-                await client.subscribe(topic, qos=1)
             await self.extensions.connected()
             if await run_until_stopped(self._stop, self._messages(client),
                                        self.reporter.replay(client, backlog_below)):
