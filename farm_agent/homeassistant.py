@@ -16,7 +16,9 @@ Rules of HA's that this follows (``homeassistant/components/mqtt/``):
   payloads; not ``qos``), so a root ``qos`` would leave commands at QoS 0;
 - a component's own ``availability`` replaces the device's: the open alerts follow the discovery node;
 - ``default_entity_id`` (``sensor.farm_001_temp_inside``) makes entity ids stable
-  and independent of the farm's name (``object_id`` is ignored since 2026.4);
+  and independent of the farm's name on HA 2025.10 and later; ``object_id``
+  (``farm_001_temp_inside``) does the same before 2025.10, where ``default_entity_id``
+  is unknown (later versions warn of it and, since 2026.4, ignore it);
 - every name is in one language, ``homeassistant.language``; the device's name is
   the farm's own.
 
@@ -134,7 +136,7 @@ def site_config(
     node = site_node_id(first_house)
     return {
         "p": "sensor", "uniq_id": f"{node}-poll_cycle",
-        "def_ent_id": entity_id("sensor", first_house, "site_poll_cycle"),
+        **entity_ids("sensor", first_house, "site_poll_cycle"),
         "name": "Цикл опроса" if language == "ru" else "Poll cycle",
         "dev": {"ids": [node], "name": site, "mdl": "kubmesh site"},
         "o": {"name": ORIGIN_NAME, "sw": agent_version},
@@ -153,6 +155,12 @@ def entity_id(platform: str, farm_id: str, key: str) -> str:
     return f"{platform}.{farm_id.replace('-', '_')}_{key}"
 
 
+def entity_ids(platform: str, farm_id: str, key: str) -> dict[str, str]:
+    """The entity id for every HA version: ``def_ent_id`` (2025.10 on), ``obj_id`` (before)."""
+    whole = entity_id(platform, farm_id, key)
+    return {"def_ent_id": whole, "obj_id": whole.split(".", 1)[1]}
+
+
 class _Entities:
     def __init__(self, node: str, farm_id: str, language: Language) -> None:
         self.node = node
@@ -165,7 +173,7 @@ class _Entities:
 
     def add(self, key: str, platform: str, name: str, **options: Any) -> dict[str, Any]:
         entity: dict[str, Any] = {
-            "p": platform, "uniq_id": f"{self.node}-{key}", "def_ent_id": entity_id(platform, self.farm_id, key),
+            "p": platform, "uniq_id": f"{self.node}-{key}", **entity_ids(platform, self.farm_id, key),
             "name": name, "qos": QOS,
         }
         entity |= {k: v for k, v in options.items() if v is not None}

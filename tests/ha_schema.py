@@ -125,6 +125,8 @@ def check_device_config(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
             assert entity_id.split(".")[0] == platform, f"{component_id}: {entity_id!r} is not a {platform}"
             assert entity_id not in entity_ids, f"{component_id}: entity id used twice"
             entity_ids.add(entity_id)
+            # before 2025.10 HA knows only object_id: the same id, without its platform
+            assert component.get("object_id") == entity_id.split(".", 1)[1], f"{component_id}: object_id"
         if "icon" in component:
             assert VALID_ICON.match(component["icon"]), f"{component_id}: icon {component['icon']!r}"
         for key in ("state_topic", "json_attributes_topic"):

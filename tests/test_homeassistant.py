@@ -68,6 +68,7 @@ def test_core_sensors_commands_and_alarms_are_there() -> None:
     assert "dev_cla" not in components["ventilation_level"] and components["ventilation_level"]["unit_of_meas"] == "%"
     assert components["reset_alarms"] == {
         "p": "button", "uniq_id": "kubmesh-farm-001-reset_alarms", "def_ent_id": "button.farm_001_reset_alarms",
+        "obj_id": "farm_001_reset_alarms",
         "name": "Reset latched alarms", "qos": 1, "cmd_t": "kub/farms/farm-001/set/reset_alarms", "pl_prs": "1",
         "ic": "mdi:bell-off",
     }
@@ -90,6 +91,7 @@ def test_the_schema_check_catches_what_home_assistant_would_refuse() -> None:
         lambda d: d["cmps"]["humidity"].update(uniq_id=d["cmps"]["co2"]["uniq_id"]),
         lambda d: d["cmps"]["humidity"].update(def_ent_id="sensor.Птичник_humidity"),
         lambda d: d["cmps"]["humidity"].update(def_ent_id="binary_sensor.farm_001_humidity"),
+        lambda d: d["cmps"]["humidity"].pop("obj_id"),
         lambda d: d["cmps"]["humidity"].update(def_ent_id=d["cmps"]["co2"]["def_ent_id"]),
         lambda d: d["cmps"]["nh3"].update(ic="molecule"),
         lambda d: d["cmps"]["timezone_minutes"].pop("val_tpl"),
