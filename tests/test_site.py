@@ -111,7 +111,8 @@ def check_every_house_reports(rig: SiteRig) -> None:
                           what=f"{house}'s meta with its firmware")
         assert (meta["name"], meta["site"], meta["owner_id"]) == (name, SITE, "agro-1")
         assert meta["device"]["unit"] == unit
-        assert rig.last(house, "status")["state"] == "online"
+        wait_until(lambda h=house: (rig.last(h, "status") or {}).get("state") == "online", 10,
+                   what=f"{house} online")
         state = wait_until(lambda h=house: rig.last(h, "state"), 10, what=f"{house}'s state")
         assert isinstance(state["values"]["temp_inside"], float)
         # one block read per unit: 8 + 177 bytes and two silent intervals at 9600 8N1 is 0.2 s on the line (a pty
