@@ -10,24 +10,20 @@ from __future__ import annotations
 
 import logging
 import re
-import urllib.error
-import urllib.request
 
 from flask import Blueprint, current_app, render_template
 from flask_babel import lazy_gettext
-from pydantic import ValidationError
 
 from contract.payloads import AlertItem
 from contract.rest import AlertList
 from mobile_web.auth import User, current_user, login_required
 from mobile_web.bridge import FarmView
+from mobile_web.discovery_api import DiscoveryUnavailable, get_answer
 from mobile_web.farms import bridge, language, profile_of, unnamed_bit, visible_views
 
 log = logging.getLogger("kubmesh.web.alerts")
 bp = Blueprint("alerts", __name__)
 
-TIMEOUT_S = 5.0
-MAX_BODY = 2 * 1024 * 1024
 RECENT = 50
 BIT_LABEL = re.compile(r"^(alarm|warning) bit (\d+)$")  # the discovery node's subject for an unnamed bit
 KIND_TITLES = {
@@ -43,27 +39,13 @@ SILENT_REASONS = {"offline": lazy_gettext("offline"), "silent": lazy_gettext("no
 FAULTS = {"break": lazy_gettext("sensor break"), "error": lazy_gettext("sensor error")}
 
 
-class AlertsUnavailable(Exception):
+class AlertsUnavailable(DiscoveryUnavailable):
     """The discovery node could not be asked, or answered something unusable."""
 
 
 def fetch_alerts(base_url: str, token: str | None) -> list[AlertItem]:
     """Every farm's alerts, cleared ones too, newest first (the caller filters by what the user may see)."""
-    url = f"{base_url.rstrip('/')}/api/alerts?state=all"
-    headers = {"Accept": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S) as answer:
-            body = answer.read(MAX_BODY + 1)
-    except urllib.error.HTTPError as exc:
-        raise AlertsUnavailable(f"the discovery API answered {exc.code}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise AlertsUnavailable(f"the discovery API is unreachable: {exc}") from None
-    if len(body) > MAX_BODY:
-        raise AlertsUnavailable("the discovery API's answer is too large")
-    try:
-        return AlertList.model_validate_json(body).alerts
-    except ValidationError as exc:
-        raise AlertsUnavailable(f"the discovery API's answer is not alerts: {exc}") from None
+    return get_answer(base_url, token, "/api/alerts?state=all", AlertList, "alerts", AlertsUnavailable).alerts
 
 
 @bp.app_template_global()

@@ -19,12 +19,12 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask_babel import gettext as _
-from pydantic import ValidationError
 
 from common.history_csv import BadTimeZone, history_csv, time_zone
 from contract.payloads import format_ts, utc_now
 from contract.rest import History
 from mobile_web.auth import login_required
+from mobile_web.discovery_api import DiscoveryUnavailable, get_answer
 from mobile_web.farms import chartable, language, unit_text, visible_view
 
 log = logging.getLogger("kubmesh.web.history")
@@ -35,16 +35,14 @@ RANGES: dict[str, tuple[timedelta, timedelta]] = {
     "24h": (timedelta(hours=24), timedelta(minutes=15)),
     "7d": (timedelta(days=7), timedelta(hours=2)),
 }
-TIMEOUT_S = 5.0
 EXPORT_MAX_DAYS = 31
 RAW_EXPORT = timedelta(days=7)  # the discovery API's longest raw span: a longer export is in hourly averages
 EXPORT_STEP = timedelta(hours=1)
 DECIMAL_MARKS = {"ru": ","}  # the page language's decimal mark; "." otherwise
 CHART_DECIMALS = 2  # for a value whose profile does not say its decimals (an agent older than profile version 2)
-MAX_BODY = 2 * 1024 * 1024
 
 
-class HistoryUnavailable(Exception):
+class HistoryUnavailable(DiscoveryUnavailable):
     """The discovery node could not be asked, or answered something unusable."""
 
 
@@ -54,21 +52,8 @@ def fetch_history(base_url: str, token: str | None, farm_id: str, name: str, sta
     if step is not None:
         fields["step"] = int(step.total_seconds())
     query = urllib.parse.urlencode(fields)
-    url = f"{base_url.rstrip('/')}/api/farms/{urllib.parse.quote(farm_id)}/history?{query}"
-    headers = {"Accept": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S) as answer:
-            body = answer.read(MAX_BODY + 1)
-    except urllib.error.HTTPError as exc:
-        raise HistoryUnavailable(f"the discovery API answered {exc.code}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise HistoryUnavailable(f"the discovery API is unreachable: {exc}") from None
-    if len(body) > MAX_BODY:
-        raise HistoryUnavailable("the discovery API's answer is too large")
-    try:
-        return History.model_validate_json(body)  # pydantic's parser: no Python recursion on deep nesting
-    except ValidationError as exc:
-        raise HistoryUnavailable(f"the discovery API's answer is not history: {exc}") from None
+    path = f"/api/farms/{urllib.parse.quote(farm_id)}/history?{query}"
+    return get_answer(base_url, token, path, History, "history", HistoryUnavailable)
 
 
 def _error(status: int, message: str) -> tuple[Response, int]:
