@@ -54,17 +54,19 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-@pytest.fixture
-def site(broker: RunningBroker, tmp_path: Path, data_dir: Path) -> Iterator[Site]:
+@contextlib.contextmanager
+def running_site(broker: RunningBroker, tmp_path: Path, data_dir: Path, *, agent_data: Path,
+                 agent_env: dict[str, str], discovery_data: Path, discovery_env: dict[str, str]) -> Iterator[Site]:
+    """A simulator and its agent, a discovery node and the web on ``broker``, with an operator and a viewer."""
     simulator = Simulator(tmp_path).start()
     farm = broker.add(FARM, Role.FARM, owner="owner-a")
-    agent = Agent(tmp_path, data_dir, FARM, broker.url(farm), simulator.modbus_url, poll_interval=1,
-                  extra_env={"MAX_INTERVAL": "0", "KUBMESH_FARM_NAME": "Птичник №1"}).start()
+    agent = Agent(tmp_path, agent_data, FARM, broker.url(farm), simulator.modbus_url, poll_interval=1,
+                  extra_env={"MAX_INTERVAL": "0", **agent_env}).start()
     service = broker.add("mobile_web", Role.MOBILE_WEB)
     broker.store.add("olga", Role.OPERATOR, password="operator-pass")
     broker.store.add("vera", Role.VIEWER, password="viewer-pass")
-    discovery = start_discovery(tmp_path, tmp_path / "discovery-data", mqtt_port=broker.port,
-                                env={"MQTT_URL": broker.url(broker.add("discovery", Role.DISCOVERY))})
+    discovery = start_discovery(tmp_path, discovery_data, mqtt_port=broker.port,
+                                env={"MQTT_URL": broker.url(broker.add("discovery", Role.DISCOVERY)), **discovery_env})
     port = free_port()
     web = ServiceProcess(
         ["mobile-web", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
@@ -72,12 +74,21 @@ def site(broker: RunningBroker, tmp_path: Path, data_dir: Path) -> Iterator[Site
                                    "DISCOVERY_SERVICE_URL": f"http://127.0.0.1:{discovery.api_port}",
                                    "DISCOVERY_API_TOKEN": TOKEN},
     ).wait_port(port)
-    yield Site(f"http://127.0.0.1:{port}", simulator, agent, ("olga", "operator-pass"), ("vera", "viewer-pass"),
-               broker, discovery)
-    web.stop()
-    agent.stop()
-    simulator.stop()
-    discovery.process.stop()
+    try:
+        yield Site(f"http://127.0.0.1:{port}", simulator, agent, ("olga", "operator-pass"), ("vera", "viewer-pass"),
+                   broker, discovery)
+    finally:
+        web.stop()
+        agent.stop()
+        simulator.stop()
+        discovery.process.stop()
+
+
+@pytest.fixture
+def site(broker: RunningBroker, tmp_path: Path, data_dir: Path) -> Iterator[Site]:
+    with running_site(broker, tmp_path, data_dir, agent_data=data_dir, agent_env={"KUBMESH_FARM_NAME": "Птичник №1"},
+                      discovery_data=tmp_path / "discovery-data", discovery_env={}) as running:
+        yield running
 
 
 @pytest.fixture
