@@ -16,6 +16,11 @@ brokers enforce the same rules.
   acknowledgements;
 - viewer: reads ``{base}/#`` and the Home Assistant tree, publishes nothing;
 - operator: a viewer that may also publish ``set/…`` and acknowledge alerts (``{base}/alerts/{id}/ack``);
+- homeassistant: what Home Assistant's MQTT integration does: an operator that also
+  publishes its birth and last will on ``homeassistant/status``, and whose
+  subscriptions to other integrations' discovery prefixes (``tasmota/discovery/#``,
+  ``esphome/discover/#``, …) are granted and deliver nothing (a
+  :attr:`Right.SUBSCRIBE` grant on ``#``), so that HA's every connect is quiet;
 - admin: the superuser, every topic.
 
 A person with an owner reads only that owner's farms (and the discovery status
@@ -57,6 +62,7 @@ class Access(StrEnum):
 class Right(StrEnum):
     READ = "read"  # subscribe and receive
     WRITE = "write"  # publish
+    SUBSCRIBE = "subscribe"  # subscribe only: granted, and each delivery still needs READ (Mosquitto's own way)
 
 
 class Binding(StrEnum):
@@ -112,6 +118,7 @@ class AclRules:
             Grant(read, alerts, Binding.OWNED),
         )
         any_command = Grant(write, commands.replace(FARM, "+"))
+        home_assistant = (Grant(write, ha_status_topic(ha)), Grant(Right.SUBSCRIBE, "#"))
         roles: dict[Role, tuple[Grant, ...]] = {
             Role.FARM: farm,
             Role.DISCOVERY: (Grant(read, f"{base}/#"), Grant(write, f"{self.topics.discovery_prefix()}#"),
@@ -125,6 +132,8 @@ class AclRules:
         policy[Role.VIEWER, True] = owned
         policy[Role.OPERATOR, True] = (*owned, Grant(write, commands, Binding.OWNED),
                                        Grant(write, alert_acks, Binding.OWNED))
+        policy[Role.HOMEASSISTANT, False] = (*roles[Role.OPERATOR], *home_assistant)
+        policy[Role.HOMEASSISTANT, True] = (*policy[Role.OPERATOR, True], *home_assistant)
         return policy
 
     def grants(self, identity: Identity) -> tuple[Grant, ...]:
@@ -137,9 +146,10 @@ class AclRules:
         topic: str,
         farm_owner: Callable[[str], str | None],
     ) -> bool:
-        right = Right.WRITE if access is Access.PUBLISH else Right.READ
+        rights = {Access.PUBLISH: (Right.WRITE,), Access.SUBSCRIBE: (Right.READ, Right.SUBSCRIBE),
+                  Access.RECEIVE: (Right.READ,)}[access]
         return any(
-            grant.right is right and self._matches(grant, identity, access, topic, farm_owner)
+            grant.right in rights and self._matches(grant, identity, access, topic, farm_owner)
             for grant in self.grants(identity)
         )
 

@@ -9,6 +9,9 @@ embedded broker evaluates:
   Mosquitto applies patterns to every user, so each other non-admin user gets
   ``deny`` lines for the farm it would be by that pattern (Mosquitto checks
   denials first);
+- a subscribe-only grant (Home Assistant's ``#``) is written as nothing: Mosquitto's
+  ``acl_file`` grants every subscription and checks each delivery on ``read``, which
+  is what that grant means;
 - every other grant becomes a ``topic`` line in the user's section, and
   owner-scoped grants are written out once per farm of that owner, so the
   files must be exported again after ``kubmesh farm add`` (then ``kill -HUP``
@@ -75,6 +78,8 @@ def _own_filters(rules: AclRules) -> list[tuple[Right, str]]:
 def _user_rules(grants: tuple[Grant, ...], owned_farms: list[str]) -> list[tuple[Right, str]]:
     rules: list[tuple[Right, str]] = []
     for grant in grants:
+        if grant.right is Right.SUBSCRIBE:
+            continue  # Mosquitto's acl_file grants every SUBSCRIBE and checks deliveries: the same rule
         if grant.binding is Binding.NONE:
             rules.append((grant.right, grant.filter))
         elif grant.binding is Binding.OWNED:

@@ -47,6 +47,7 @@ class Role(StrEnum):
     MOBILE_WEB = "mobile_web"
     VIEWER = "viewer"
     OPERATOR = "operator"
+    HOMEASSISTANT = "homeassistant"  # a Home Assistant's MQTT login: what HA does, no more
     ADMIN = "admin"
 
     @property
@@ -54,7 +55,7 @@ class Role(StrEnum):
         return self in PERSON_ROLES
 
 
-PERSON_ROLES = frozenset({Role.VIEWER, Role.OPERATOR, Role.ADMIN})
+PERSON_ROLES = frozenset({Role.VIEWER, Role.OPERATOR, Role.HOMEASSISTANT, Role.ADMIN})
 SERVICE_ROLES = frozenset({Role.DISCOVERY, Role.MOBILE_WEB})
 
 

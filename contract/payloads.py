@@ -325,6 +325,7 @@ class AlertItem(WireModel):
     cleared: Timestamp | None = None
     message: str
     value: Number | None = None
+    subject: str | None = None  # what the kind is about: the bit's label, the rule's name, the sensor, the reason
 
 
 class FarmAlerts(WireModel):

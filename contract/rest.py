@@ -157,6 +157,64 @@ class AlertPath(Parameters):
     id: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")
 
 
+USERNAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # as common.identities checks it
+CLOCK_PATTERN = r"^([01]\d|2[0-3]):[0-5]\d$"
+AlertLevel = Literal["critical", "warning"]
+
+
+class UserPath(Parameters):
+    problem: ClassVar[str] = "invalid username"
+    user: str = Field(pattern=USERNAME_PATTERN)
+
+
+class ChannelQuery(Parameters):
+    """The channel to remove: its URL as stored or as listed (a Web Push channel is listed without its keys)."""
+
+    problem: ClassVar[str] = "invalid channel"
+    url: str = Field(min_length=1, max_length=4096)
+
+
+class PushSubscription(Parameters):
+    """A browser's push subscription (``PushSubscription.toJSON()``: endpoint and keys)."""
+
+    endpoint: str = Field(min_length=1, max_length=2048, pattern=r"^https?://")
+    p256dh: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_-]+=*$")
+    auth: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+=*$")
+
+
+class ChannelBody(Parameters):
+    """A channel to add: an Apprise ``url``, or a browser's ``webpush`` subscription (exactly one)."""
+
+    problem: ClassVar[str] = "invalid channel"
+    url: str | None = Field(None, min_length=1, max_length=4096)
+    webpush: PushSubscription | None = None
+    severity: AlertLevel = "warning"
+    tier: Literal[1, 2] = 1
+
+    @model_validator(mode="after")
+    def _one(self) -> ChannelBody:
+        if (self.url is None) == (self.webpush is None):
+            raise ValueError("give url or webpush")
+        return self
+
+
+class PreferencesBody(Parameters):
+    """The user's language, quiet hours (both or neither; null for none) and the lowest severity of all their
+    channels; what is not given stays as it was."""
+
+    problem: ClassVar[str] = "invalid notification settings"
+    language: Literal["ru", "en"] | None = None
+    quiet_start: str | None = Field(None, pattern=CLOCK_PATTERN)
+    quiet_end: str | None = Field(None, pattern=CLOCK_PATTERN)
+    severity: AlertLevel | None = None
+
+    @model_validator(mode="after")
+    def _both(self) -> PreferencesBody:
+        if (self.quiet_start is None) != (self.quiet_end is None):
+            raise ValueError("quiet hours need both quiet_start and quiet_end")
+        return self
+
+
 # ---- answers ------------------------------------------------------------------------------------------
 
 
@@ -262,8 +320,37 @@ class AlertAnswer(Answer):
     alert: AlertItem
 
 
+class ChannelState(Answer):
+    url: str = Field(description="as listed: a Web Push channel without its keys")
+    webpush: bool
+    severity: AlertLevel = Field(description="the lowest severity sent to it")
+    tier: int
+    state: Literal["ok", "failing"]
+    failures: int = Field(description="consecutive failed deliveries")
+    last_error: str | None = None
+
+
+class NotifySettings(Answer):
+    username: str
+    language: Literal["ru", "en"]
+    quiet_start: str | None = None
+    quiet_end: str | None = None
+    channels: list[ChannelState]
+    webpush_key: str | None = Field(None, description="the node's VAPID public key: the applicationServerKey")
+
+
+class ChannelTest(Answer):
+    url: str
+    ok: bool
+    error: str | None = None
+
+
+class NotifyTest(Answer):
+    results: list[ChannelTest]
+
+
 ANSWERS: tuple[type[Answer], ...] = (ErrorAnswer, FarmList, FarmDetail, History, CommandList, TailnetDevices, Health,
-                                     AlertList, AlertAnswer)
+                                     AlertList, AlertAnswer, NotifySettings, NotifyTest)
 
 
 def rest_schemas() -> dict[str, Any]:

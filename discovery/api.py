@@ -27,6 +27,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
+from common.history_csv import BadTimeZone, history_csv, time_zone
 from common.identities import IdentityStore, Role, StoreError
 from contract.rest import (
     Answer,
@@ -133,6 +134,7 @@ def create_api(
     app.router.add_get("/api/farms/{farm}", _farm)
     app.router.add_get("/api/farms/{farm}/commands", _commands)
     app.router.add_get("/api/farms/{farm}/history", _history)
+    app.router.add_get("/api/farms/{farm}/history.csv", _history_csv)
     app.router.add_get("/api/tailnet/devices", _tailnet_devices)
     app.router.add_get("/openapi.json", _openapi)
     if metrics is not None:
@@ -230,6 +232,31 @@ async def _history(request: web.Request) -> web.Response:
     if query.step is not None:
         body["step"] = query.step
     return answer(History.model_validate(body))
+
+
+async def _history_csv(request: web.Request) -> web.Response:
+    """The history of one or more values (``name`` repeated) as a spreadsheet (common/history_csv.py):
+    ``tz`` the time zone of its times (UTC by default), ``decimal`` ``.`` (fields by ``,``) or ``,`` (by ``;``);
+    ``from``, ``to`` and ``step`` as for ``/history``."""
+    farm_id, _ = await _known_farm(request)
+    names = list(dict.fromkeys(request.query.getall("name", []))) or [""]
+    queries = [parameters(HistoryQuery, {**request.query, "name": name}) for name in names]
+    decimal = request.query.get("decimal", ".")
+    if decimal not in (".", ","):
+        raise Refused(400, HistoryQuery.problem, "decimal: . or ,")
+    try:
+        zone = time_zone(request.query.get("tz") or "UTC")
+    except BadTimeZone as exc:
+        raise Refused(400, HistoryQuery.problem, f"tz: {exc}") from None
+    history = request.app[HISTORY]
+    series = {}
+    for query in queries:
+        start, end = query.span()
+        points = await history.db.read(history.points, farm_id, query.name, start, end, query.step)
+        series[query.name] = [(point["ts"], point["value"]) for point in points]
+    body = history_csv(series, zone, decimal="," if decimal == "," else ".")
+    return web.Response(body=body, content_type="text/csv", charset="utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{farm_id}-history.csv"'})
 
 
 async def _commands(request: web.Request) -> web.Response:

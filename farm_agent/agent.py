@@ -218,7 +218,8 @@ class FarmAgent:
         self.state.mqtt_connected = True
         try:
             log.info("farm %s: connected to the broker", self.farm_id)
-            # subscribed first: a retained discovery "online" then means the node saw the announcement below
+            # subscribed before it says online: a command sent on seeing "online" is not lost while the agent
+            # still announces itself, and a retained discovery "online" then means the node saw the announcement
             for topic in self.extensions.subscriptions():
                 await client.subscribe(topic, qos=1)
             await self.publish_status()

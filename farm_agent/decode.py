@@ -29,12 +29,13 @@ def encode_value(spec: ValueSpec, value: float) -> int:
 
 
 def decode_values(
-    profile: Profile, registers: Registers
+    profile: Profile, registers: Registers, holding: Registers | None = None
 ) -> tuple[dict[str, int | float | None], dict[str, SensorStatus]]:
+    """Values from the input registers read, and the holding ones (a value's ``function`` says which)."""
     values: dict[str, int | float | None] = {}
     status: dict[str, SensorStatus] = {}
     for spec in profile.values:
-        raw = registers.get(spec.address)
+        raw = (holding or {}).get(spec.address) if spec.function == "holding" else registers.get(spec.address)
         if raw is None:
             continue
         values[spec.name], status[spec.name] = decode_value(profile, spec, raw)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +34,23 @@ class PollResult:
     registers: dict[int, int]
 
 
+SETTINGS_INTERVAL_S = 60.0
+
+
 class Poller:
-    def __init__(self, profile: Profile, link: ModbusLink, plan_file: Path | None = None) -> None:
+    def __init__(self, profile: Profile, link: ModbusLink, plan_file: Path | None = None,
+                 settings_interval_s: float = SETTINGS_INTERVAL_S) -> None:
         self.profile = profile
         self.link = link
         self.wanted = profile.input_registers()
+        # settings read back each poll: one request per run of neighbours, never across the wiring configuration
+        self.holding_plan = plan_blocks(profile.holding_registers(), max_gap=0)
+        # settings change rarely (a command, the device's own panel): read at the start, after every command
+        # and once a settings interval, not every poll, which would cost a request per poll on a 9600-baud line
+        self.settings_interval_s = settings_interval_s
+        self._settings_read_at: float | None = None
+        self._holding: dict[int, int] = {}
+        self._refused_holding: set[int] = set()
         self.plan_file = plan_file
         self._fingerprint = _fingerprint(self.wanted, str(link.url))
         self.plan: list[Block] = self._load_plan() or plan_blocks(self.wanted)
@@ -69,11 +82,38 @@ class Poller:
             self.plan = plan
             self._save_plan()
             log.info("read plan settled: %s (%d requests per poll)", ", ".join(map(str, plan)), len(plan))
-        values, status = decode_values(self.profile, registers)
+        if self._settings_due():
+            self._holding, self._refused_holding = await self._read_holding()
+            self._settings_read_at = time.monotonic()
+        values, status = decode_values(self.profile, registers, self._holding)
         for spec in self.profile.values:
-            if spec.address in self.refused:
+            refused = self._refused_holding if spec.function == "holding" else self.refused
+            if spec.address in refused:
                 values[spec.name], status[spec.name] = None, "error"
         return PollResult(values, status, decode_alarms(self.profile, registers), registers)
+
+    def refresh_settings(self) -> None:
+        """Read the settings again at the next poll (a command was written)."""
+        self._settings_read_at = None
+
+    def _settings_due(self) -> bool:
+        return bool(self.holding_plan) and (self._settings_read_at is None
+                                            or time.monotonic() - self._settings_read_at >= self.settings_interval_s)
+
+    async def _read_holding(self) -> tuple[dict[int, int], set[int]]:
+        """The holding registers of the profile's values; those the device refuses read as errors."""
+        holding: dict[int, int] = {}
+        refused: set[int] = set()
+        for block in self.holding_plan:
+            try:
+                words = await self.link.read("holding", block.start, block.count)
+            except ModbusDeviceError as exc:
+                if exc.code != ILLEGAL_DATA_ADDRESS:
+                    raise
+                refused.update(range(block.start, block.end))
+                continue
+            holding.update(zip(range(block.start, block.end), words, strict=True))
+        return holding, refused
 
     async def _split_and_read(self, block: Block, registers: dict[int, int]) -> list[Block]:
         """Read the wanted registers of a refused block in smaller blocks; return the blocks that worked."""

@@ -84,8 +84,10 @@ class ValueSpec(_Strict):
     deadband: float = Field(0.0, ge=0)
     options: dict[int, str] = Field(default_factory=dict)
     bits: dict[int, str] = Field(default_factory=dict)
+    bit_labels: dict[int, Label] = Field(default_factory=dict)  # how a person calls a bit of ``bits``
     label: Label | None = None
     priority: int | None = None  # shown before the values without one, lowest first; the first is the main value
+    icon: str | None = Field(None, pattern=r"^mdi:[a-z0-9-]+$")  # Home Assistant's icon for the entity
 
     @field_validator("name")
     @classmethod
@@ -147,6 +149,8 @@ class WritableSpec(_Strict):
     scale: float = 1.0
     unit: str | None = None
     label: Label | None = None
+    state: str | None = None  # the value (a holding register read every poll) that says what the device holds
+    icon: str | None = Field(None, pattern=r"^mdi:[a-z0-9-]+$")
 
     @field_validator("name")
     @classmethod
@@ -180,6 +184,10 @@ class Profile(_Strict):
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
             raise ValueError(f"names used twice: {', '.join(sorted(duplicates))}")
+        values = {v.name for v in self.values}
+        for writable in self.writable:
+            if writable.state is not None and writable.state not in values:
+                raise ValueError(f"writable {writable.name!r}: its state {writable.state!r} is not a value")
         return self
 
     @cached_property
@@ -230,6 +238,15 @@ class Profile(_Strict):
             if span.first <= raw <= span.last:
                 return span.status
         return None
+
+    @cached_property
+    def setting_states(self) -> dict[str, WritableSpec]:
+        """The values that read a setting back, by value name, with the setting they read."""
+        return {w.state: w for w in self.writable if w.state is not None}
+
+    def holding_registers(self) -> list[int]:
+        """The holding registers read every poll: the settings read back (time zone)."""
+        return sorted({v.address for v in self.values if v.function == "holding"})
 
     def input_registers(self) -> list[int]:
         """Every input register the live state needs (firmware excluded: it is read once)."""

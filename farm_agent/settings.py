@@ -65,6 +65,7 @@ class AgentSettings(ServiceSettings):
         "HA_DISCOVERY": "ha_discovery",
         "HA_DISCOVERY_PREFIX": "ha_prefix",
         "HA_LANGUAGE": "ha_language",
+        "HA_WEB_URL": "ha_web_url",
         "DISCOVERY_SERVICE_URL": "discovery_url",
         "TAILNET": "tailnet",
         "TAILSCALE_API_KEY": "tailscale_api_key",
@@ -99,6 +100,7 @@ class AgentSettings(ServiceSettings):
         "homeassistant.discovery": "ha_discovery",
         "homeassistant.prefix": "ha_prefix",
         "homeassistant.language": "ha_language",
+        "homeassistant.web_url": "ha_web_url",
         "sms.device": "sms_device",
         "sms.connection": "sms_connection",
         "sms.numbers": "sms_numbers",
@@ -132,7 +134,9 @@ class AgentSettings(ServiceSettings):
     confirm_timeout: float = Field(30.0, ge=1, le=86400)
     profile: str | None = None
     ha_discovery: bool = True
-    ha_language: str = Field("en", pattern="^(en|ru)$")
+    ha_language: str = Field("ru", pattern="^(en|ru)$")  # every entity name in this one language
+    # the web's base URL (https://farms.example.ts.net): Home Assistant links each farm device to its page there
+    ha_web_url: str | None = Field(None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
     discovery_url: str | None = None
     tailnet: str | None = None
     tailscale_api_key: str | None = None

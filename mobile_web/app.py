@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from flask import Flask, Response, has_request_context, jsonify, redirect, request, url_for
+from flask import Flask, Response, current_app, has_request_context, jsonify, redirect, request, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_babel import get_locale
 from flask_babel import gettext as _
@@ -15,11 +15,12 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from common.identities import IdentityStore
 from contract.topics import Topics
-from mobile_web import auth, farms, health, history, pwa, stream
+from mobile_web import alerts, auth, farms, health, history, notify, pwa, stream
 from mobile_web.bridge import FarmBridge
 from mobile_web.extensions import babel, csrf, limiter
-from mobile_web.i18n import compile_catalogs
+from mobile_web.i18n import best_language, compile_catalogs
 from mobile_web.login_throttle import LoginDelays, parse_networks
+from mobile_web.preferences import Preferences
 from mobile_web.settings import WebSettings
 from mobile_web.tailnet_guard import install_tailnet_guard
 
@@ -57,6 +58,7 @@ def create_app(
         app.config.update(test_config)
     app.extensions["kubmesh.identities"] = IdentityStore(settings.data_dir)
     app.extensions["kubmesh.login_delays"] = LoginDelays(settings.login_delay_max_s)
+    app.extensions["kubmesh.preferences"] = Preferences(settings.data_dir, LANGUAGES)
     app.extensions["kubmesh.bridge"] = bridge or FarmBridge(Topics(settings.base_topic),
                                                             silence_s=settings.health_silence_s)
 
@@ -67,6 +69,8 @@ def create_app(
     app.register_blueprint(farms.bp)
     app.register_blueprint(stream.bp)
     app.register_blueprint(history.bp)
+    app.register_blueprint(alerts.bp)
+    app.register_blueprint(notify.bp)
     app.register_blueprint(pwa.bp)
     app.register_blueprint(health.bp)
     app.add_url_rule("/lang/<code>", "language", _set_language)
@@ -95,17 +99,29 @@ class _SessionInterface(SecureCookieSessionInterface):
         return bool(app.config["SESSION_COOKIE_SECURE"]) or (has_request_context() and request_is_https())
 
 
+def preferences() -> Preferences:
+    return cast(Preferences, current_app.extensions["kubmesh.preferences"])
+
+
 def _locale() -> str | None:
-    chosen = request.cookies.get("lang")
-    if chosen in LANGUAGES:
-        return chosen
-    return request.accept_languages.best_match(LANGUAGES, default="en")
+    """The logged-in user's own choice, then this browser's (the cookie), then what the browser asks for."""
+    user = auth.current_user()
+    chosen = preferences().language(user.username) if user else None
+    if chosen is None and request.cookies.get("lang") in LANGUAGES:
+        chosen = request.cookies.get("lang")
+    return chosen or best_language(request.headers.get("Accept-Language"), LANGUAGES, default="en")
 
 
 def _set_language(code: str) -> WerkzeugResponse:
     target = request.referrer if request.referrer and request.referrer.startswith(request.host_url) else None
     response = redirect(target or url_for("farms.index"))
     if code in LANGUAGES:
+        user = auth.current_user()
+        if user is not None:
+            try:
+                preferences().set_language(user.username, code)
+            except OSError as exc:  # the data dir refuses writes: this browser keeps the choice anyway
+                log.warning("cannot keep %s's language: %s", user.username, exc)
         response.set_cookie("lang", code, max_age=365 * 86400, samesite="Lax", httponly=True,
                             secure=request_is_https())
     return response

@@ -10,8 +10,9 @@ kept, so a browser that reconnects with ``Last-Event-ID`` gets what it missed.
 Every path from a message to a page is total: a message is decoded once, by the contract
 (:func:`contract.messages.decode_message`); one that does not fit is dropped, logged and counted,
 and any other fault in handling it is caught and counted, so that no payload can stop the MQTT
-thread. paho's loop reconnects by itself whenever the connection is lost; :meth:`FarmBridge.health`
-says when the bridge is not receiving.
+thread. A farm appears with its first message and goes when its retained ``status`` is cleared (what
+``kubmesh farm remove`` does), each told to the streams. paho's loop reconnects by itself whenever the
+connection is lost; :meth:`FarmBridge.health` says when the bridge is not receiving.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ log = logging.getLogger("kubmesh.web.bridge")
 SHOWN = (FarmTopic.STATUS, FarmTopic.META, FarmTopic.HEARTBEAT, FarmTopic.STATE, FarmTopic.ALARMS,
          FarmTopic.EVENTS, FarmTopic.ACK)
 RECENT_EVENTS = 20
+FARM_ADDED = "farm_added"  # stream events of the farm list: a farm's first message, its status cleared
+FARM_REMOVED = "farm_removed"
 DROP_LOG_INTERVAL_S = 60.0  # a farm's dropped messages are logged once a minute at most, and all counted
 DROP_LOG_KEYS = 1000
 SILENCE_S = 120.0  # no message for this long and the bridge is not receiving (farms send heartbeats more often)
@@ -319,11 +322,15 @@ class FarmBridge:
             self.hub.publish("discovery", None, {"online": decoded.online})
             return
         message = decoded.payload
+        if decoded.kind is FarmTopic.STATUS and message is None:
+            self._forget(decoded.farm_id)  # its retained status cleared: the farm was removed (kubmesh farm remove)
+            return
         if decoded.kind not in SHOWN or message is None:
             return
         now = time.time()
         profile_changed = False
         with self._lock:
+            added = decoded.farm_id not in self.farms
             view = self.farms.setdefault(decoded.farm_id, FarmView(decoded.farm_id))
             if isinstance(message, Heartbeat | Reading):
                 # their own ts, not arrival: retained ones arrive at connect time from a farm long gone
@@ -344,8 +351,16 @@ class FarmBridge:
         # pydantic's JSON writes a non-finite float as null, which a browser's JSON.parse reads (not "Infinity")
         data = {"farm": decoded.farm_id, **json.loads(message.model_dump_json())}
         self.hub.publish(decoded.kind.value, decoded.farm_id, data)
+        if added:  # open farm lists show it at once
+            self.hub.publish(FARM_ADDED, decoded.farm_id, {"farm": decoded.farm_id})
         if profile_changed:  # the farm's values or controls are not those its open pages show: they render afresh
             self.hub.publish("profile", decoded.farm_id, {"farm": decoded.farm_id})
+
+    def _forget(self, farm_id: str) -> None:
+        with self._lock:
+            known = self.farms.pop(farm_id, None) is not None
+        if known:
+            self.hub.publish(FARM_REMOVED, farm_id, {"farm": farm_id})
 
     def views(self) -> list[FarmView]:
         with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, cast
 
 from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request, url_for
@@ -222,13 +223,25 @@ def by_site(views: list[FarmView]) -> list[tuple[str | None, list[FarmView]]]:
     return sorted(groups.items(), key=lambda group: group[0] is None)
 
 
+def card_helpers() -> dict[str, Any]:
+    """What a farm's card in the list is rendered with (``_farm_card.html``)."""
+    return {"is_stale": is_stale, "main_value": main_value, "profile_of": profile_of, "display": display,
+            "unit_text": unit_text, "two_polls": two_polls, "heartbeat_ok": heartbeat_ok,
+            "grace": BY_EXCEPTION_GRACE_S}
+
+
 @bp.get("/")
 @login_required
 def index() -> str:
     views = visible_views()
-    return render_template("farms.html", views=views, sites=by_site(views), is_stale=is_stale, main_value=main_value,
-                           profile_of=profile_of, display=display, unit_text=unit_text,
-                           two_polls=two_polls, heartbeat_ok=heartbeat_ok, grace=BY_EXCEPTION_GRACE_S)
+    return render_template("farms.html", views=views, sites=by_site(views), **card_helpers())
+
+
+@bp.get("/farms/<farm_id>/card")
+@login_required
+def card(farm_id: str) -> str:
+    """One farm's card, for a list page that is told of a farm it does not show yet (or whose name changed)."""
+    return render_template("_farm_card.html", view=visible_view(farm_id), **card_helpers())
 
 
 def visible_view(farm_id: str) -> FarmView:
@@ -295,6 +308,8 @@ def acknowledge_alerts(farm_id: str) -> WerkzeugResponse:
     if not bridge().publish_alert_ack(view.farm_id, payload):
         abort(503)
     current_app.logger.info("%s acknowledged %s of %s", user.username, alert_id or "every alert", farm_id)
+    if request.form.get("back") == "alerts":
+        return redirect(url_for("alerts.alerts"))
     return redirect(url_for("farms.farm", farm_id=view.farm_id))
 
 
@@ -313,4 +328,5 @@ def farm(farm_id: str) -> str:
         two_polls=two_polls(view), heartbeat_ok=heartbeat_ok(view), grace=BY_EXCEPTION_GRACE_S,
         event_text=event_text, event_texts=event_texts(), alarm_text=alarm_text, alarm_kinds=ALARM_KINDS,
         alarm_labels=alarm_labels(view), names_bits=names_bits(profile_of(view)), status_texts=SENSOR_STATUS_TEXTS,
+        export_from=utc_now().date() - timedelta(days=1), export_to=utc_now().date(),
     )

@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 
 from contract.topics import InvalidTopic, check_farm_id
 from mobile_web.auth import current_user
+from mobile_web.bridge import FARM_REMOVED
 from mobile_web.farms import bridge, owner_of
 
 bp = Blueprint("stream", __name__)
@@ -43,7 +44,8 @@ def events() -> Response:
                     continue
                 if event is None:
                     return  # closed as too slow: the browser reconnects with Last-Event-ID
-                if event.farm_id is not None and user.owner is not None:  # an owner's user sees only theirs
+                # an owner's user sees only theirs (a removal says no more than the card it removes)
+                if event.farm_id is not None and user.owner is not None and event.type != FARM_REMOVED:
                     view = bridge().view(event.farm_id)
                     if not user.sees(owner_of(view) if view else None):
                         continue

@@ -6,10 +6,17 @@ the device and origin maps, and the device-based discovery keys), and the
 schemas of ``sensor.py``, ``binary_sensor.py``, ``number.py``, ``button.py``,
 ``mixins.py`` and ``discovery.py``; device classes and units from
 ``homeassistant/components/sensor/const.py``.
+
+Device-based discovery (``discovery.py`` ``_merge_common_device_options``) copies only
+``SHARED_OPTIONS`` (``schemas.py``) of the device's root into a component that does not set
+them: ``qos`` is not among them, so a component's QoS is its own or HA's default 0. Entity ids:
+``default_entity_id`` is a whole entity id, ``<platform>.<object id>``, checked as HA's
+``valid_entity_id`` does (``homeassistant/core.py``: ``[a-z0-9_]``, no leading or trailing ``_``).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 ABBREVIATIONS = {
@@ -33,6 +40,11 @@ DEVICE_ABBREVIATIONS = {
     "sn": "serial_number", "via_device": "via_device",
 }
 ORIGIN_ABBREVIATIONS = {"name": "name", "sw": "sw_version", "url": "support_url"}
+SHARED_OPTIONS = {"availability", "availability_mode", "availability_template", "availability_topic",
+                  "command_topic", "payload_available", "payload_not_available", "state_topic"}
+DEFAULT_QOS = 0
+VALID_ENTITY_ID = re.compile(r"^(?!.+__)(?!_)[\da-z_]+(?<!_)\.(?!_)[\da-z_]+(?<!_)$")
+VALID_ICON = re.compile(r"^[a-z0-9_-]+:[a-z0-9_-]+$")  # cv.icon: "prefix:name"
 
 COMMON = {"platform", "unique_id", "name", "availability", "availability_mode", "availability_topic",
           "availability_template", "payload_available", "payload_not_available", "device", "origin",
@@ -77,6 +89,8 @@ def check_device_config(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     root = expand(document, ABBREVIATIONS, "root")
     device = expand(root["device"], DEVICE_ABBREVIATIONS, "device")
     assert device.get("identifiers") and device.get("name"), "device needs identifiers and a name"
+    if "configuration_url" in device:  # cv.configuration_url: an http(s) URL or a homeassistant:// one
+        assert re.match(r"^https?://[^/\s]+", device["configuration_url"]), device["configuration_url"]
     origin = expand(root["origin"], ORIGIN_ABBREVIATIONS, "origin")
     assert origin.get("name"), "origin needs a name"
     availability = root.get("availability", [])
@@ -87,8 +101,17 @@ def check_device_config(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
         assert "value_json.state" in entry.get("value_template", ""), "availability needs a value_template"
     components: dict[str, dict[str, Any]] = {}
     unique_ids: set[str] = set()
+    entity_ids: set[str] = set()
     for component_id, raw in root["components"].items():
         component = expand(raw, ABBREVIATIONS, component_id)
+        if "availability" in component:  # its own replaces the device's (not merged), abbreviations expanded
+            component["availability"] = [expand(entry, ABBREVIATIONS, f"{component_id} availability")
+                                         for entry in component["availability"]]
+            assert all(entry.get("topic") and _valid_topic(entry["topic"]) for entry in component["availability"])
+        for option in SHARED_OPTIONS & set(root) - set(component):  # what HA merges in, and nothing else
+            component[option] = root[option]
+        component.setdefault("qos", DEFAULT_QOS)
+        assert component["qos"] in (0, 1, 2), component_id
         platform = component["platform"]
         assert platform in PLATFORM_KEYS, f"{component_id}: platform {platform!r}"
         assert set(component) <= PLATFORM_KEYS[platform], (component_id, set(component) - PLATFORM_KEYS[platform])
@@ -96,6 +119,23 @@ def check_device_config(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
         assert component.get("unique_id"), f"{component_id}: device-based discovery needs a unique_id"
         assert component["unique_id"] not in unique_ids, f"{component_id}: unique_id used twice"
         unique_ids.add(component["unique_id"])
+        if "default_entity_id" in component:
+            entity_id = component["default_entity_id"]
+            assert VALID_ENTITY_ID.match(entity_id), f"{component_id}: invalid entity id {entity_id!r}"
+            assert entity_id.split(".")[0] == platform, f"{component_id}: {entity_id!r} is not a {platform}"
+            assert entity_id not in entity_ids, f"{component_id}: entity id used twice"
+            entity_ids.add(entity_id)
+            # before 2025.10 HA knows only object_id: the same id, without its platform
+            assert component.get("object_id") == entity_id.split(".", 1)[1], f"{component_id}: object_id"
+        if "icon" in component:
+            assert VALID_ICON.match(component["icon"]), f"{component_id}: icon {component['icon']!r}"
+        for key in ("state_topic", "json_attributes_topic"):
+            if key in component:
+                assert _valid_topic(component[key]), f"{component_id}: {key}"
+        if "command_topic" in component:
+            assert _valid_topic(component["command_topic"]) and not set("+#") & set(component["command_topic"])
+        if "json_attributes_template" in component:
+            assert "json_attributes_topic" in component, f"{component_id}: an attributes template needs its topic"
         _check_platform(component_id, platform, component)
         components[component_id] = component
     return components
@@ -132,5 +172,15 @@ def _check_platform(component_id: str, platform: str, component: dict[str, Any])
         assert device_class is None or device_class in BINARY_SENSOR_CLASSES, component_id
     elif platform == "number":
         assert component.get("min", 1) < component.get("max", 100), component_id
+        if "state_topic" in component:
+            assert "value_template" in component, f"{component_id}: a number's state needs its template"
         assert component.get("step", 1) >= 0.001, component_id
         assert component.get("mode", "auto") in ("auto", "box", "slider"), component_id
+
+
+def _valid_topic(topic: object) -> bool:
+    """util.valid_subscribe_topic, for the topics we use: non-empty, no NUL, wildcards only as whole levels."""
+    if not isinstance(topic, str) or not topic or "\0" in topic or len(topic.encode()) > 65535:
+        return False
+    levels = topic.split("/")
+    return all(level in ("+", "#") or not set("+#") & set(level) for level in levels) and "#" not in levels[:-1]

@@ -9,12 +9,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from common.identities import Role
 from tests.conftest import RunningBroker
-from tests.farm_system import Agent, Simulator
-from tests.helpers import ServiceProcess, free_port, wait_until
-from tests.test_browser import FARM, Site, browser, log_in, page  # noqa: F401 - fixtures
-from tests.test_discovery import TOKEN, start_discovery
+from tests.helpers import wait_until
+from tests.test_browser import FARM, Site, browser, log_in, page, running_site  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slow
 
@@ -22,28 +19,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def site(broker: RunningBroker, tmp_path: Path, data_dir: Path) -> Iterator[Site]:
     """test_browser's site, with a discovery node on the same identities and a one-second ALERT_DELAY."""
-    simulator = Simulator(tmp_path).start()
-    farm = broker.add(FARM, Role.FARM, owner="owner-a")
-    agent = Agent(tmp_path, tmp_path / "agent", FARM, broker.url(farm), simulator.modbus_url, poll_interval=1,
-                  extra_env={"MAX_INTERVAL": "0"}).start()
-    service = broker.add("mobile_web", Role.MOBILE_WEB)
-    broker.store.add("olga", Role.OPERATOR, password="operator-pass")
-    broker.store.add("vera", Role.VIEWER, password="viewer-pass")
-    discovery = start_discovery(tmp_path, data_dir, mqtt_port=broker.port, env={
-        "MQTT_URL": broker.url(broker.add("discovery", Role.DISCOVERY)), "ALERT_DELAY": "1"})
-    port = free_port()
-    web = ServiceProcess(
-        ["mobile-web", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
-        tmp_path / "web.log", env={"MQTT_URL": broker.url(service), "POLL_INTERVAL": "1",
-                                   "DISCOVERY_SERVICE_URL": f"http://127.0.0.1:{discovery.api_port}",
-                                   "DISCOVERY_API_TOKEN": TOKEN},
-    ).wait_port(port)
-    yield Site(f"http://127.0.0.1:{port}", simulator, agent, ("olga", "operator-pass"), ("vera", "viewer-pass"),
-               broker, discovery)
-    web.stop()
-    agent.stop()
-    simulator.stop()
-    discovery.process.stop()
+    with running_site(broker, tmp_path, data_dir, agent_data=tmp_path / "agent", agent_env={},
+                      discovery_data=data_dir, discovery_env={"ALERT_DELAY": "1"}) as running:
+        yield running
 
 
 def test_an_alert_appears_live_and_one_tap_acknowledges_it(page: Page, site: Site) -> None:  # noqa: F811

@@ -248,3 +248,47 @@ def test_embedded_broker_delivers_every_message_while_clients_come_and_go(broker
             thread.join()
         watcher.close()
     assert "dictionary changed size" not in broker.process.output()
+
+
+# what Home Assistant's MQTT integration subscribes to on every connect (discovery.py: its own prefix, then the
+# discovery topics of the integrations whose manifests name one)
+HA_SUBSCRIPTIONS = ["homeassistant/+/+/config", "homeassistant/device/+/config", "homeassistant/status",
+                    "tasmota/discovery/#", "esphome/discover/#", "zigbee2mqtt/bridge/#", "kub/farms/+/state",
+                    "kub/alerts/+", "kub/discovery/status"]
+
+
+def test_a_home_assistant_login_does_what_home_assistant_does_and_no_more(bus: Bus) -> None:
+    farm = bus.add("farm-ha", Role.FARM)
+    home_assistant = bus.add("homeassistant", Role.HOMEASSISTANT)
+    discovery = bus.add("discovery", Role.DISCOVERY)
+    publish(bus, farm, "homeassistant/device/kubmesh-farm-ha/config", "{}", retain=True)
+    publish(bus, discovery, "kub/alerts/farm-ha", '{"alerts": []}', retain=True)  # the open alerts entity's state
+    ha = watch(bus, home_assistant, HA_SUBSCRIPTIONS)
+    agent = watch(bus, farm, ["homeassistant/status", "kub/farms/farm-ha/set/+"])
+    admin = watch(bus, bus.admin, "#")
+    try:
+        # every subscription granted (the foreign prefixes deliver nothing), so HA logs no failure
+        assert all(not code.is_failure for code in ha.granted), ha.granted
+        wait_until(lambda: ha.last("homeassistant/device/kubmesh-farm-ha/config") is not None, 5,
+                   what="the farm's config")
+        wait_until(lambda: ha.last("kub/alerts/farm-ha") == {"alerts": []}, 5, what="the farm's open alerts")
+        # the birth message reaches the agents; HA's commands reach the farm
+        publish(bus, home_assistant, "homeassistant/status", "online")
+        publish(bus, home_assistant, "kub/farms/farm-ha/set/reset_alarms", "1")
+        wait_until(lambda: agent.payloads("homeassistant/status") == ["online"], 5, what="the birth message")
+        wait_until(lambda: agent.payloads("kub/farms/farm-ha/set/reset_alarms"), 5, what="HA's command")
+        # nothing more: no farm's readings, no discovery of its own, no foreign integration's topics
+        publish(bus, home_assistant, "kub/farms/farm-ha/state", "{}")
+        publish(bus, home_assistant, "homeassistant/device/kubmesh-farm-ha/config", "")
+        publish(bus, bus.admin, "tasmota/discovery/ABC123/config", "{}")
+        publish(bus, bus.admin, "homeassistant/probe", "x")  # ordered after the others on the admin's session
+        wait_until(lambda: admin.payloads("homeassistant/probe"), 5, what="the probe")
+        assert admin.payloads("kub/farms/farm-ha/state") == []
+        assert admin.payloads("homeassistant/device/kubmesh-farm-ha/config") == [{}]  # the retained one only
+        wait_until(lambda: admin.payloads("tasmota/discovery/ABC123/config"), 5, what="the foreign config")
+        assert ha.payloads("tasmota/discovery/ABC123/config") == []
+    finally:
+        for watcher in (ha, agent, admin):
+            watcher.close()
+    # and the broker's log stays quiet about HA's subscriptions
+    assert "ACL refused subscribe" not in bus.log() and "tasmota/discovery/#' refused" not in bus.log()

@@ -4,11 +4,16 @@ screenshot in test-artifacts/ and fails on any JavaScript error or console error
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import paho.mqtt.client as paho
 import pytest
@@ -49,17 +54,19 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-@pytest.fixture
-def site(broker: RunningBroker, tmp_path: Path, data_dir: Path) -> Iterator[Site]:
+@contextlib.contextmanager
+def running_site(broker: RunningBroker, tmp_path: Path, data_dir: Path, *, agent_data: Path,
+                 agent_env: dict[str, str], discovery_data: Path, discovery_env: dict[str, str]) -> Iterator[Site]:
+    """A simulator and its agent, a discovery node and the web on ``broker``, with an operator and a viewer."""
     simulator = Simulator(tmp_path).start()
     farm = broker.add(FARM, Role.FARM, owner="owner-a")
-    agent = Agent(tmp_path, data_dir, FARM, broker.url(farm), simulator.modbus_url, poll_interval=1,
-                  extra_env={"MAX_INTERVAL": "0", "KUBMESH_FARM_NAME": "Птичник №1"}).start()
+    agent = Agent(tmp_path, agent_data, FARM, broker.url(farm), simulator.modbus_url, poll_interval=1,
+                  extra_env={"MAX_INTERVAL": "0", **agent_env}).start()
     service = broker.add("mobile_web", Role.MOBILE_WEB)
     broker.store.add("olga", Role.OPERATOR, password="operator-pass")
     broker.store.add("vera", Role.VIEWER, password="viewer-pass")
-    discovery = start_discovery(tmp_path, tmp_path / "discovery-data", mqtt_port=broker.port,
-                                env={"MQTT_URL": broker.url(broker.add("discovery", Role.DISCOVERY))})
+    discovery = start_discovery(tmp_path, discovery_data, mqtt_port=broker.port,
+                                env={"MQTT_URL": broker.url(broker.add("discovery", Role.DISCOVERY)), **discovery_env})
     port = free_port()
     web = ServiceProcess(
         ["mobile-web", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
@@ -67,12 +74,21 @@ def site(broker: RunningBroker, tmp_path: Path, data_dir: Path) -> Iterator[Site
                                    "DISCOVERY_SERVICE_URL": f"http://127.0.0.1:{discovery.api_port}",
                                    "DISCOVERY_API_TOKEN": TOKEN},
     ).wait_port(port)
-    yield Site(f"http://127.0.0.1:{port}", simulator, agent, ("olga", "operator-pass"), ("vera", "viewer-pass"),
-               broker, discovery)
-    web.stop()
-    agent.stop()
-    simulator.stop()
-    discovery.process.stop()
+    try:
+        yield Site(f"http://127.0.0.1:{port}", simulator, agent, ("olga", "operator-pass"), ("vera", "viewer-pass"),
+                   broker, discovery)
+    finally:
+        web.stop()
+        agent.stop()
+        simulator.stop()
+        discovery.process.stop()
+
+
+@pytest.fixture
+def site(broker: RunningBroker, tmp_path: Path, data_dir: Path) -> Iterator[Site]:
+    with running_site(broker, tmp_path, data_dir, agent_data=data_dir, agent_env={"KUBMESH_FARM_NAME": "Птичник №1"},
+                      discovery_data=tmp_path / "discovery-data", discovery_env={}) as running:
+        yield running
 
 
 @pytest.fixture
@@ -368,3 +384,103 @@ def test_offline_shell_opens_without_network_and_says_so(page: Page, site: Site)
     page.context.set_offline(True)
     page.reload()
     expect(page.locator("h1")).to_have_text("Нет сети")
+
+
+@contextlib.contextmanager
+def phone(browser: Browser, name: str, accept_language: str, locale: str = "ru-RU",
+          timezone_id: str | None = None) -> Iterator[Page]:
+    """Another phone (its own cookies), 390 px wide, with its browser's language and time zone; no JS errors."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, locale=locale, timezone_id=timezone_id,
+                                  extra_http_headers={"Accept-Language": accept_language}, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        yield page
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    finally:
+        context.close()
+    assert errors == [], errors
+
+
+def test_farm_page_puts_first_what_a_farmer_looks_at(page: Page, site: Site) -> None:
+    log_in(page, site, site.viewer)
+    page.goto(f"{site.url}/farms/{FARM}")
+    expect(page.locator('[data-value="temp_inside"]')).to_have_text(re.compile(r"^-?\d+\.\d$"), timeout=10_000)
+    first = page.locator("section.values .value").evaluate_all("(boxes) => boxes.map((b) => b.dataset.name)")[:7]
+    assert first == ["temp_inside", "temp_target", "humidity", "co2", "nh3", "pressure", "ventilation_level"]
+    box = page.locator('.value[data-name="temp_inside"]').bounding_box()
+    assert box is not None and box["y"] < 844, "inside temperature shows without scrolling"
+
+
+def test_farm_list_follows_farms_appearing_and_leaving_live(page: Page, site: Site) -> None:
+    log_in(page, site, site.viewer)
+    cards = page.locator("ul.farms [data-farm]")
+    expect(cards).to_have_count(1)
+    page.evaluate("window.notReloaded = true")
+    farm = connect_farm(site, site.broker.add("farm-002", Role.FARM, owner="owner-a"))
+    try:
+        publish_second_farm(farm, alarm=True)
+        expect(cards).to_have_count(2, timeout=10_000)
+        new = page.locator('[data-farm="farm-002"]')
+        expect(new.locator(".name")).to_have_text("Теплица №2")
+        expect(new.locator("[data-alarm-count]")).to_have_text("1")
+        expect(cards.nth(0)).to_have_attribute("data-farm", "farm-002")  # sorted in: an alarm goes first
+        # it is removed (kubmesh farm remove clears its retained topics): its card goes
+        farm.publish(Topics().status("farm-002"), b"", qos=1, retain=True).wait_for_publish(10)
+        expect(cards).to_have_count(1, timeout=10_000)
+        expect(cards.nth(0)).to_have_attribute("data-farm", FARM)
+        assert page.evaluate("window.notReloaded") is True, "all of it without a reload"
+    finally:
+        farm.disconnect()
+        farm.loop_stop()
+
+
+def test_a_russian_phone_opens_in_russian_and_the_choice_follows_the_user(browser: Browser, site: Site) -> None:
+    with phone(browser, "russian-first-visit", "ru-RU,ru;q=0.9") as first:
+        first.goto(site.url + "/")
+        expect(first.locator("html")).to_have_attribute("lang", "ru")
+        expect(first.locator("button[type=submit]")).to_have_text("Вход")
+        log_in(first, site, site.viewer)
+        expect(first.locator("h1")).to_have_text("Фермы")
+        first.click("text=EN")  # the farmer prefers English after all
+        expect(first.locator("h1")).to_have_text("Farms")
+    # the same farmer on another phone that asks for Russian only: the choice is theirs, not the old phone's
+    with phone(browser, "choice-follows-the-user", "ru-RU") as second:
+        log_in(second, site, site.viewer)
+        expect(second.locator("h1")).to_have_text("Farms")
+    with phone(browser, "another-user-in-russian", "ru-RU") as third:
+        log_in(third, site, site.operator)
+        expect(third.locator("h1")).to_have_text("Фермы")
+
+
+def test_csv_export_from_the_farm_page_opens_as_a_spreadsheet(browser: Browser, site: Site) -> None:
+    sent = send_a_week_of_history(site.broker.port, site.broker.admin, FARM)
+    wait_until(lambda: site.discovery.get(f"/api/farms/{FARM}")[1]["history"]["readings"] >= sent, 20,
+               what="the week of history stored by the discovery node")
+    zone = ZoneInfo("Asia/Novosibirsk")
+    with phone(browser, "csv-export", "ru-RU,ru;q=0.9", timezone_id="Asia/Novosibirsk") as page:
+        log_in(page, site, site.viewer)
+        page.goto(f"{site.url}/farms/{FARM}")
+        export = page.locator("[data-export]")
+        export.scroll_into_view_if_needed()
+        expect(export.locator("h2")).to_have_text("Выгрузка")
+        export.locator('input[value="temp_target"]').uncheck()
+        export.locator('input[value="temp_inside"]').check()
+        today = datetime.now(zone).date()
+        export.locator("input[name=from]").fill((today - timedelta(days=2)).isoformat())
+        export.locator("input[name=to]").fill(today.isoformat())
+        with page.expect_download() as download:
+            export.locator("button[type=submit]").click()
+        data = download.value.path().read_bytes()  # before the context closes and takes the file with it
+        assert download.value.suggested_filename == f"{FARM}-{today - timedelta(days=2)}-{today}.csv"
+    assert data.startswith(b"\xef\xbb\xbf"), "UTF-8 with BOM, for Excel"
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig")), delimiter=";"))
+    assert rows[0] == ["время (Asia/Novosibirsk)", "Температура внутри, °C", "Влажность, %"]
+    start = datetime.combine(today - timedelta(days=2), datetime.min.time(), zone)
+    first = datetime.strptime(rows[1][0], "%Y-%m-%d %H:%M:%S").replace(tzinfo=zone)
+    assert start <= first < start + timedelta(minutes=15), "times in the phone's time zone, from its midnight"
+    assert len(rows) > 2 * 24 * 4, "three days of 15-minute readings, the last one up to now"
+    assert re.fullmatch(r"-?\d+,\d", rows[1][1]) and 21 <= float(rows[1][1].replace(",", ".")) <= 27

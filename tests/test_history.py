@@ -3,17 +3,22 @@ seq, served raw or downsampled, gaps counted, bad queries refused with a reason;
 
 from __future__ import annotations
 
+import csv
+import io
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from common.identities import Role
 from contract.payloads import Reading, Status, encode, format_ts, utc_now
 from tests.helpers import wait_until
-from tests.test_discovery import FARM, Discovery, farm_client, publish, start_discovery
+from tests.test_discovery import FARM, TOKEN, Discovery, farm_client, publish, start_discovery
 
 START = utc_now().replace(second=0, microsecond=0) - timedelta(minutes=10)
 
@@ -86,3 +91,43 @@ def test_bad_history_queries_get_400_with_a_reason_and_unknown_farms_404(node: D
     assert node.get(f"/api/farms/{FARM}/history?name=temp_inside", token=None)[0] == 401
     status, body = history(node, name="temp_inside")
     assert status == 200 and body["points"] == []
+
+
+def get_csv(node: Discovery, query: list[tuple[str, str]]) -> tuple[int, str, bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{node.api_port}/api/farms/{FARM}/history.csv?"
+                                     f"{urllib.parse.urlencode(query)}", headers={"Authorization": f"Bearer {TOKEN}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.headers.get("Content-Type", ""), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Content-Type", ""), exc.read()
+
+
+def test_history_as_csv_in_the_readers_time_zone_and_decimal_mark(node: Discovery) -> None:
+    client = farm_client(node.mqtt_port, node.store.add(FARM, Role.FARM))
+    try:
+        publish(client, "status", encode(Status(state="online", ts=utc_now())))
+        for seq, temp in ((1, 21.5), (2, None), (3, -0.5)):
+            publish(client, "state", reading(seq, temp))
+        wait_until(lambda: node.get(f"/api/farms/{FARM}")[1].get("history", {}).get("readings") == 3, 10,
+                   what="three readings stored")
+    finally:
+        client.loop_stop()
+    query = [("name", "temp_inside"), ("name", "humidity"), ("from", format_ts(START)), ("tz", "Europe/Moscow")]
+    status, content_type, body = get_csv(node, [*query, ("decimal", ",")])
+    assert status == 200 and content_type.startswith("text/csv"), body
+    assert body.startswith(b"\xef\xbb\xbf"), "Excel needs the BOM to read UTF-8"
+    rows = list(csv.reader(io.StringIO(body.decode("utf-8-sig")), delimiter=";"))
+    moscow = ZoneInfo("Europe/Moscow")
+    assert rows[0] == ["time (Europe/Moscow)", "temp_inside", "humidity"]
+    assert rows[1:] == [
+        [(START + timedelta(seconds=1)).astimezone(moscow).strftime("%Y-%m-%d %H:%M:%S"), "21,5", "50"],
+        [(START + timedelta(seconds=2)).astimezone(moscow).strftime("%Y-%m-%d %H:%M:%S"), "", "50"],
+        [(START + timedelta(seconds=3)).astimezone(moscow).strftime("%Y-%m-%d %H:%M:%S"), "-0,5", "50"],
+    ]
+    status, _, body = get_csv(node, query)  # the default: a dot, fields by commas
+    assert list(csv.reader(io.StringIO(body.decode("utf-8-sig"))))[1][1] == "21.5"
+    for bad in ([("name", "temp_inside"), ("tz", "Mars/Olympus")], [("name", "temp_inside"), ("decimal", ";")],
+                [("tz", "UTC")], [("name", "Temp Inside")]):
+        status, content_type, body = get_csv(node, bad)
+        assert status == 400 and "application/json" in content_type, (bad, body)

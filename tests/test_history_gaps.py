@@ -5,6 +5,7 @@ replayed, repeated, in batches), whatever retention folds away, and whenever it 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,12 +62,17 @@ def count_again(recorder: HistoryRecorder, farm_id: str) -> dict[str, Any]:
     return SeqRuns(len(seqs), seqs[0] if seqs else None, seqs[-1] if seqs else None, runs).report()
 
 
+EXAMPLES = itertools.count()
+
+
 @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(steps=STEPS)
 def test_the_kept_gap_count_equals_the_counted_one(history: tuple[asyncio.AbstractEventLoop, HistoryRecorder],
                                                    steps: list[list[tuple[str, int]] | int | None]) -> None:
     loop, recorder = history
-    farms = tuple(f"{farm}-{id(steps)}" for farm in FARMS)  # fresh farms for every example, one database
+    # fresh farms for every example, one database: a counter, since id() of a freed list comes back
+    example = next(EXAMPLES)
+    farms = tuple(f"{farm}-{example}" for farm in FARMS)
 
     async def run() -> None:
         for step in steps:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import html
 import http.client
 import http.cookiejar
+import io
 import json
 import re
 import socket
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import paho.mqtt.client as paho
 import pytest
@@ -40,6 +43,7 @@ from contract.topics import Topics
 from farm_agent.profile import load_profile
 from mobile_web.app import create_app
 from mobile_web.bridge import FarmBridge
+from mobile_web.i18n import best_language
 from mobile_web.settings import WebSettings
 from tests.conftest import RunningBroker
 from tests.farm_system import send_a_week_of_history
@@ -191,9 +195,73 @@ def test_the_farm_list_groups_the_houses_of_a_site(web: tuple[Flask, RecordingBr
     client = app.test_client()
     log_in(client, "vera", "viewer-pass")
     listing = client.get("/", headers={"Accept-Language": "en"}).get_data(as_text=True)
-    groups = re.findall(r'<h2 class="site">([^<]+)</h2>\s*<ul class="farms">(.*?)</ul>', listing, re.S)
+    groups = re.findall(r'<h2 class="site">([^<]+)</h2>\s*<ul class="farms"[^>]*>(.*?)</ul>', listing, re.S)
     assert [(site, re.findall(r'data-farm="([^"]+)"', cards)) for site, cards in groups] == [
         ("Агрофирма Север", ["house-1", "house-2"]), ("Other farms", ["greenhouse"])]
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("ru-RU,ru;q=0.9", "ru"), ("ru-RU", "ru"), ("ru", "ru"),
+    ("ru-RU;q=0.9,en;q=0.1", "ru"),  # werkzeug's best_match said en: an exact match beat a higher q
+    ("ru-RU,en-US;q=0.9,en;q=0.8", "ru"), ("en-US,en;q=0.9,ru;q=0.8", "en"), ("fr-FR,ru;q=0.5", "ru"),
+    ("en;q=0,*", "ru"), ("*", "ru"), ("de", "en"), ("", "en"), ("ru;q=nonsense,en", "en"),
+])
+def test_accept_language_is_read_by_q_value_and_primary_subtag(header: str, expected: str) -> None:
+    assert best_language(header, ("ru", "en"), default="en") == expected
+
+
+def test_a_russian_phone_that_also_lists_english_opens_in_russian(
+    web: tuple[Flask, RecordingBridge, IdentityStore],
+) -> None:
+    app, bridge, _ = web
+    feed_farm(bridge)
+    client = app.test_client()
+    login = client.get("/login", headers={"Accept-Language": "ru-RU;q=0.9,en;q=0.1"}).get_data(as_text=True)
+    assert 'lang="ru"' in login
+
+
+def test_the_language_choice_follows_the_user_to_another_browser(
+    web: tuple[Flask, RecordingBridge, IdentityStore],
+) -> None:
+    app, bridge, _ = web
+    feed_farm(bridge)
+    phone = app.test_client()
+    log_in(phone, "vera", "viewer-pass")
+    phone.get("/lang/ru", headers={"Accept-Language": "en"})
+    laptop = app.test_client()  # no cookie of the choice, and a browser that asks for English
+    log_in(laptop, "vera", "viewer-pass")
+    page = laptop.get(f"/farms/{FARM}", headers={"Accept-Language": "en"}).get_data(as_text=True)
+    assert "Температура внутри" in page
+    laptop.get("/lang/en")
+    assert "Inside temperature" in phone.get(f"/farms/{FARM}").get_data(as_text=True), "the newest choice wins"
+    other = app.test_client()
+    log_in(other, "olga", "operator-pass")  # another user keeps their own
+    assert "Inside temperature" not in other.get(f"/farms/{FARM}", headers={"Accept-Language": "ru"}).get_data(
+        as_text=True)
+
+
+def test_the_streams_hear_of_farms_appearing_and_leaving(web: tuple[Flask, RecordingBridge, IdentityStore]) -> None:
+    app, bridge, _ = web
+    subscriber = bridge.hub.subscribe()
+    feed_farm(bridge, "farm-new")
+    bridge.handle(TOPICS.status("farm-new"), b"", retained=True)  # kubmesh farm remove clears it
+    bridge.handle(TOPICS.state("farm-new"), b"", retained=True)
+    events = []
+    while not subscriber.queue.empty():
+        event = subscriber.queue.get_nowait()
+        assert event is not None
+        events.append(event.type)
+    assert events.count("farm_added") == 1 and events[events.index("status") + 1] == "farm_added"
+    assert events[-1] == "farm_removed" and events.count("farm_removed") == 1
+    assert bridge.view("farm-new") is None
+    feed_farm(bridge, "farm-new")
+    client = app.test_client()
+    log_in(client, "vera", "viewer-pass")
+    card = client.get("/farms/farm-new/card").get_data(as_text=True)
+    assert card.strip().startswith("<li") and 'data-farm="farm-new"' in card and "Ферма farm-new" in card
+    other = app.test_client()
+    log_in(other, "other", "other-pass")
+    assert other.get("/farms/farm-new/card").status_code == 404  # owner-b's list gets no owner-a card
 
 
 def test_owner_scoped_viewer_sees_only_its_farms(web: tuple[Flask, RecordingBridge, IdentityStore]) -> None:
@@ -509,6 +577,56 @@ def test_history_proxy_refuses_bad_requests(web: Web, query: str, status: int) -
     log_in(client, "vera", "viewer-pass")
     answer = client.get(f"/farms/{FARM}/history?{query}")
     assert answer.status_code == status and answer.get_json()["error"]
+
+
+@pytest.mark.parametrize(("language", "delimiter", "decimal"), [("ru", ";", ","), ("en", ",", ".")])
+def test_csv_export_of_chosen_values_in_the_users_time_zone(web: Web, language: str, delimiter: str,
+                                                            decimal: str) -> None:
+    app, bridge, _ = web
+    feed_farm(bridge)
+    client = app.test_client()
+    log_in(client, "vera", "viewer-pass")
+    client.get(f"/lang/{language}")
+    zone = ZoneInfo("Asia/Novosibirsk")
+    today = utc_now().astimezone(zone).date()
+    answer = client.get(f"/farms/{FARM}/history.csv?name=temp_inside&name=humidity&from={today - timedelta(days=1)}"
+                        f"&to={today}&tz=Asia/Novosibirsk")
+    assert answer.status_code == 200 and answer.mimetype == "text/csv", answer.get_data(as_text=True)
+    assert f'filename="{FARM}-{today - timedelta(days=1)}-{today}.csv"' in answer.headers["Content-Disposition"]
+    body = answer.get_data()
+    assert body.startswith(b"\xef\xbb\xbf")
+    rows = list(csv.reader(io.StringIO(body.decode("utf-8-sig")), delimiter=delimiter))
+    if language == "ru":
+        assert rows[0] == ["время (Asia/Novosibirsk)", "Температура внутри, °C", "Влажность, %"]
+    else:
+        assert rows[0] == ["time (Asia/Novosibirsk)", "Inside temperature, °C", "Humidity, %"]
+    # a reading every 15 min since yesterday's local midnight, up to now
+    start = datetime.combine(today - timedelta(days=1), datetime.min.time(), zone)
+    expected = (utc_now() - start) / timedelta(minutes=15)
+    assert expected - 2 <= len(rows) - 1 <= expected + 1
+    first = datetime.strptime(rows[1][0], "%Y-%m-%d %H:%M:%S").replace(tzinfo=zone)
+    assert start <= first < start + timedelta(minutes=15), "times are local to the user's zone"
+    temperature = float(rows[1][1].replace(decimal, "."))
+    assert 21 <= temperature <= 27 and (decimal in rows[1][1]) and len(rows[1][1].split(decimal)[1]) == 1
+    for bad in ("name=temp_inside&from=2026-01-02&to=2026-01-01&tz=UTC", "name=temp_inside&from=x&to=y&tz=UTC",
+                f"name=temp_inside&from={today}&to={today}&tz=Mars/Olympus", f"from={today}&to={today}&tz=UTC",
+                f"name=digital_outputs_1&from={today}&to={today}&tz=UTC",
+                f"name=temp_inside&from={today - timedelta(days=40)}&to={today}&tz=UTC"):
+        refused = client.get(f"/farms/{FARM}/history.csv?{bad}")
+        assert refused.status_code == 400 and refused.get_json()["error"], bad
+    assert app.test_client().get(f"/farms/{FARM}/history.csv?name=temp_inside").status_code == 302
+
+
+def test_the_farm_page_offers_the_export_of_its_chartable_values(web: Web) -> None:
+    app, bridge, _ = web
+    feed_farm(bridge)
+    client = app.test_client()
+    log_in(client, "vera", "viewer-pass")
+    page = client.get(f"/farms/{FARM}", headers={"Accept-Language": "en"}).get_data(as_text=True)
+    form = re.search(r'<section class="card export".*?</section>', page, re.S)
+    assert form and f'action="/farms/{FARM}/history.csv"' in form.group(0)
+    names = re.findall(r'name="name" value="(\w+)"', form.group(0))
+    assert names[:3] == ["temp_inside", "temp_target", "humidity"] and "digital_outputs_1" not in names
 
 
 def test_history_proxy_when_discovery_is_unreachable_or_unset(web: Web, data_dir: Path) -> None:

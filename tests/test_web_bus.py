@@ -152,12 +152,16 @@ def strict_json(text: str) -> Any:
 def test_no_bus_payload_breaks_the_bridge_the_pages_or_the_streams(
     hostile_web: HostileWeb, batch: list[tuple[str, bytes]]
 ) -> None:
+    if hostile_web.bridge.view(FARM) is None:  # removed by an earlier batch's cleared status: announce it again
+        feed_farm(hostile_web.bridge)
     for topic, payload in batch:
         hostile_web.bridge.handle(topic, payload)
     assert hostile_web.bridge.handler_errors == 0  # every message was either shown or dropped as not fitting
+    # a cleared status removes the farm (kubmesh farm remove): then its page is a 404, never an error
+    shown = 200 if hostile_web.bridge.view(FARM) is not None else 404
     for path, language in (("/", "en"), (f"/farms/{FARM}", "en"), (f"/farms/{FARM}", "ru")):
         response = hostile_web.client.get(path, headers={"Accept-Language": language})
-        assert response.status_code == 200, (path, response.get_data(as_text=True)[-2000:])
+        assert response.status_code == (200 if path == "/" else shown), (path, response.get_data(as_text=True)[-2000:])
         assert "Project-Id-Version" not in response.get_data(as_text=True)  # gettext("") of an empty published word
     while not hostile_web.events.queue.empty():
         event = hostile_web.events.queue.get_nowait()

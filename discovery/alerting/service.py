@@ -170,7 +170,7 @@ class AlertingService:
                   "state": alert.state, "opened": alert.opened, "since": alert.since,
                   "acknowledged_by": alert.acknowledged_by, "acknowledged": alert.acknowledged,
                   "cleared": alert.cleared, "message": describe(alert, REST_LANGUAGE, self.config.book),
-                  "value": alert.value}
+                  "value": alert.value, "subject": alert.subject}
         return AlertItem.model_validate({key: value for key, value in fields.items() if value is not None})
 
     def farm_owner(self, farm_id: str) -> str | None:

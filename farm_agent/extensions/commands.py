@@ -1,5 +1,6 @@
 """Commands on ``set/{name}``: each executed by :class:`~farm_agent.control.CommandHandler`, answered on ``ack``,
-an applied one told on ``events`` and followed by a poll, so that its effect shows at once."""
+an applied one told on ``events`` and followed by a poll, so that its effect shows at once (settings read back
+included)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ class Commands(Extension):
             name = message.topic.rsplit("/", 1)[-1]
         result = await self._handler.handle(name, message.payload, retained=message.retained)
         await agent.publisher.publish(agent.topics.ack(agent.farm_id), encode(result.ack))
+        if name in agent.profile.writable_by_name:
+            agent.poller.refresh_settings()  # applied or refused, the state says what the device now holds
         if result.applied:
             ack = result.ack
             await agent.publish_event(Event(

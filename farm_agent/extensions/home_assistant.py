@@ -51,7 +51,8 @@ class HomeAssistant(Extension):
         config = homeassistant.device_config(
             agent.profile, agent.topics, agent.farm_id, farm_name=settings.farm_name or agent.farm_id,
             firmware=agent.state.firmware, location=settings.location, agent_version=AGENT_VERSION,
-            language=settings.ha_language, via_device=homeassistant.site_node_id(first) if in_a_site else None,
+            language=settings.ha_language, web_url=settings.ha_web_url,
+            via_device=homeassistant.site_node_id(first) if in_a_site else None,
         )
         await agent.publisher.publish(homeassistant.config_topic(settings.ha_prefix, agent.farm_id),
                                       json.dumps(config, ensure_ascii=False).encode(), retain=True)

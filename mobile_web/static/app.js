@@ -77,10 +77,89 @@
   // ---- the farm list ------------------------------------------------------------------------------
   function farmList(main) {
     const card = (farm) => main.querySelector(`[data-farm="${CSS.escape(farm)}"]`);
-    const lists = main.querySelectorAll(".farms"); // one per site, farms without a site last
+    const lists = () => main.querySelectorAll("ul.farms"); // one per site, farms without a site last
+
+    const noFarms = main.querySelector("[data-no-farms]");
+    const shown = new Map(); // farm → the newest card request, so an older answer never wins
+    const loading = new Set(); // farms whose card is being fetched
+    const changed = new Set(); // ...and that changed meanwhile: the answer may predate it, so fetch again
+
+    // an event for a farm without a card: nothing to update, unless its card is on its way
+    function missing(farm) {
+      if (loading.has(farm)) changed.add(farm);
+    }
 
     function markStale() {
       main.querySelectorAll("[data-farm]").forEach((el) => el.classList.toggle("stale", isStale(el)));
+    }
+
+    // the list of a site's farms (the server's grouping, mobile_web/farms.py by_site): made when a farm of a
+    // new site appears, before the farms without a site, which come last
+    function heading(list) {
+      const before = list.previousElementSibling;
+      return before && before.matches("h2.site") ? before : null;
+    }
+
+    function siteList(site) {
+      const found = Array.from(lists()).find((list) => list.dataset.site === site);
+      if (found) return found;
+      const list = document.createElement("ul");
+      list.className = "farms";
+      list.dataset.site = site;
+      const unsited = Array.from(lists()).find((other) => other.dataset.site === "");
+      const anchor = unsited ? heading(unsited) || unsited : null;
+      if (anchor) main.insertBefore(list, anchor); else main.appendChild(list);
+      const title = (text, before) => {
+        const h2 = document.createElement("h2");
+        h2.className = "site";
+        h2.textContent = text;
+        before.before(h2);
+      };
+      if (site) title(site, list);
+      if (unsited && !heading(unsited)) title(main.dataset.otherFarms, unsited); // no longer the only group
+      if (!site && lists().length > 1) title(main.dataset.otherFarms, list);
+      return list;
+    }
+
+    // a card goes; so does its site's list when it was the last one there
+    function removeCard(el) {
+      const li = el.closest("li");
+      const list = li.parentElement;
+      li.remove();
+      if (list.children.length === 0 && list.dataset.site !== "") {
+        const title = heading(list);
+        if (title) title.remove();
+        list.remove();
+      }
+    }
+
+    // a farm that appeared (or changed its name) while the list is open: its card as the server renders it
+    async function showCard(farm) {
+      const mine = (shown.get(farm) || 0) + 1;
+      shown.set(farm, mine);
+      loading.add(farm);
+      changed.delete(farm);
+      let html = null;
+      try {
+        const response = await fetch(main.dataset.cardUrl.replace("FARM", encodeURIComponent(farm)));
+        if (response.ok) html = await response.text();
+      } catch (error) {
+        html = null;
+      }
+      if (shown.get(farm) !== mine) return; // a newer request is on its way, or the farm went meanwhile
+      loading.delete(farm);
+      if (html === null) return; // not this user's farm
+      if (changed.delete(farm)) { showCard(farm); return; }
+      const template = document.createElement("template");
+      template.innerHTML = html.trim();
+      const fresh = template.content.firstElementChild;
+      const old = card(farm);
+      if (old) removeCard(old);
+      siteList(fresh.dataset.site).appendChild(fresh);
+      noFarms.hidden = true;
+      markStale();
+      refreshTimes();
+      sortCards();
     }
 
     function sortCards() {
@@ -89,7 +168,7 @@
         const alarms = parseInt(el.querySelector("[data-alarm-count]").textContent, 10) || 0;
         return [-alarms, el.dataset.online === "true" ? 0 : 1, el.querySelector(".name").textContent];
       };
-      lists.forEach((list) => {
+      lists().forEach((list) => {
         const items = Array.from(list.children);
         items.sort((a, b) => {
           const [ka, kb] = [key(a), key(b)];
@@ -102,7 +181,7 @@
     connect(main.dataset.stream, {
       state: (data) => {
         const el = card(data.farm);
-        if (!el) return;
+        if (!el) { missing(data.farm); return; }
         const shown = el.querySelector("[data-value]"); // the farm's main value, as its profile says
         if (shown) shown.textContent = formatValue(shown, data.values[shown.dataset.value]);
         el.dataset.updated = Math.floor(Date.now() / 1000);
@@ -112,23 +191,32 @@
       },
       heartbeat: (data) => {
         const el = card(data.farm);
-        if (!el) return;
+        if (!el) { missing(data.farm); return; }
         el.dataset.heartbeatOk = String(data.modbus === "ok");
         el.querySelector("time[data-ts]").dataset.ts = Math.floor(Date.parse(data.ts) / 1000);
         markStale();
       },
       status: (data) => {
         const el = card(data.farm);
-        if (!el) { if (data.state === "online") location.reload(); return; }
+        if (!el) { missing(data.farm); return; }
         el.dataset.online = String(data.state === "online");
         setPresence(el, data.state === "online");
         markStale();
         sortCards();
       },
       profile: () => location.reload(), // a farm's main value may be another now
+      farm_added: (data) => showCard(data.farm),
+      meta: (data) => { if (card(data.farm)) showCard(data.farm); else missing(data.farm); }, // name, main value
+      farm_removed: (data) => {
+        shown.set(data.farm, (shown.get(data.farm) || 0) + 1); // a card request in flight is out of date
+        loading.delete(data.farm);
+        const el = card(data.farm);
+        if (el) removeCard(el);
+        noFarms.hidden = main.querySelector("[data-farm]") !== null;
+      },
       alarms: (data) => {
         const el = card(data.farm);
-        if (!el) return;
+        if (!el) { missing(data.farm); return; }
         const badge = el.querySelector("[data-alarm-count]");
         badge.textContent = data.active.length;
         badge.classList.toggle("hidden", data.active.length === 0);
@@ -276,6 +364,9 @@
 
     const chart = main.querySelector("[data-chart]");
     if (chart) historyChart(chart);
+    // the export's times are in this phone's time zone
+    const zone = main.querySelector("[data-time-zone]");
+    if (zone) zone.value = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
     setInterval(markStale, 1000);
     markStale();
   }
@@ -384,6 +475,37 @@
     });
   }
 
+  function urlBase64ToBytes(text) {
+    const base64 = (text + "=".repeat((4 - (text.length % 4)) % 4)).replace(/-/g, "+").replace(/_/g, "/");
+    return Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  }
+
+  // "Enable notifications on this phone": the service worker's push subscription, made with the node's
+  // VAPID public key, is handed to the web, which keeps it as the user's Web Push channel
+  function webPushButton(button) {
+    const status = document.querySelector("[data-webpush-status]");
+    const say = (ok) => { status.textContent = ok ? status.dataset.ok : status.dataset.failed; };
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        if (!("serviceWorker" in navigator) || !("PushManager" in window)) throw new Error("no push here");
+        if ((await Notification.requestPermission()) !== "granted") throw new Error("not allowed");
+        const registration = await navigator.serviceWorker.ready;
+        const subscription = await registration.pushManager.subscribe({
+          userVisibleOnly: true, applicationServerKey: urlBase64ToBytes(button.dataset.webpush) });
+        const answer = await fetch(button.dataset.webpushUrl, {
+          method: "POST", headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken },
+          body: JSON.stringify(subscription.toJSON ? subscription.toJSON() : subscription) });
+        if (!answer.ok) throw new Error("refused");
+        say(true);
+        location.reload();
+      } catch (_) {
+        say(false);
+        button.disabled = false;
+      }
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     refreshTimes();
     setInterval(refreshTimes, 5000);
@@ -398,5 +520,7 @@
     if (list) farmList(list);
     const farm = document.getElementById("farm");
     if (farm) farmPage(farm);
+    const push = document.querySelector("[data-webpush]");
+    if (push) webPushButton(push);
   });
 })();

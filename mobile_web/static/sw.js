@@ -37,3 +37,28 @@ self.addEventListener("message", (event) => {
     event.waitUntil(caches.open(CACHE).then((cache) => cache.add(OFFLINE)));
   }
 });
+
+// an alert pushed by the discovery node (Web Push): shown even with every page closed; one per farm, the
+// newer replacing the older, and a tap opens the farm's page, where the alert is acknowledged
+self.addEventListener("push", (event) => {
+  let message = {};
+  try {
+    message = event.data ? event.data.json() : {};
+  } catch (_) {
+    message = { body: event.data ? event.data.text() : "" };
+  }
+  const url = message.farm_id ? "/farms/" + encodeURIComponent(message.farm_id) : "/alerts";
+  event.waitUntil(self.registration.showNotification(message.title || "kubmesh", {
+    body: message.body || "", tag: message.farm_id || "kubmesh", renotify: true,
+    requireInteraction: message.severity === "critical", icon: "/static/icon-192.png", data: { url },
+  }));
+});
+
+self.addEventListener("notificationclick", (event) => {
+  event.notification.close();
+  const url = new URL((event.notification.data && event.notification.data.url) || "/", self.location.origin).href;
+  event.waitUntil(self.clients.matchAll({ type: "window", includeUncontrolled: true }).then((windows) => {
+    const open = windows.find((client) => client.url === url);
+    return open ? open.focus() : self.clients.openWindow(url);
+  }));
+});
