@@ -1,4 +1,5 @@
-"""Bytes one controller's house sends and receives a day on its uplink, before and after the lean uplink.
+"""Bytes one controller's house sends and receives a day on its uplink: before and after the lean uplink,
+and with the history's confirmation on against off.
 
 Two measurements in one run:
 
@@ -11,9 +12,13 @@ Two measurements in one run:
    message. A consumer keeps what it was sent; after every poll, a value that differs from what the
    consumer holds by more than its deadband (or a status that differs) is a **missed change**.
    "before" is the encoding and deadbands of the agent before the lean uplink (every status listed,
-   the old deadbands, a heartbeat every 30 s); "after" is today's agent and profile.
+   the old deadbands, a heartbeat every 30 s); "after" is today's agent and profile. "confirmation on"
+   adds the history's committed mark the farm receives for every state (``kub/discovery/committed/{farm}``,
+   a QoS 0 PUBLISH: no PUBACK goes back up; the discovery node commits every 0.25 s, so at 5 s polling
+   each state is confirmed on its own) and the heartbeat's ``held_from``; "off" is the agent before it.
 2. **The real wire.** A real agent polls a real simulator through a TCP proxy in front of the
-   embedded broker; the proxy counts every byte both ways. The mean state and heartbeat PUBLISH it
+   embedded broker of a real discovery node (so the confirmations flow); the proxy counts every byte
+   both ways. The mean state and heartbeat PUBLISH it
    measures checks the sizes the day model assumes (ratio), and so does the share of bytes that is
    framing and acknowledgements.
 
@@ -37,7 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.identities import IdentityStore, Role
-from contract.payloads import Heartbeat, Reading, SensorStatus, encode
+from contract.payloads import Committed, Heartbeat, Reading, SensorStatus, encode
 from contract.topics import Topics
 from farm_agent.blocks import plan_blocks
 from farm_agent.decode import decode_values
@@ -63,9 +68,9 @@ BEFORE_DEADBANDS = {"pressure": 1.0, "humidity": 1.0, "co2": 50, "nh3": 1.0, "fa
 BEFORE_HEARTBEAT_S = 30
 
 
-def publish_bytes(topic: str, payload: bytes) -> int:
-    """A QoS 1 PUBLISH on the wire: fixed header with its remaining length, topic, packet id, payload."""
-    remaining = 2 + len(topic.encode()) + 2 + len(payload)
+def publish_bytes(topic: str, payload: bytes, qos: int = 1) -> int:
+    """A PUBLISH on the wire: fixed header with its remaining length, topic, packet id (QoS 1), payload."""
+    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + len(payload)
     length_bytes = 1 if remaining < 128 else 2 if remaining < 16384 else 3
     return 1 + length_bytes + remaining
 
@@ -77,10 +82,11 @@ class Day:
     heartbeat_bytes: int
     acks_and_pings: int
     missed: int
+    confirm_bytes: int = 0  # the history's committed marks, received
 
     @property
     def total(self) -> int:
-        return self.state_bytes + self.heartbeat_bytes + self.acks_and_pings
+        return self.state_bytes + self.heartbeat_bytes + self.acks_and_pings + self.confirm_bytes
 
     @property
     def mean_state(self) -> float:
@@ -98,17 +104,20 @@ def before_bits(values: Mapping[str, int | float | None]) -> dict[str, dict[str,
     return {"digital_outputs_2": {"alarm_relay": bool(int(raw) >> 7 & 1)}} if raw is not None else {}
 
 
-def heartbeat_payload(before: bool) -> bytes:
+def heartbeat_payload(before: bool, confirm: bool = False) -> bytes:
     """A heartbeat as a house of a 3-unit bus sends it (before: as a single-controller agent sent it)."""
     heartbeat = Heartbeat(ts=datetime.now(UTC), uptime_s=86399.9, polls_ok=17279, polls_failed=0, modbus="ok",
                           backlog=0, dropped=0, bytes_per_hour=99999)
     if not before:
         heartbeat = heartbeat.model_copy(update={"cycle_s": 0.612, "cycle_wire_s": 0.6, "bus_units": 3,
                                                  "overrun": False})
+    if confirm:
+        heartbeat = heartbeat.model_copy(update={"held_from": 17280})
     return encode(heartbeat)
 
 
-def poll_a_day(profile: Profile, *, before: bool, max_interval: float, heartbeat_s: float, seed: int = 7) -> Day:
+def poll_a_day(profile: Profile, *, before: bool, max_interval: float, heartbeat_s: float, seed: int = 7,
+               confirm: bool = False) -> Day:
     topics = Topics()
     state_topic = topics.state(FARM)
     now = [1_764_547_200.0]  # a simulated clock, stepped one poll at a time
@@ -117,7 +126,7 @@ def poll_a_day(profile: Profile, *, before: bool, max_interval: float, heartbeat
     shown_values: dict[str, int | float | None] | None = None
     shown_status: dict[str, SensorStatus] | None = None
     published_at = -1e18
-    states = state_bytes = missed = 0
+    states = state_bytes = missed = confirm_bytes = 0
     sent_at: list[float] = []
     for poll in range(int(DAY_S / POLL_S)):
         now[0] += POLL_S
@@ -133,6 +142,8 @@ def poll_a_day(profile: Profile, *, before: bool, max_interval: float, heartbeat
             if before:  # every status listed and the labelled bits, as the agent sent them
                 reading = Reading(ts=ts, seq=poll, values=values, status=status, bits=before_bits(values))
             state_bytes += publish_bytes(state_topic, encode(reading))
+            if confirm:
+                confirm_bytes += publish_bytes(topics.committed(FARM), encode(Committed(seq=poll)), qos=0)
             states += 1
             published_at = now[0]
             sent_at.append(now[0])
@@ -140,11 +151,12 @@ def poll_a_day(profile: Profile, *, before: bool, max_interval: float, heartbeat
         elif shown_values is not None and shown_status is not None:
             missed += count_missed(profile, shown_values, shown_status, values, status)
     heartbeats = int(DAY_S / heartbeat_s)
-    heartbeat_bytes = heartbeats * publish_bytes(topics.heartbeat(FARM), heartbeat_payload(before))
+    heartbeat_bytes = heartbeats * publish_bytes(topics.heartbeat(FARM), heartbeat_payload(before, confirm))
     sent_at += [1_764_547_200.0 + i * heartbeat_s for i in range(heartbeats)]
     sent_at.sort()
     pings = sum(int((b - a) // KEEPALIVE_S) for a, b in itertools.pairwise(sent_at))
-    return Day(states, state_bytes, heartbeat_bytes, (states + heartbeats) * PUBACK + pings * PING_PAIR, missed)
+    return Day(states, state_bytes, heartbeat_bytes, (states + heartbeats) * PUBACK + pings * PING_PAIR, missed,
+               confirm_bytes)
 
 
 def count_missed(profile: Profile, shown: Mapping[str, int | float | None], shown_status: Mapping[str, SensorStatus],
@@ -167,12 +179,14 @@ def measure_wire(folder: Path, polls: int, poll: float) -> dict[str, float]:
     data = folder / "data"
     store = IdentityStore(data)
     admin, farm = store.add("admin", Role.ADMIN), store.add(FARM, Role.FARM)
-    port = free_port()
-    broker = ServiceProcess(["broker", "--data-dir", str(data), "--mqtt-host", "127.0.0.1", "--mqtt-port", str(port)],
-                            folder / "broker.log").wait_port(port)
+    port, api_port = free_port(), free_port()
+    broker = ServiceProcess(["discovery", "--data-dir", str(data), "--mqtt-host", "127.0.0.1", "--mqtt-port",
+                             str(port), "--host", "127.0.0.1", "--port", str(api_port)],
+                            folder / "discovery.log").wait_port(port)
     proxy = TcpProxy(port).start()
     simulator = Simulator(folder).start()
-    watcher = MqttWatcher(port, admin.username, admin.password, f"kub/farms/{FARM}/#")
+    committed = Topics().committed(FARM)
+    watcher = MqttWatcher(port, admin.username, admin.password, [f"kub/farms/{FARM}/#", committed])
     agent = Agent(folder, data, FARM, f"mqtt://{FARM}:{farm.password}@127.0.0.1:{proxy.port}", simulator.modbus_url,
                   poll_interval=poll, extra_env={"MAX_INTERVAL": "60", "HEARTBEAT_INTERVAL": "2"})
     try:
@@ -192,6 +206,8 @@ def measure_wire(folder: Path, polls: int, poll: float) -> dict[str, float]:
             window = watcher.messages[start:]
         wire = proxy.bytes_up - up + proxy.bytes_down - down
         sizes: dict[str, list[int]] = {"state": [], "heartbeat": []}
+        marks = [publish_bytes(t, p, qos=0) for t, p, _ in window if t == committed]
+        window = [(t, p, r) for t, p, r in window if t != committed]
         for topic, payload, _ in window:
             kind = topic.rsplit("/", 1)[-1]
             if kind in sizes:
@@ -201,7 +217,9 @@ def measure_wire(folder: Path, polls: int, poll: float) -> dict[str, float]:
             "mean_state": sum(sizes["state"]) / max(1, len(sizes["state"])),
             "mean_heartbeat": sum(sizes["heartbeat"]) / max(1, len(sizes["heartbeat"])),
             "wire": wire,
-            "published": published,
+            "published": published + sum(marks),
+            "marks_per_state": len(marks) / max(1, len(sizes["state"])),
+            "mean_mark": sum(marks) / max(1, len(marks)),
         }
     finally:
         watcher.close()
@@ -223,15 +241,23 @@ def main() -> None:
                         heartbeat_s=BEFORE_HEARTBEAT_S)
     after = poll_a_day(profile, before=False, max_interval=settings_default.max_interval,
                        heartbeat_s=settings_default.heartbeat_interval)
-    every_poll = poll_a_day(profile, before=False, max_interval=0, heartbeat_s=settings_default.heartbeat_interval)
+    confirmed = poll_a_day(profile, before=False, max_interval=settings_default.max_interval,
+                           heartbeat_s=settings_default.heartbeat_interval, confirm=True)
+    every_poll = poll_a_day(profile, before=False, max_interval=0, heartbeat_s=settings_default.heartbeat_interval,
+                            confirm=True)
     print(f"One controller, polled every {POLL_S:g} s for a day ({int(DAY_S / POLL_S)} polls), bytes on its uplink "
           "(MQTT: PUBLISH, PUBACK, PING)\n")
     print(f"{'agent':<34} {'states':>7} {'B/state':>8} {'states MB':>10} {'heartb. MB':>11} {'acks+pings':>11}"
-          f" {'MB/day':>7} {'missed':>7}")
-    for name, day in (("before (ceec17b)", before), ("after: by exception", after), ("after: every poll", every_poll)):
+          f" {'confirm MB':>11} {'MB/day':>7} {'missed':>7}")
+    rows = (("before (ceec17b)", before), ("after: by exception, no confirm.", after),
+            ("after: by exception, confirmation", confirmed), ("after: every poll, confirmation", every_poll))
+    for name, day in rows:
         print(f"{name:<34} {day.states:>7} {day.mean_state:>8.0f} {day.state_bytes / 1e6:>10.2f}"
-              f" {day.heartbeat_bytes / 1e6:>11.2f} {day.acks_and_pings / 1e6:>11.3f} {day.total / 1e6:>7.2f}"
-              f" {day.missed:>7}")
+              f" {day.heartbeat_bytes / 1e6:>11.2f} {day.acks_and_pings / 1e6:>11.3f}"
+              f" {day.confirm_bytes / 1e6:>11.2f} {day.total / 1e6:>7.2f} {day.missed:>7}")
+    print(f"\nconfirmation on/off: {confirmed.total / after.total:.2f} ({confirmed.total / 1e6:.2f} against"
+          f" {after.total / 1e6:.2f} MB/day); farm to broker alone (states, heartbeats, their PUBACKs and pings):"
+          f" {(confirmed.total - confirmed.confirm_bytes) / after.total:.3f}")
     print(f"\nafter/before: {after.total / before.total:.2f} ({before.total / after.total:.1f}x fewer bytes); "
           f"budget {BUDGET_MB:g} MB/day: {'met' if after.total <= BUDGET_MB * 1e6 else 'NOT met'}; "
           f"changes beyond a deadband missed: {after.missed}")
@@ -241,7 +267,8 @@ def main() -> None:
         print(f"\nreal wire ({args.wire_polls} polls of a real agent through the proxy): state PUBLISH "
               f"{wire['mean_state']:.0f} B (day model {after.mean_state:.0f} B, ratio "
               f"{wire['mean_state'] / after.mean_state:.2f}), heartbeat {wire['mean_heartbeat']:.0f} B; all bytes "
-              f"both ways / PUBLISH bytes = {wire['wire'] / max(1, wire['published']):.2f}")
+              f"both ways / PUBLISH bytes = {wire['wire'] / max(1, wire['published']):.2f}; committed marks "
+              f"{wire['marks_per_state']:.2f} per state, {wire['mean_mark']:.0f} B each")
     print(f"({time.monotonic() - started:.0f} s to measure)")
 
 

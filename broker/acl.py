@@ -7,8 +7,9 @@ brokers enforce the same rules.
 
 - a farm: publishes its own leaves ``{base}/farms/{id}/status|meta|…|ack`` (not
   ``set/…``, which only commanders publish) and its own Home Assistant configs;
-  reads its own subtree, ``homeassistant/status`` and ``{base}/discovery/status`` (the farm texts
-  its farmer when the discovery node is dead: farm_agent/sms);
+  reads its own subtree, ``homeassistant/status``, ``{base}/discovery/status`` (the farm texts
+  its farmer when the discovery node is dead: farm_agent/sms; it replays only while it is online) and the history's
+  confirmation to it alone, ``{base}/discovery/committed/{id}``;
 - discovery: reads everything under ``{base}``, alone publishes ``{base}/discovery/#`` and each farm's
   open alerts ``{base}/alerts/{id}``;
 - mobile web: reads everything under ``{base}``, publishes ``set/…`` commands and its users' alert
@@ -49,6 +50,7 @@ from contract.topics import (
 
 FARM = "{farm}"  # the level of a grant's filter that names a farm
 WILDCARDS = ("+", "#")
+FARM_ID_EXAMPLE = "x"  # a valid farm id, replaced by ``{farm}`` in a topic built by the contract
 
 
 class Access(StrEnum):
@@ -105,6 +107,7 @@ class AclRules:
             Grant(read, farm_tree, Binding.SELF),
             Grant(read, ha_status_topic(ha)),
             Grant(read, self.topics.discovery_status()),
+            Grant(read, self.topics.committed(FARM_ID_EXAMPLE).replace(FARM_ID_EXAMPLE, FARM), Binding.SELF),
         )
         everything = (Grant(read, f"{base}/#"), Grant(read, f"{ha}/#"))
         owned = (

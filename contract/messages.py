@@ -17,6 +17,7 @@ from contract.payloads import (
     Ack,
     Alarms,
     AlertAck,
+    Committed,
     Event,
     FarmAlerts,
     Heartbeat,
@@ -94,6 +95,15 @@ class AlertsMessage:
     retained: bool = False
 
 
+@dataclass(frozen=True)
+class CommittedMark:
+    """The history's confirmation to ``farm_id``: its readings up to ``mark.seq`` are stored."""
+
+    farm_id: str
+    mark: Committed
+    retained: bool = False
+
+
 Message = FarmMessage[BaseModel] | DiscoveryStatus | AlertAckMessage | AlertsMessage
 
 
@@ -129,3 +139,20 @@ def _decode_alerts(topics: Topics, topic: str, payload: bytes, retained: bool) -
         raise MessageError(topic, str(exc)) from None
     except Exception as exc:  # total, as for farm topics
         raise MessageError(topic, f"undecodable payload ({type(exc).__name__})") from None
+
+
+def decode_committed(topics: Topics, topic: str, payload: bytes, retained: bool = False) -> CommittedMark:
+    """Decode the history's confirmation to a farm (``{base}/discovery/committed/{farm}``), or raise
+    :class:`MessageError`; only farms read these, so :func:`decode_message` leaves them out."""
+    try:
+        farm_id = topics.committed_farm(topic)
+    except InvalidTopic as exc:
+        raise MessageError(topic, str(exc)) from None
+    if farm_id is None:
+        raise MessageError(topic, "not a committed topic")
+    try:
+        return CommittedMark(farm_id, decode(Committed, payload), retained)
+    except PayloadError as exc:
+        raise MessageError(topic, str(exc), farm_id) from None
+    except Exception as exc:  # total, as decode_message
+        raise MessageError(topic, f"undecodable payload ({type(exc).__name__})", farm_id) from None

@@ -213,7 +213,7 @@ class Heartbeat(WireModel):
     polls_ok: int
     polls_failed: int
     modbus: Literal["ok", "error"]
-    backlog: int = 0  # readings queued on disk, not yet acknowledged by the broker
+    backlog: int = 0  # readings queued on disk, not yet confirmed by the history
     dropped: int = 0  # readings the backlog's bounds dropped, ever
     bytes_per_hour: int | None = None
     storage_error: str | None = None  # set while the agent's data dir refuses writes: readings wait in memory
@@ -224,6 +224,9 @@ class Heartbeat(WireModel):
     cycle_wire_s: float | None = None  # what its frames take on the line at its baud rate: the cycle's floor
     bus_units: int | None = None  # controllers polled in the cycle
     overrun: bool | None = None  # true while the cycle takes longer than the poll interval: polls come late
+    # the oldest seq the agent still holds (its next seq when it holds none): every reading below it is
+    # either stored by the history or was dropped by the backlog's bounds, so the history need not wait for it
+    held_from: int | None = Field(None, ge=0, lt=2**63)
 
 
 class Reading(WireModel):
@@ -243,6 +246,16 @@ class Reading(WireModel):
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"value {name!r} is not a finite number")
         return values
+
+
+class Committed(WireModel):
+    """``{base}/discovery/committed/{farm}``, retained, from the discovery node: every reading of the farm
+    numbered ``seq`` or lower is stored in the history (or is one the farm said it no longer holds).
+
+    Published after a commit that moved it (at most once per farm per commit), and again on every
+    connect of the discovery node. The agent keeps a reading until a mark covers it."""
+
+    seq: int = Field(ge=0, lt=2**63)
 
 
 class AlarmItem(WireModel):

@@ -6,6 +6,7 @@ hand elsewhere is a bug. The layout is CONTRACT.md's::
     {base}/farms/{farm}/status|meta|heartbeat|state|backlog|alarms|events|ack
     {base}/farms/{farm}/set/{name}
     {base}/discovery/status
+    {base}/discovery/committed/{farm}  (retained, by the discovery node)
     {base}/alerts/{farm}          (retained, by the discovery node)
     {base}/alerts/{farm}/ack      (by an operator)
 """
@@ -122,6 +123,17 @@ class Topics:
 
     def discovery_status(self) -> str:
         return f"{self.base}/discovery/status"
+
+    def committed(self, farm_id: str) -> str:
+        """The history's confirmation to one farm: which of its readings are stored (retained)."""
+        return f"{self.base}/discovery/committed/{check_farm_id(farm_id)}"
+
+    def committed_farm(self, topic: str) -> str | None:
+        """The farm of a ``committed`` topic, or None for any other topic."""
+        prefix = f"{self.base}/discovery/committed/"
+        if not topic.startswith(prefix):
+            return None
+        return check_farm_id(topic.removeprefix(prefix))
 
     def discovery_prefix(self) -> str:
         return f"{self.base}/discovery/"

@@ -1,10 +1,14 @@
 """The discovery node's one MQTT session: each message decoded once, handed to the extensions that asked.
 
 It keeps ``{base}/discovery/status`` retained ``online`` while connected (its last will says
-``offline``; a broker that restarted empty gets it again on the reconnect), subscribes to the filters
-of every extension, decodes each message with :func:`contract.messages.decode_message` and delivers
-the typed message to the extensions whose filters match. A message that is not of the contract is
-logged, counted (``Extensions.rejected``) and acknowledged: sent again, it would be refused again.
+``offline``; a broker that restarted empty gets it again on the reconnect). On every connection it first
+subscribes to the filters of every extension — a broker that has no session for it (``session present``
+0: it restarted without persistence, or expired the session) would otherwise send it nothing — then lets
+the extensions publish (:meth:`~discovery.extension.Extension.on_connected`), and only then says
+``online``: farms replay their backlog only to a node whose subscriptions are in place. It decodes each
+message with :func:`contract.messages.decode_message` and delivers the typed message to the extensions
+whose filters match. A message that is not of the contract is logged, counted (``Extensions.rejected``)
+and acknowledged: sent again, it would be refused again.
 :class:`common.session.MqttSession` reconnects it with backoff; it never exits on a broker fault.
 
 The session is persistent (a fixed client id, clean session off, QoS 1 subscriptions): while the node
@@ -71,14 +75,23 @@ class DiscoveryBus:
     async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         self._client = client
         self._unacked.clear()  # message ids belong to a connection; the broker resends what we did not ack
-        await client.publish(self.topics.discovery_status(), b"online", qos=1, retain=True)
+        # every time, before saying online: subscribing again where the session kept them changes nothing
         filters = sorted({*self.extensions.filters(), self.topics.discovery_status()})
         await client.subscribe([(f, 1) for f in filters])
-        log.info("connected to the broker %s", self.session.url.redacted())
-        # returns on stop; a broken connection raises MqttError here, and the session reconnects
-        if await run_until_stopped(stop, self._dispatch(client), self._commit_every(client)):
-            await self._commit(client)
-            await client.publish(self.topics.discovery_status(), b"offline", qos=1, retain=True)
+
+        async def publish(topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
+            await client.publish(topic, payload, qos=qos, retain=retain)
+
+        try:
+            await self.extensions.connected(publish)
+            await client.publish(self.topics.discovery_status(), b"online", qos=1, retain=True)
+            log.info("connected to the broker %s, subscribed: online", self.session.url.redacted())
+            # returns on stop; a broken connection raises MqttError here, and the session reconnects
+            if await run_until_stopped(stop, self._dispatch(client), self._commit_every(client)):
+                await self._commit(client)
+                await client.publish(self.topics.discovery_status(), b"offline", qos=1, retain=True)
+        finally:
+            await self.extensions.disconnected()
 
     async def _dispatch(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

@@ -4,7 +4,9 @@ An :class:`Extension` is one feature: it opens what it owns in :meth:`~Extension
 :meth:`~Extension.stop`, names the topic filters it wants and receives those messages already decoded
 (:class:`~contract.messages.FarmMessage`, :class:`~contract.messages.DiscoveryStatus`). One that buffers
 writes commits them in :meth:`~Extension.commit`, which the bus awaits before it acknowledges the
-messages to the broker. :class:`Extensions` runs them: an extension that raises is logged with the farm
+messages to the broker. One that publishes on the connection gets its :class:`ConnectionPublish` in
+:meth:`~Extension.on_connected`, after the node's subscriptions are in place and before it says
+``online``. :class:`Extensions` runs them: an extension that raises is logged with the farm
 and the topic, counted (``/health``, ``/metrics``) and left out of that one call; the others go on.
 """
 
@@ -14,7 +16,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
 from common.identities import IdentityStore
 from contract.messages import FarmMessage, Message
@@ -30,6 +32,12 @@ log = logging.getLogger("kubmesh.discovery")
 
 E = TypeVar("E", bound="Extension")
 Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+class ConnectionPublish(Protocol):
+    """A publish on the bus's current connection; raises ``aiomqtt.MqttError`` when it broke."""
+
+    async def __call__(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None: ...
 
 
 @dataclass
@@ -69,6 +77,12 @@ class Extension:
 
     async def on_message(self, message: Message) -> None:
         """A message on one of :meth:`filters`, decoded by the contract."""
+
+    async def on_connected(self, publish: ConnectionPublish) -> None:
+        """The bus is connected and subscribed; ``publish`` sends on this connection until it breaks."""
+
+    async def on_disconnected(self) -> None:
+        """The connection of the last :meth:`on_connected` broke or ended."""
 
     async def commit(self) -> None:
         """Make durable what was received so far; the bus acknowledges those messages once this returns."""
@@ -110,6 +124,14 @@ class Extensions:
             if any(filter_within(topic, f) for f in self._filters[extension.name]):
                 farm = message.farm_id if isinstance(message, FarmMessage) else "-"
                 await self._guarded(extension, extension.on_message(message), f"message of farm {farm} on {topic}")
+
+    async def connected(self, publish: ConnectionPublish) -> None:
+        for extension in self.all:
+            await self._guarded(extension, extension.on_connected(publish), "connect")
+
+    async def disconnected(self) -> None:
+        for extension in self.all:
+            await self._guarded(extension, extension.on_disconnected(), "disconnect")
 
     async def commit(self) -> bool:
         """Commit every extension's writes; False when one failed (its messages must not be acknowledged)."""

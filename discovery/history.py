@@ -9,6 +9,13 @@ readings are kept for ``raw_days``, then folded into per-``rollup_step`` min/max
 ``keep_days``, on a timer of its own (the fold runs on the writer thread too), by the one node that holds
 the storage's lease. Gaps are counted from ``seq``. The queries block and run on the database's reader
 threads.
+
+Each farm has a committed mark (table ``committed``, in either store): the highest ``seq`` up to which every
+reading is stored, moved forward in the transaction that stores them. A farm's heartbeat says from which
+``seq`` on it still holds readings (``held_from``); what lies below that and is missing was dropped by the
+farm's own bounds, so the mark steps over it instead of waiting for it for ever. Each node computes the mark
+from the shared store and only ever raises it (two nodes on one PostgreSQL both store every reading, so
+either may move it); :mod:`discovery.confirmation` publishes the marks to the farms.
 """
 
 from __future__ import annotations
@@ -75,6 +82,9 @@ class HistoryRecorder(Extension):
         self._stored = 0
         self._pending: list[Pending] = []
         self._retention_task: asyncio.Task[None] | None = None
+        self._held_from: dict[str, int] = {}  # per farm, from heartbeats: applied to the marks at the next commit
+        self.marks: dict[str, int] = {}  # per farm, as of the last commit (or as stored, at start)
+        self._announce: set[str] = set()  # farms whose mark to publish: it moved, or a reading below it came again
 
     @classmethod
     def build(cls, node: Node) -> HistoryRecorder:
@@ -91,6 +101,7 @@ class HistoryRecorder(Extension):
     async def start(self) -> None:
         self.store.open()
         self._stored = await self.db.read(self.store.count)  # then kept up to date by the writes
+        self.marks = await self.db.read(self.store.marks)
         self._retention_task = asyncio.create_task(self._retention_timer())
 
     async def stop(self) -> None:
@@ -114,11 +125,27 @@ class HistoryRecorder(Extension):
             return
         self._pending.append((message.farm_id, reading.seq, reading.ts.timestamp(), json.dumps(reading.values)))
 
+    def hold_from(self, farm_id: str, seq: int) -> None:
+        """The farm holds no reading below ``seq`` any more: its mark may step over what is missing there."""
+        self._held_from[farm_id] = max(seq, self._held_from.get(farm_id, 0))
+
     async def commit(self) -> None:
         """Write the pending readings in one transaction; a reading already stored is left as it is."""
         pending, self._pending = self._pending, []
-        if pending:
-            self._stored += await self.store.insert(pending, self.clock())
+        held_from, self._held_from = self._held_from, {}
+        if pending or held_from:
+            written = await self.store.insert(pending, self.clock(), held_from)
+            self._stored += written.inserted
+            for farm_id, seq in written.marks.items():
+                if seq > self.marks.get(farm_id, 0):
+                    self.marks[farm_id] = seq
+                    self._announce.add(farm_id)
+            self._announce |= written.repeated
+
+    def take_announcements(self) -> dict[str, int]:
+        """The marks to publish since the last call: those that moved, or that a farm seems not to have had."""
+        farms, self._announce = self._announce, set()
+        return {farm: self.marks[farm] for farm in sorted(farms) if farm in self.marks}
 
     # ---- retention ---------------------------------------------------------------------------------
 

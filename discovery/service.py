@@ -24,6 +24,7 @@ from discovery.alerting.extension import Alerting
 from discovery.api import create_api
 from discovery.audit import CommandAudit
 from discovery.bus import DiscoveryBus
+from discovery.confirmation import Confirmation
 from discovery.extension import Extension, Extensions, Node
 from discovery.history import HistoryRecorder
 from discovery.metrics import Metrics
@@ -38,6 +39,7 @@ log = logging.getLogger("kubmesh.discovery")
 EXTENSIONS: list[Callable[[Node], Extension | None]] = [
     Presence.build,
     HistoryRecorder.build,
+    Confirmation.build,  # after the history: it publishes what the history's commit stored
     CommandAudit.build,
     Metrics.build,
     Tailnet.build,

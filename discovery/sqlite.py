@@ -116,6 +116,10 @@ class SqliteDatabase(Database):
         db = self._writer_db
         while (item := self._jobs.get()) is not None:
             job, future = item
+            # a caller cancelled before the job ran (a stop, a REST client gone): skipped; once running,
+            # the future can no longer be cancelled, so setting its result cannot kill this thread
+            if not future.set_running_or_notify_cancel():
+                continue
             try:
                 future.set_result(job(db))
             except Exception as exc:  # a write that fails is counted and its caller told; the next ones go on

@@ -2,20 +2,21 @@
 
 The farm page's gap summary is counted once per farm on the writer thread, then kept up to date there by
 every insert and every fold (:mod:`discovery.gaps`), so that a farm page costs nothing on the disk. That
-holds because this node is the only writer of the file.
+holds because this node is the only writer of the file; so do the committed marks (table ``committed``), kept
+in memory on the writer thread and moved in the transaction of the inserts.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from discovery.gaps import SeqRuns
 from discovery.sqlite import SqliteDatabase
-from discovery.storage import HistoryStore, Pending
+from discovery.storage import HistoryStore, Pending, Written, advance, held_mark
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -26,6 +27,10 @@ CREATE TABLE IF NOT EXISTS readings (
     PRIMARY KEY (farm_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS readings_ts ON readings (farm_id, ts);
+CREATE TABLE IF NOT EXISTS committed (
+    farm_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rollups (
     farm_id TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -54,9 +59,14 @@ class SqliteHistory(HistoryStore):
         self.db = SqliteDatabase(path, SCHEMA)
         self._runs: dict[str, SeqRuns] = {}  # per farm; used on the writer thread only
         self._reports: dict[str, dict[str, Any]] = {}  # their reports, replaced whole by the writer thread
+        self._marks: dict[str, int] | None = None  # per farm; used on the writer thread only, read at the first insert
 
-    async def insert(self, pending: Sequence[Pending], now: datetime) -> int:
-        return await self.db.write(lambda db: self._insert(db, pending))
+    async def insert(self, pending: Sequence[Pending], now: datetime,
+                     held_from: Mapping[str, int] | None = None) -> Written:
+        return await self.db.write(lambda db: self._insert(db, pending, held_from or {}))
+
+    def marks(self) -> dict[str, int]:
+        return {farm_id: int(seq) for farm_id, seq in self.db.reader().execute("SELECT farm_id, seq FROM committed")}
 
     async def gaps(self, farm_id: str) -> dict[str, Any]:
         report = self._reports.get(farm_id)
@@ -94,23 +104,39 @@ class SqliteHistory(HistoryStore):
         self._reports[farm_id] = report = runs.report()
         return report
 
-    def _insert(self, db: sqlite3.Connection, pending: Sequence[Pending]) -> int:
-        """Store the readings, and update the summaries of the farms already counted."""
+    def _insert(self, db: sqlite3.Connection, pending: Sequence[Pending], held_from: Mapping[str, int]) -> Written:
+        """Store the readings, update the summaries of the farms already counted and move the committed marks,
+        all in one transaction."""
+        if self._marks is None:
+            self._marks = {farm_id: int(seq) for farm_id, seq in db.execute("SELECT farm_id, seq FROM committed")}
+        marks = self._marks
         inserted = 0
         changed: set[str] = set()
-        db.execute("BEGIN")
+        repeated: set[str] = set()
+        moved: dict[str, int] = {}
+        db.execute("BEGIN")  # a failure rolls back on the writer thread (SqliteDatabase)
         for row in pending:
+            farm_id, seq = row[0], row[1]
+            if seq <= marks.get(farm_id, 0):
+                repeated.add(farm_id)  # the farm may have missed its mark
             if db.execute("INSERT OR IGNORE INTO readings (farm_id, seq, ts, data) VALUES (?, ?, ?, ?)",
                           row).rowcount:
                 inserted += 1
-                farm_id, seq = row[0], row[1]
                 if farm_id in self._runs:
                     self._runs[farm_id].added(db, farm_id, seq)
                     changed.add(farm_id)
+        for farm_id in sorted({row[0] for row in pending} | set(held_from)):
+            before = marks.get(farm_id, 0)
+            mark = advance(db, "?", farm_id, held_mark(before, held_from, farm_id))
+            if mark != before:
+                db.execute("INSERT INTO committed (farm_id, seq) VALUES (?, ?) ON CONFLICT (farm_id) "
+                           "DO UPDATE SET seq = MAX(committed.seq, excluded.seq)", (farm_id, mark))
+                moved[farm_id] = mark
         db.execute("COMMIT")
+        marks.update(moved)
         for farm_id in changed:
             self._reports[farm_id] = self._runs[farm_id].report()
-        return inserted
+        return Written(inserted, moved, repeated)
 
     def _fold(self, db: sqlite3.Connection, step: float, cutoff: float, expiry: float) -> tuple[int, int]:
         """The readings older than ``cutoff`` folded into rollups, then deleted (those of the farms with a

@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
@@ -131,14 +132,51 @@ class SoleNode(Lease):
         await stop.wait()
 
 
+MARK_WALK = 1000  # stored seq numbers read at a time while a committed mark is moved
+
+
+@dataclass(frozen=True)
+class Written:
+    """What one :meth:`HistoryStore.insert` did."""
+
+    inserted: int  # readings new to the store
+    marks: dict[str, int] = field(default_factory=dict)  # the committed mark of every farm it touched, after it
+    repeated: set[str] = field(default_factory=set)  # farms that sent again a reading their mark covered
+
+
+def advance(db: Any, mark: str, farm_id: str, seq: int) -> int:
+    """The committed mark ``seq`` moved up over every stored reading that follows it without a gap (on a
+    writer's connection, in the transaction of the inserts; read a chunk at a time: a gap ends the walk)."""
+    while True:
+        rows = db.execute(f"SELECT DISTINCT seq FROM readings WHERE farm_id = {mark} AND seq > {mark} "
+                          f"ORDER BY seq LIMIT {MARK_WALK}", (farm_id, seq)).fetchall()
+        for (stored,) in rows:
+            if stored != seq + 1:
+                return seq
+            seq = int(stored)
+        if len(rows) < MARK_WALK:
+            return seq
+
+
+def held_mark(mark: int, held_from: Mapping[str, int], farm_id: str) -> int:
+    """Where a farm's mark starts its walk: below ``held_from`` the farm holds nothing, so nothing is awaited."""
+    return max(mark, held_from.get(farm_id, 0) - 1)
+
+
 class HistoryStore(ABC):
     """Where the history's readings and rollups live; see :mod:`discovery.history` for what they mean."""
 
     db: Database
 
     @abstractmethod
-    async def insert(self, pending: Sequence[Pending], now: datetime) -> int:
-        """Store the readings in one transaction, each (farm, seq) once; how many were new."""
+    async def insert(self, pending: Sequence[Pending], now: datetime,
+                     held_from: Mapping[str, int] | None = None) -> Written:
+        """Store the readings in one transaction, each (farm, seq) once, and in the same transaction move the
+        committed mark of every farm they (or ``held_from``: per farm, the oldest seq it still holds) name."""
+
+    @abstractmethod
+    def marks(self) -> dict[str, int]:
+        """Every farm's committed mark (blocking: through ``db.read``)."""
 
     @abstractmethod
     async def gaps(self, farm_id: str) -> dict[str, Any]:

@@ -6,7 +6,8 @@ stops on a fault, nor waits for the broker: a reading worth publishing (:mod:`fa
 is numbered and queued (:mod:`farm_agent.queue`), then sent by the
 :class:`~farm_agent.reporter.Reporter`. The house's session (:class:`common.session.MqttSession`)
 reconnects with the house's own last will and, on every connect, publishes its retained topics
-again and replays its backlog. Every other feature is an extension (:mod:`farm_agent.extension`),
+again; the reporter sends what the history has not confirmed yet while the discovery node is online
+(:mod:`farm_agent.extensions.primary_host` tells it). Every other feature is an extension (:mod:`farm_agent.extension`),
 one set per house, told about polls, health changes, connects and messages.
 """
 
@@ -98,7 +99,7 @@ class FarmAgent:
         self.state = FarmState()
         self.publisher = Publisher(self.farm_id)
         self.reporter = Reporter(self.publisher, queue, self.topics, self.farm_id,
-                                 settings.replay_rate, settings.replay_window)
+                                 settings.replay_rate, settings.replay_window, settings.confirm_timeout)
         self.extensions = Extensions(extensions, self)
         self.poll_requested = asyncio.Event()  # the bus scheduler polls this house out of turn
         self.site_houses: tuple[str, ...] = (self.farm_id,)  # every house of the site, in the configured order
@@ -212,14 +213,13 @@ class FarmAgent:
     # ---- the MQTT session ---------------------------------------------------------------------------
 
     async def _serve(self, client: aiomqtt.Client) -> None:
-        """One connection: announce the farm, subscribe, replay the backlog and serve messages until stop."""
-        backlog_below = self.queue.next_seq  # what was read before this connect is backlog
+        """One connection: subscribe, announce the farm, replay the backlog and serve messages until stop."""
         self.publisher.attach(client)
         self.state.mqtt_connected = True
         try:
             log.info("farm %s: connected to the broker", self.farm_id)
             # subscribed before it says online: a command sent on seeing "online" is not lost while the agent
-            # still announces itself (its meta, and the Home Assistant config an extension sends with it)
+            # still announces itself, and a retained discovery "online" then means the node saw the announcement
             for topic in self.extensions.subscriptions():
                 await client.subscribe(topic, qos=1)
             await self.publish_status()
@@ -228,8 +228,7 @@ class FarmAgent:
                 await self.reporter.send_live(self.state.latest)
             await self.publish_alarms()
             await self.extensions.connected()
-            if await run_until_stopped(self._stop, self._messages(client),
-                                       self.reporter.replay(client, backlog_below)):
+            if await run_until_stopped(self._stop, self._messages(client), self.reporter.replay(client)):
                 await self.extensions.stopping()
                 await self.publish_status(reason="agent stopped")
         finally:
@@ -294,6 +293,7 @@ class FarmAgent:
             cycle_s=round(state.cycle.seconds, 3) if state.cycle else None,
             cycle_wire_s=round(state.cycle.wire_s, 3) if state.cycle else None,
             bus_units=state.cycle.units if state.cycle else None,
+            held_from=self.queue.held_from,
             overrun=state.cycle.overrun if state.cycle else None,
         ).model_copy(update=parts)
 

@@ -90,7 +90,10 @@ def health_document(agent: FarmAgent) -> dict[str, object]:
         "modbus_error": state.modbus_error,
         "storage": "ok" if state.storage_error is None else "error",
         "storage_error": state.storage_error,
-        "backlog": len(agent.queue),
+        "backlog": len(agent.queue),  # readings the history has not confirmed yet
+        "discovery": "online" if agent.reporter.discovery_online.is_set() else "offline",
+        "committed_seq": agent.reporter.mark,
+        "resends": agent.reporter.resends,
         "in_memory": agent.queue.in_memory,
         "dropped": agent.queue.dropped,
         "polls_ok": state.polls_ok,

@@ -1,8 +1,10 @@
-"""Store-and-forward: every reading waits on disk until the broker has acknowledged it.
+"""Store-and-forward: every reading waits on disk until the history has confirmed it.
 
 A reading gets its ``seq`` and its row in the queue in one transaction, before it is published;
-it leaves the queue only after its PUBACK. What the broker never acknowledged (the link was down,
-the agent was killed) is replayed on ``backlog`` after the next connect. The queue is bounded by
+it leaves the queue only when the discovery node's committed mark covers it (:meth:`confirm`), not on
+the broker's PUBACK: a broker drops what it acknowledged when no subscriber is there to take it.
+What the history never confirmed (the link was down, the agent was killed, the broker or the discovery
+node restarted) is sent again on ``backlog``. The queue is bounded by
 count and by age; when a bound is reached the oldest readings go, and the loss is counted so that
 the agent reports it in ``heartbeat`` and ``events``.
 
@@ -121,19 +123,40 @@ class ReadingQueue:
             del self._memory[seq]
         return excess
 
-    def oldest(self, below: int, limit: int) -> list[Queued]:
-        """Up to ``limit`` queued readings numbered below ``below``, oldest first."""
+    def oldest(self, below: int, limit: int, after: int = 0) -> list[Queued]:
+        """Up to ``limit`` queued readings numbered above ``after`` and below ``below``, oldest first."""
         rows = self.store.db.execute(
-            "SELECT seq, payload, ts FROM queue WHERE seq < ? ORDER BY seq LIMIT ?",
-            (below, limit + len(self._acked_on_disk)),
+            "SELECT seq, payload, ts FROM queue WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
+            (after, below, limit + len(self._acked_on_disk)),
         ).fetchall()
         found = [Queued(int(seq), bytes(payload), float(ts)) for seq, payload, ts in rows
                  if seq not in self._acked_on_disk][:limit]
-        found += [queued for seq, queued in self._memory.items() if seq < below][: limit - len(found)]
+        found += [queued for seq, queued in self._memory.items() if after < seq < below][: limit - len(found)]
         return found
 
+    @property
+    def held_from(self) -> int:
+        """The oldest seq still held (the next seq when none is): every reading below it has left the queue."""
+        oldest = self.oldest(self.next_seq, 1)
+        return oldest[0].seq if oldest else self.next_seq
+
+    def confirm(self, through: int) -> int:
+        """Stored by the history: every reading numbered ``through`` or lower leaves the queue; returns how many."""
+        before = len(self)
+        for seq in [seq for seq in self._memory if seq <= through]:
+            del self._memory[seq]
+        if self.storage_error is None:
+            try:
+                self._on_disk -= self.store.db.execute("DELETE FROM queue WHERE seq <= ?", (through,)).rowcount
+                return before - len(self)
+            except sqlite3.Error as exc:
+                self._refused(exc)
+        present = self.store.db.execute("SELECT seq FROM queue WHERE seq <= ?", (through,)).fetchall()
+        self._acked_on_disk.update(int(seq) for (seq,) in present)
+        return before - len(self)
+
     def remove(self, seqs: Sequence[int]) -> None:
-        """Acknowledged by the broker: these readings are no longer ours to keep."""
+        """These readings are no longer ours to keep."""
         on_disk = [seq for seq in seqs if self._memory.pop(seq, None) is None and seq not in self._acked_on_disk]
         if not on_disk:
             return

@@ -60,6 +60,7 @@ class AgentSettings(ServiceSettings):
         "QUEUE_MAX_AGE": "queue_max_age",
         "QUEUE_MAX_MEMORY_READINGS": "queue_max_memory_readings",
         "REPLAY_RATE": "replay_rate",
+        "CONFIRM_TIMEOUT": "confirm_timeout",
         "DEVICE_PROFILE": "profile",
         "HA_DISCOVERY": "ha_discovery",
         "HA_DISCOVERY_PREFIX": "ha_prefix",
@@ -91,6 +92,7 @@ class AgentSettings(ServiceSettings):
         "buffer.max_age": "queue_max_age",
         "buffer.max_memory_readings": "queue_max_memory_readings",
         "buffer.replay_rate": "replay_rate",
+        "buffer.confirm_timeout": "confirm_timeout",
         "tailscale.tailnet": "tailnet",
         "tailscale.api_key": "tailscale_api_key",
         "discovery.service_url": "discovery_url",
@@ -128,6 +130,8 @@ class AgentSettings(ServiceSettings):
     queue_max_memory_readings: int = Field(2000, ge=1)
     replay_rate: float = Field(100.0, ge=0)  # backlog readings per second after a reconnect; 0 = no cap
     replay_window: int = Field(10, ge=1, le=100)  # backlog readings in flight at once
+    # send the unconfirmed readings again when the history has confirmed none of them for this long (seconds)
+    confirm_timeout: float = Field(30.0, ge=1, le=86400)
     profile: str | None = None
     ha_discovery: bool = True
     ha_language: str = Field("ru", pattern="^(en|ru)$")  # every entity name in this one language

@@ -146,10 +146,10 @@ def embedded_bus(broker: RunningBroker) -> Bus:
     return Bus("embedded", broker.port, broker.store, broker.admin, broker.process.log_path)
 
 
-def mosquitto_bus(data_dir: Path, tmp_path: Path) -> tuple[Bus, ExportedMosquitto]:
+def mosquitto_bus(data_dir: Path, tmp_path: Path, extra: list[str] | None = None) -> tuple[Bus, ExportedMosquitto]:
     store = IdentityStore(data_dir)
     admin = store.add("admin", Role.ADMIN)
-    mosquitto = ExportedMosquitto(data_dir, tmp_path)
+    mosquitto = ExportedMosquitto(data_dir, tmp_path, extra=extra or [])
     process = mosquitto.start()
     bus = Bus("mosquitto", mosquitto.port, store, admin, tmp_path / "mosquitto.log",
               tmp_path / "mosquitto-export", process)

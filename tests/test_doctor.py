@@ -105,7 +105,7 @@ def test_doctor_checks_the_postgresql_of_a_discovery_node_and_fails_clearly_with
     env = {"DATABASE_URL": postgres_url, "MQTT_PORT": str(free_port()), "KUBMESH_API_PORT": str(free_port())}
     found = doctor("--data-dir", str(data_dir), env=env)
     assert lines(found)["database"] == "ok", found.stdout
-    assert "postgresql 15" in found.stdout and "version 0 of 1, migrated when the node starts" in found.stdout
+    assert "postgresql 15" in found.stdout and "version 0 of 2, migrated when the node starts" in found.stdout
     gone = postgres_url.rsplit(":", 1)[0] + f":{free_port()}/nothing"
     missing = doctor("--data-dir", str(data_dir), env={**env, "DATABASE_URL": gone})
     assert missing.returncode == 1 and lines(missing)["database"] == "FAIL"

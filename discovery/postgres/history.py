@@ -14,19 +14,23 @@ written a batch at a time in one multi-row ``INSERT ... SELECT FROM unnest(...)`
   deleting rows from, on whichever node holds the lease) and the default one are counted for every request,
   and a dropped partition leaves the summary with the catalog. Several nodes write, so none can keep the
   whole summary up to date from its own writes as SQLite's store does.
+- The committed marks (table ``committed``) are moved in the transaction of the inserts, from the mark as
+  stored: every node stores every reading and may move a farm's mark, so none keeps it in memory, and the
+  mark is only ever raised (``GREATEST``). A node that walks past readings another node's open transaction
+  has not yet committed stops short; the next insert or heartbeat of the farm moves it on.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from discovery.gaps import SeqRuns
 from discovery.postgres.database import PostgresDatabase
-from discovery.storage import HistoryStore, Pending
+from discovery.storage import HistoryStore, Pending, Written, advance, held_mark
 
 DAY = 86400.0
 PERIODS = {"readings": DAY, "rollups": 7 * DAY}  # seconds per partition
@@ -58,6 +62,11 @@ SELECT MIN(seq), MAX(seq) FROM (
     FROM (SELECT DISTINCT seq FROM {partition} WHERE farm_id = %s) AS stored) AS numbered
 GROUP BY island
 """
+MARK = """
+INSERT INTO committed (farm_id, seq) VALUES (%s, %s)
+ON CONFLICT (farm_id) DO UPDATE SET seq = GREATEST(committed.seq, excluded.seq)
+RETURNING seq
+"""
 DAY_RUNS_KEEP_S = 60.0
 Runs = list[tuple[int, int]]  # (first, last) of each run of consecutive seq numbers
 
@@ -81,8 +90,14 @@ class PostgresHistory(HistoryStore):
         self._runs: dict[tuple[str, str], tuple[int, int, float, Runs]] = {}
         self._writes: dict[tuple[str, str], int] = {}  # (farm, partition) -> this node's writes there
 
-    async def insert(self, pending: Sequence[Pending], now: datetime) -> int:
-        return await self.db.write(lambda connection: self._insert(connection, pending, now.timestamp()))
+    async def insert(self, pending: Sequence[Pending], now: datetime,
+                     held_from: Mapping[str, int] | None = None) -> Written:
+        return await self.db.write(lambda connection: self._insert(connection, pending, now.timestamp(),
+                                                                   held_from or {}))
+
+    def marks(self) -> dict[str, int]:
+        rows = self.db.reader().execute("SELECT farm_id, seq FROM committed").fetchall()
+        return {farm_id: int(seq) for farm_id, seq in rows}
 
     async def gaps(self, farm_id: str) -> dict[str, Any]:
         return await self.db.read(self._gaps, farm_id)
@@ -140,19 +155,33 @@ class PostgresHistory(HistoryStore):
 
     # ---- on the writer thread ----------------------------------------------------------------------
 
-    def _insert(self, connection: Any, pending: Sequence[Pending], now: float) -> int:
+    def _insert(self, connection: Any, pending: Sequence[Pending], now: float,
+                held_from: Mapping[str, int]) -> Written:
         first_day, last_day = math.floor(now / DAY - self.raw_days), math.floor(now / DAY) + 1
         days = {math.floor(ts / DAY) for _, _, ts, _ in pending}
         for day in sorted(days):
             if first_day <= day <= last_day:
                 self._make_partition(connection, "readings", day)
-        farms, seqs, times, values = zip(*pending, strict=True)
+        farm_ids = sorted({farm for farm, _, _, _ in pending} | set(held_from))
+        inserted = 0
+        marks: dict[str, int] = {}
         with connection.transaction():
-            cursor = connection.execute(INSERT, (list(farms), list(seqs), list(times), list(values)))
+            stored = dict(connection.execute("SELECT farm_id, seq FROM committed WHERE farm_id = ANY(%s)",
+                                             (farm_ids,)).fetchall())
+            repeated = {farm for farm, seq, _, _ in pending if seq <= stored.get(farm, 0)}
+            if pending:
+                farms, seqs, times, values = zip(*pending, strict=True)
+                inserted = connection.execute(INSERT, (list(farms), list(seqs), list(times), list(values))).rowcount
+            for farm_id in farm_ids:
+                before = int(stored.get(farm_id, 0))
+                mark = advance(connection, "%s", farm_id, held_mark(before, held_from, farm_id))
+                if mark != before:
+                    mark = int(connection.execute(MARK, (farm_id, mark)).fetchone()[0])
+                marks[farm_id] = mark
         for farm_id, day in {(farm, math.floor(ts / DAY)) for farm, _, ts, _ in pending}:
             key = (farm_id, partition_name("readings", day))  # a reading outside them: the default, always counted
             self._writes[key] = self._writes.get(key, 0) + 1
-        return int(cursor.rowcount)
+        return Written(int(inserted), marks, repeated)
 
     def _make_partition(self, connection: Any, table: str, index: int) -> None:
         """The partition of ``table`` for period ``index``, with the rows the default partition held for it."""

@@ -11,9 +11,11 @@ from farm_agent.extensions.events import Events
 from farm_agent.extensions.heartbeat import Heartbeats
 from farm_agent.extensions.home_assistant import HomeAssistant
 from farm_agent.extensions.metrics import Metrics
+from farm_agent.extensions.primary_host import PrimaryHost
 from farm_agent.extensions.sms import Sms
 
 EXTENSIONS: tuple[type[Extension], ...] = (
+    PrimaryHost,  # first: the reporter knows the session ended before the others are told
     Events,
     Heartbeats,
     HomeAssistant,
