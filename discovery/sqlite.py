@@ -40,15 +40,21 @@ class SqliteStorage(Storage):
         self.directory = registry_path.parent
         self.registry_name = registry_path.name
 
-    def open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def open(self, migrate: bool = True) -> None:
+        if migrate:
+            self.directory.mkdir(parents=True, exist_ok=True)
 
     def close(self) -> None:
         pass
 
+    def has(self, file_name: str) -> bool:
+        return self._path(file_name).exists()
+
     def database(self, file_name: str, schema: str) -> SqliteDatabase:
-        name = self.registry_name if file_name == "discovery.db" else file_name
-        return SqliteDatabase(self.directory / name, schema)
+        return SqliteDatabase(self._path(file_name), schema)
+
+    def _path(self, file_name: str) -> Path:
+        return self.directory / (self.registry_name if file_name == "discovery.db" else file_name)
 
     def history(self, raw_days: float = 30.0) -> HistoryStore:
         from discovery.sqlite_history import SqliteHistory

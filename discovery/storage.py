@@ -173,8 +173,14 @@ class Storage(ABC):
     kind: ClassVar[str]
 
     @abstractmethod
-    def open(self) -> None:
-        """Connect and bring the schema up to date (blocking, once, before the node serves)."""
+    def open(self, migrate: bool = True) -> None:
+        """Connect and (``migrate``) bring the schema up to date (blocking, once, before the node serves); a command
+        that only reads opens it without migrating and asks :meth:`has` first."""
+
+    @abstractmethod
+    def has(self, file_name: str) -> bool:
+        """Whether the store exists yet (SQLite: its file; PostgreSQL: the schema migrated), so that a command that
+        only reads makes nothing."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -196,6 +202,28 @@ class Storage(ABC):
 
     def describe(self) -> str:
         return self.kind
+
+
+@contextmanager
+def opened_storage(settings: DiscoverySettings, migrate: bool = True) -> Iterator[Storage]:
+    """The storage the settings name, for a command line: opened, and closed after."""
+    storage = open_storage(settings)
+    storage.open(migrate)
+    try:
+        yield storage
+    finally:
+        storage.close()
+
+
+@contextmanager
+def opened_database(storage: Storage, file_name: str, schema: str) -> Iterator[Database]:
+    """One store of an opened storage, for a command line: its writer started, and stopped after."""
+    db = storage.database(file_name, schema)
+    db.open()
+    try:
+        yield db
+    finally:
+        db.close()
 
 
 def open_storage(settings: DiscoverySettings) -> Storage:
