@@ -122,9 +122,13 @@ async def _node_checks(args: argparse.Namespace) -> list[Check]:
     elif isinstance(settings, DiscoverySettings):
         checks.append(Check("config", OK, f"discovery node{where}, REST API port {settings.api_port}"))
         checks += await _discovery_broker_checks(settings)
-        checks.append(await asyncio.to_thread(_database_check, settings))
+        database = await asyncio.to_thread(_database_check, settings)
+        checks.append(database)
         checks.append(_http_check("discovery API", f"http://127.0.0.1:{settings.api_port}"))
-        checks.append(_alert_channels_check(settings))
+        if database.status == OK:  # the channels are in that database
+            checks.append(await asyncio.to_thread(_alert_channels_check, settings))
+        else:
+            checks.append(Check("alert channels", SKIP, "the database does not answer"))
     return checks + await _environment_checks(args, settings, farm_node)
 
 
