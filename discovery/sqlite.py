@@ -10,16 +10,13 @@ REST answer but never the broker or the bus that share the loop.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ClassVar, ParamSpec, TypeVar
 
-from discovery.storage import Database, Job, Lease, SoleNode, Storage, refuse_on_the_event_loop
+from discovery.storage import Database, Lease, SoleNode, Storage, refuse_on_the_event_loop
 
 if TYPE_CHECKING:
     from discovery.storage import HistoryStore
@@ -28,7 +25,6 @@ log = logging.getLogger("kubmesh.discovery.sqlite")
 
 T = TypeVar("T")
 P = ParamSpec("P")
-READERS = 2
 
 
 class SqliteStorage(Storage):
@@ -80,16 +76,10 @@ class SqliteDatabase(Database):
     mark: ClassVar[str] = "?"
 
     def __init__(self, path: Path, schema: str) -> None:
+        super().__init__(path.name, "sqlite")
         self.path = path
-        self.name = path.name
         self.schema = schema
-        self.write_errors = 0
-        self._jobs: queue.SimpleQueue[tuple[Job, concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
-        self._writer = threading.Thread(target=self._write_loop, name=f"sqlite-writer:{path.name}", daemon=True)
-        self._readers = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix=f"sqlite-reader:{path.name}")
-        self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
 
     def open(self) -> None:
         """Create the file and its tables (blocking, once, before the node serves), start the writer."""
@@ -100,23 +90,12 @@ class SqliteDatabase(Database):
         self._writer_db = db
         self._writer.start()
 
-    def close(self) -> None:
-        """Finish the writes already given, then close every connection."""
-        if self._writer.is_alive():
-            self._jobs.put(None)
-            self._writer.join()
-        self._readers.shutdown(wait=True)
-        with self._lock:
-            for connection in self._connections:
-                connection.close()
-            self._connections.clear()
+    def _release_readers(self) -> None:
+        for connection in self._connections:
+            connection.close()
+        self._connections.clear()
 
     # ---- writing -----------------------------------------------------------------------------------
-
-    def submit(self, job: Job) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._jobs.put((job, future))
-        return future
 
     def _write_loop(self) -> None:
         db = self._writer_db

@@ -426,3 +426,20 @@ async def test_a_node_without_the_lease_keeps_the_alerts_but_tells_no_one_until_
     await rig.at(630)
     [reminder] = rig.bodies("/farmer")
     assert "ВСЁ ЕЩЁ НЕ ПОДТВЕРЖДЕНА" in reminder
+
+
+def test_an_alerts_db_of_an_earlier_version_keeps_the_farms_it_heard_of(data_dir: Path) -> None:
+    import sqlite3
+
+    earlier = sqlite3.connect(data_dir / "alerts.db")
+    earlier.execute("CREATE TABLE farms (farm_id TEXT PRIMARY KEY, name TEXT, owner TEXT, last_heard TEXT)")
+    earlier.execute("INSERT INTO farms VALUES ('farm-001', 'Птичник №1', 'owner-a', '2026-12-01T12:00:00.000Z')")
+    earlier.commit()
+    earlier.close()
+    store = AlertStore(SqliteStorage(data_dir / "discovery.db").database(FILE, SCHEMA))
+    store.open()
+    try:
+        assert [(f.farm_id, f.name, f.owner, f.last_heard) for f in store.farms()] == [
+            ("farm-001", "Птичник №1", "owner-a", T0)]
+    finally:
+        store.close()

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from contract.payloads import format_ts, parse_ts
 from discovery.alerting.engine import Alert
 from discovery.alerting.kinds import Severity
-from discovery.storage import Database, Storage, transaction, upsert
+from discovery.storage import Database, Storage, opened_database, transaction, upsert
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -138,6 +138,11 @@ class AlertStore:
 
     def open(self) -> None:
         self.db.open()
+        self.upgrade()
+
+    def upgrade(self) -> None:
+        """Bring data of an earlier version's alerts.db to where this one looks for it (SQLite only: PostgreSQL
+        has its migrations)."""
         if self.db.mark == "?":
             self._write(_adopt_legacy_farms)
 
@@ -332,12 +337,10 @@ class AlertStore:
 @contextmanager
 def opened_alert_store(storage: Storage) -> Iterator[AlertStore]:
     """The alert store of an opened storage, for a command line."""
-    store = AlertStore(storage.database(FILE, SCHEMA))
-    store.open()
-    try:
+    with opened_database(storage, FILE, SCHEMA) as db:
+        store = AlertStore(db)
+        store.upgrade()
         yield store
-    finally:
-        store.close()
 
 
 def _adopt_legacy_farms(db: Any) -> None:
