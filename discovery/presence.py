@@ -10,7 +10,7 @@ from contract.messages import FarmMessage, Message
 from contract.payloads import Clock
 from contract.topics import FarmTopic, Topics
 from discovery.extension import Extension, Node
-from discovery.registry import SCHEMA, Registry
+from discovery.registry import FILE, SCHEMA, Registry
 from discovery.storage import Database
 
 RECORDERS: dict[FarmTopic, Callable[..., None]] = {
@@ -32,7 +32,7 @@ class Presence(Extension):
 
     @classmethod
     def build(cls, node: Node) -> Presence:
-        return cls(Registry(node.storage.database("discovery.db", SCHEMA)), node.topics, node.clock)
+        return cls(Registry(node.storage.database(FILE, SCHEMA)), node.topics, node.clock)
 
     def filters(self) -> list[str]:
         return [self.topics.all_farms(kind) for kind in RECORDERS]

@@ -14,6 +14,7 @@ from typing import Any
 from contract.payloads import Alarms, Heartbeat, Meta, Reading, Status, format_ts
 from discovery.storage import Database, upsert
 
+FILE = "discovery.db"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS farms (
     farm_id TEXT PRIMARY KEY,

@@ -100,22 +100,10 @@ class DiscoverySettings(BrokerSettings):
         return self.database_path or self.data_dir / "discovery.db"
 
     @property
-    def tailnet_db(self) -> Path:
-        return self.database.with_name("tailnet.db")
-
-    @property
     def tailscale_enabled(self) -> bool:
         if self.tailscale_sync is not None:
             return self.tailscale_sync
         return bool(self.tailscale_api_key) or shutil.which(self.tailscale_cli) is not None
-
-    @property
-    def history_database(self) -> Path:
-        return self.database.with_name("history.db")
-
-    @property
-    def alerts_database(self) -> Path:
-        return self.database.with_name("alerts.db")
 
     @property
     def embedded_broker(self) -> bool:

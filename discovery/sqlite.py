@@ -10,16 +10,13 @@ REST answer but never the broker or the bus that share the loop.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ClassVar, ParamSpec, TypeVar
 
-from discovery.storage import Database, Job, Lease, SoleNode, Storage, refuse_on_the_event_loop
+from discovery.storage import Database, Lease, SoleNode, Storage, refuse_on_the_event_loop
 
 if TYPE_CHECKING:
     from discovery.storage import HistoryStore
@@ -28,7 +25,6 @@ log = logging.getLogger("kubmesh.discovery.sqlite")
 
 T = TypeVar("T")
 P = ParamSpec("P")
-READERS = 2
 
 
 class SqliteStorage(Storage):
@@ -40,15 +36,21 @@ class SqliteStorage(Storage):
         self.directory = registry_path.parent
         self.registry_name = registry_path.name
 
-    def open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def open(self, migrate: bool = True) -> None:
+        if migrate:
+            self.directory.mkdir(parents=True, exist_ok=True)
 
     def close(self) -> None:
         pass
 
+    def has(self, file_name: str) -> bool:
+        return self._path(file_name).exists()
+
     def database(self, file_name: str, schema: str) -> SqliteDatabase:
-        name = self.registry_name if file_name == "discovery.db" else file_name
-        return SqliteDatabase(self.directory / name, schema)
+        return SqliteDatabase(self._path(file_name), schema)
+
+    def _path(self, file_name: str) -> Path:
+        return self.directory / (self.registry_name if file_name == "discovery.db" else file_name)
 
     def history(self, raw_days: float = 30.0) -> HistoryStore:
         from discovery.sqlite_history import SqliteHistory
@@ -74,16 +76,10 @@ class SqliteDatabase(Database):
     mark: ClassVar[str] = "?"
 
     def __init__(self, path: Path, schema: str) -> None:
+        super().__init__(path.name, "sqlite")
         self.path = path
-        self.name = path.name
         self.schema = schema
-        self.write_errors = 0
-        self._jobs: queue.SimpleQueue[tuple[Job, concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
-        self._writer = threading.Thread(target=self._write_loop, name=f"sqlite-writer:{path.name}", daemon=True)
-        self._readers = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix=f"sqlite-reader:{path.name}")
-        self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
 
     def open(self) -> None:
         """Create the file and its tables (blocking, once, before the node serves), start the writer."""
@@ -94,23 +90,12 @@ class SqliteDatabase(Database):
         self._writer_db = db
         self._writer.start()
 
-    def close(self) -> None:
-        """Finish the writes already given, then close every connection."""
-        if self._writer.is_alive():
-            self._jobs.put(None)
-            self._writer.join()
-        self._readers.shutdown(wait=True)
-        with self._lock:
-            for connection in self._connections:
-                connection.close()
-            self._connections.clear()
+    def _release_readers(self) -> None:
+        for connection in self._connections:
+            connection.close()
+        self._connections.clear()
 
     # ---- writing -----------------------------------------------------------------------------------
-
-    def submit(self, job: Job) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._jobs.put((job, future))
-        return future
 
     def _write_loop(self) -> None:
         db = self._writer_db

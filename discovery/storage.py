@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import queue
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 P = ParamSpec("P")
 Job = Callable[[Any], Any]  # given the writer's connection (sqlite3.Connection or psycopg.Connection)
+READERS = 2  # reader threads of each store
 Pending = tuple[str, int, float, str]  # a reading waiting to be written: farm, seq, ts (epoch s), values as JSON
 
 
@@ -43,23 +46,46 @@ def refuse_on_the_event_loop(name: str) -> None:
 
 
 class Database(ABC):
-    """One store's tables: writes queued to one writer thread, reads on reader threads."""
+    """One store's tables: writes queued to one writer thread, reads on reader threads (the thread model both
+    drivers share; each says how its writer runs the jobs and how its connections are given up)."""
 
     mark: ClassVar[str]  # the driver's parameter placeholder: "?" (sqlite3) or "%s" (psycopg)
-    name: str  # for /health and /metrics (database_write_errors)
-    write_errors: int
+
+    def __init__(self, name: str, threads: str) -> None:
+        self.name = name  # for /health and /metrics (database_write_errors)
+        self.write_errors = 0
+        self._jobs: queue.SimpleQueue[tuple[Job, concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name=f"{threads}-writer:{name}", daemon=True)
+        self._readers = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix=f"{threads}-reader:{name}")
+        self._local = threading.local()
+        self._lock = threading.Lock()  # guards the reader connections given out
 
     @abstractmethod
     def open(self) -> None:
         """Make the tables ready and start the writer (blocking, once, before the node serves)."""
 
-    @abstractmethod
     def close(self) -> None:
-        """Finish the writes already given, then close every connection."""
+        """Finish the writes already given, then give up every connection."""
+        if self._writer.is_alive():
+            self._jobs.put(None)
+            self._writer.join()
+        self._readers.shutdown(wait=True)
+        with self._lock:
+            self._release_readers()
 
     @abstractmethod
+    def _write_loop(self) -> None:
+        """The writer thread: the queued jobs in order until ``None``, then its connection given up."""
+
+    @abstractmethod
+    def _release_readers(self) -> None:
+        """Close (or give back) the reader connections, under ``_lock``."""
+
     def submit(self, job: Job) -> concurrent.futures.Future[Any]:
         """Queue a write; it runs on the writer thread, after every write queued before it."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._jobs.put((job, future))
+        return future
 
     async def write(self, job: Callable[[Any], T]) -> T:
         """Queue a write and wait (without blocking the loop) until it is committed."""
@@ -211,8 +237,14 @@ class Storage(ABC):
     kind: ClassVar[str]
 
     @abstractmethod
-    def open(self) -> None:
-        """Connect and bring the schema up to date (blocking, once, before the node serves)."""
+    def open(self, migrate: bool = True) -> None:
+        """Connect and (``migrate``) bring the schema up to date (blocking, once, before the node serves); a command
+        that only reads opens it without migrating and asks :meth:`has` first."""
+
+    @abstractmethod
+    def has(self, file_name: str) -> bool:
+        """Whether the store exists yet (SQLite: its file; PostgreSQL: the schema migrated), so that a command that
+        only reads makes nothing."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -234,6 +266,28 @@ class Storage(ABC):
 
     def describe(self) -> str:
         return self.kind
+
+
+@contextmanager
+def opened_storage(settings: DiscoverySettings, migrate: bool = True) -> Iterator[Storage]:
+    """The storage the settings name, for a command line: opened, and closed after."""
+    storage = open_storage(settings)
+    storage.open(migrate)
+    try:
+        yield storage
+    finally:
+        storage.close()
+
+
+@contextmanager
+def opened_database(storage: Storage, file_name: str, schema: str) -> Iterator[Database]:
+    """One store of an opened storage, for a command line: its writer started, and stopped after."""
+    db = storage.database(file_name, schema)
+    db.open()
+    try:
+        yield db
+    finally:
+        db.close()
 
 
 def open_storage(settings: DiscoverySettings) -> Storage:

@@ -11,7 +11,7 @@ from discovery.presence import Presence
 from discovery.registry import Registry
 from discovery.storage import Database, Lease, SoleNode
 from discovery.tailscale.manager import TailscaleManager, build_manager, known_farms
-from discovery.tailscale.store import SCHEMA, TailnetStore
+from discovery.tailscale.store import FILE, SCHEMA, TailnetStore
 
 
 class Tailnet(Extension):
@@ -34,7 +34,7 @@ class Tailnet(Extension):
             registry: Registry | None = presence.registry if presence else None
             return known_farms(registry, node.identities)
 
-        store = TailnetStore(node.storage.database("tailnet.db", SCHEMA))
+        store = TailnetStore(node.storage.database(FILE, SCHEMA))
         return cls(build_manager(node.settings, farm_ids, node.clock, store), node.lease,
                    node.settings.lease_interval)
 

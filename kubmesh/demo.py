@@ -31,9 +31,12 @@ import yaml
 
 from common.identities import Credentials, IdentityStore, Role
 from common.mqtt import MqttUrl
+from common.settings import load_settings
 from discovery.alerting.channels import check_url
 from discovery.alerting.kinds import Severity
-from discovery.alerting.store import AlertStore
+from discovery.alerting.store import opened_alert_store
+from discovery.settings import DiscoverySettings
+from discovery.storage import opened_storage
 
 SITE = "Агрофирма Север"
 SITE_HOUSES = (("farm-001", "Птичник №1"), ("farm-003", "Птичник №2"), ("farm-004", "Птичник №3"))
@@ -264,12 +267,10 @@ def _make_credentials(store: IdentityStore) -> dict[str, Credentials]:
 
 def _add_channels(data_dir: Path, urls: list[str]) -> None:
     """The demo's farmer is told of alerts through these channels (tier 1, warnings and above)."""
-    store = AlertStore(data_dir / "alerts.db")
-    try:
+    settings = load_settings(DiscoverySettings, flags={"data_dir": str(data_dir)})  # as the demo's node reads them
+    with opened_storage(settings) as storage, opened_alert_store(storage) as store:
         for url in urls:
             store.add_channel("farmer", url, Severity.WARNING, 1)
-    finally:
-        store.close()
 
 
 def _host(bind: str) -> str:

@@ -36,9 +36,10 @@ from common.settings import ConfigError, ServiceSettings, load_settings
 from common.tailscale.local import TailscaleCli, TailscaleCliError
 from contract.payloads import SmsStatus, format_ts
 from discovery.alerting.channels import display
-from discovery.alerting.store import AlertStore
+from discovery.alerting.store import FILE as ALERTS_FILE
+from discovery.alerting.store import opened_alert_store
 from discovery.settings import DiscoverySettings
-from discovery.storage import open_storage
+from discovery.storage import open_storage, opened_storage
 from farm_agent.link import ModbusFailure, ModbusLink, ModbusUrl
 from farm_agent.poller import Poller
 from farm_agent.profile import ProfileError, load_profile
@@ -121,9 +122,13 @@ async def _node_checks(args: argparse.Namespace) -> list[Check]:
     elif isinstance(settings, DiscoverySettings):
         checks.append(Check("config", OK, f"discovery node{where}, REST API port {settings.api_port}"))
         checks += await _discovery_broker_checks(settings)
-        checks.append(await asyncio.to_thread(_database_check, settings))
+        database = await asyncio.to_thread(_database_check, settings)
+        checks.append(database)
         checks.append(_http_check("discovery API", f"http://127.0.0.1:{settings.api_port}"))
-        checks.append(_alert_channels_check(settings))
+        if database.status == OK:  # the channels are in that database
+            checks.append(await asyncio.to_thread(_alert_channels_check, settings))
+        else:
+            checks.append(Check("alert channels", SKIP, "the database does not answer"))
     return checks + await _environment_checks(args, settings, farm_node)
 
 
@@ -177,13 +182,11 @@ async def _discovery_broker_checks(settings: DiscoverySettings) -> list[Check]:
 
 def _alert_channels_check(settings: DiscoverySettings) -> Check:
     """Whether anyone is told of alerts, and which channels failed their last delivery."""
-    if not settings.alerts_database.exists():
-        return Check("alert channels", SKIP, "no one is told of alerts yet: kubmesh notify add USER URL")
-    store = AlertStore(settings.alerts_database)
-    try:
-        channels = store.channels()
-    finally:
-        store.close()
+    with opened_storage(settings, migrate=False) as storage:  # the doctor changes nothing
+        if not storage.has(ALERTS_FILE):
+            return Check("alert channels", SKIP, "no one is told of alerts yet: kubmesh notify add USER URL")
+        with opened_alert_store(storage) as store:
+            channels = store.channels()
     if not channels:
         return Check("alert channels", SKIP, "no one is told of alerts yet: kubmesh notify add USER URL")
     failing = [c for c in channels if c.failing]

@@ -1,7 +1,8 @@
 """``kubmesh notify add|list|remove|test``: who is told about alerts, through which channels.
 
-They edit the alerting store of the discovery node's data dir (``alerts.db``); the running node reads
-channels afresh for every message, so a change counts at once.
+They edit the alert store of the discovery node's storage (``alerts.db`` in its data dir, or the PostgreSQL
+that ``DATABASE_URL`` names, shared by every node); the running node reads channels afresh for every message,
+so a change counts at once.
 """
 
 from __future__ import annotations
@@ -11,17 +12,20 @@ import asyncio
 import json
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from common.identities import IdentityStore, StoreError
 from common.settings import load_settings
 from contract.payloads import utc_now
-from discovery.alerting.channels import Channels, check_url, display
+from discovery.alerting.channels import Channels, Delivery, check_url, display
 from discovery.alerting.compose import Reader, test_message
 from discovery.alerting.kinds import Severity
-from discovery.alerting.store import AlertStore, Step
+from discovery.alerting.store import AlertStore, Step, opened_alert_store
 from discovery.alerting.webpush import WebPushSender, vapid_keys
 from discovery.settings import DiscoverySettings
+from discovery.storage import opened_storage
 
 QUIET_PATTERN = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
 
@@ -60,8 +64,10 @@ def _settings(args: argparse.Namespace) -> DiscoverySettings:
     return load_settings(DiscoverySettings, flags={"data_dir": args.data_dir})
 
 
-def _store(settings: DiscoverySettings) -> AlertStore:
-    return AlertStore(settings.alerts_database)
+@contextmanager
+def _store(settings: DiscoverySettings) -> Iterator[AlertStore]:
+    with opened_storage(settings) as storage, opened_alert_store(storage) as store:
+        yield store
 
 
 def _fail(message: str) -> int:
@@ -86,8 +92,7 @@ def _add(args: argparse.Namespace) -> int:
         problem = problem or f"quiet hours are HH:MM-HH:MM (22:00-06:00), not {args.quiet!r}"
     if problem:
         return _fail(problem)
-    store = _store(settings)
-    try:
+    with _store(settings) as store:
         store.add_channel(args.username, args.url, Severity(args.severity), args.tier)
         preferences: dict[str, str | None] = {}
         if args.language:
@@ -99,18 +104,13 @@ def _add(args: argparse.Namespace) -> int:
             preferences["timezone"] = args.timezone
         if preferences:
             store.set_preferences(args.username, **preferences)
-    finally:
-        store.close()
     print(f"{args.username}: tier {args.tier}, {args.severity} and above, via {display(args.url)}")
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    store = _store(_settings(args))
-    try:
+    with _store(_settings(args)) as store:
         channels, recipients = store.channels(args.username), store.recipients()
-    finally:
-        store.close()
     rows = [{"username": c.username, "url": display(c.url), "tier": c.tier, "severity": c.severity.value,
              "state": "failing" if c.failing else "ok", "failures": c.failures, "last_error": c.last_error,
              "language": recipients[c.username].language if c.username in recipients else "ru"} for c in channels]
@@ -125,11 +125,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
-    store = _store(_settings(args))
-    try:
+    with _store(_settings(args)) as store:
         removed = store.remove_channel(args.username, args.url)
-    finally:
-        store.close()
     if not removed:
         return _fail(f"{args.username} has no channel {display(args.url)}")
     print(f"removed {display(args.url)} of {args.username}")
@@ -138,26 +135,29 @@ def _remove(args: argparse.Namespace) -> int:
 
 def _test(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    store = _store(settings)
-    try:
+    with _store(settings) as store:
         channels = store.channels(args.username)
         if not channels:
             return _fail(f"{args.username} has no channel: add one with kubmesh notify add")
         recipient = store.recipients().get(args.username)
         reader = Reader(recipient.language, recipient.timezone) if recipient else Reader()
-        failures = asyncio.run(_send_tests(store, settings.data_dir, args.username, [c.url for c in channels], reader))
-    finally:
-        store.close()
+        urls = [c.url for c in channels]
+        deliveries = asyncio.run(_send_tests(settings.data_dir, urls, reader))
+        failures = _record_tests(store, args.username, urls, deliveries)
     return 1 if failures else 0
 
 
-async def _send_tests(store: AlertStore, data_dir: Path, username: str, urls: list[str], reader: Reader) -> int:
+async def _send_tests(data_dir: Path, urls: list[str], reader: Reader) -> list[Delivery]:
     sender = Channels(WebPushSender(vapid_keys(data_dir)), retries=1, backoff=0.5)
     message = test_message(reader)
     try:
-        deliveries = await asyncio.gather(*(sender.deliver(url, message) for url in urls))
+        return list(await asyncio.gather(*(sender.deliver(url, message) for url in urls)))
     finally:
         sender.close()
+
+
+def _record_tests(store: AlertStore, username: str, urls: list[str], deliveries: list[Delivery]) -> int:
+    """Each test as a step and as its channel's last result (blocking: the store's, off any event loop)."""
     now = utc_now()
     failures = 0
     for url, delivery in zip(urls, deliveries, strict=True):

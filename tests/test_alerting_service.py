@@ -1,9 +1,11 @@
 """The alerting service on a fake clock, fed typed messages as the node's bus hands them over, with real
-channels (a local HTTP receiver), a real store in the data dir and the real REST API."""
+channels (a local HTTP receiver), a real store on each backend (SQLite in the data dir, and PostgreSQL) and the
+real REST API."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from discovery.alerting.channels import Channels
 from discovery.alerting.engine import Timing
 from discovery.alerting.rules import load_rules
 from discovery.alerting.service import AlertingConfig, AlertingService
-from discovery.alerting.store import AlertStore
+from discovery.alerting.store import FILE, SCHEMA, AlertStore, Step
 from discovery.api import create_api
 from discovery.audit import SCHEMA as AUDIT_SCHEMA
 from discovery.audit import CommandAudit
@@ -28,6 +30,7 @@ from discovery.history import HistoryRecorder
 from discovery.registry import SCHEMA as REGISTRY_SCHEMA
 from discovery.registry import Registry
 from discovery.sqlite import SqliteStorage
+from discovery.storage import Storage
 from tests.alert_receivers import HttpReceiver
 from tests.helpers import free_port
 
@@ -81,8 +84,9 @@ def heartbeat(farm: str, ts: datetime, modbus: str = "ok", retained: bool = Fals
 class Rig:
     """A data dir with users and channels, the service, its published alerts and the receiver."""
 
-    def __init__(self, data_dir: Path, receiver: HttpReceiver) -> None:
+    def __init__(self, data_dir: Path, receiver: HttpReceiver, storage: Storage) -> None:
         self.data_dir = data_dir
+        self.storage = storage
         self.receiver = receiver
         self.clock = FakeClock()
         self.identities = IdentityStore(data_dir)
@@ -95,17 +99,21 @@ class Rig:
         from discovery.alerting.kinds import Severity
 
         url = self.receiver.url("json", path)
-        store = AlertStore(self.data_dir / "alerts.db")
+        store = self.store()
+        store.open()
         store.add_channel(user, url, Severity(severity), tier)
         if prefs:
             store.set_preferences(user, **prefs)
         store.close()
         return url
 
+    def store(self) -> AlertStore:
+        return AlertStore(self.storage.database(FILE, SCHEMA))
+
     async def start(self) -> AlertingService:
         config = AlertingConfig(TIMING, silent_after=120, book=self.book, link_url="http://phone.test:5000",
                                 tick_interval=3600)
-        self.service = AlertingService(config, AlertStore(self.data_dir / "alerts.db"), self.identities, TOPICS,
+        self.service = AlertingService(config, self.store(), self.identities, TOPICS,
                                        Channels(None, retries=1, backoff=0.01), self.clock)
 
         async def publish(topic: str, payload: bytes) -> None:
@@ -141,8 +149,8 @@ def receiver() -> Iterator[HttpReceiver]:
 
 
 @pytest.fixture
-async def rig(data_dir: Path, receiver: HttpReceiver) -> AsyncIterator[Rig]:
-    rig = Rig(data_dir, receiver)
+async def rig(data_dir: Path, receiver: HttpReceiver, storage: Storage) -> AsyncIterator[Rig]:
+    rig = Rig(data_dir, receiver, storage)
     rig.identities.add("farmer", Role.OPERATOR, owner="owner-a", password="pw-farmer-1")
     rig.identities.add("boss", Role.ADMIN, password="pw-boss-1")
     rig.identities.add("neighbour", Role.OPERATOR, owner="owner-b", password="pw-neighbour")
@@ -206,9 +214,9 @@ async def test_when_no_tier_one_channel_delivers_it_escalates_at_once(rig: Rig) 
     await rig.at(31)
     assert len(rig.bodies("/boss")) == 1 and rig.bodies("/farmer") == []
     store = service.store.store
-    [farmer_channel] = store.channels("farmer")
+    [farmer_channel] = await service.store.call(store.channels, "farmer")
     assert farmer_channel.failing and "503" in (farmer_channel.last_error or "")
-    steps = [(s.step, s.username, s.delivered) for s in reversed(store.steps("farm-001"))]
+    steps = [(s.step, s.username, s.delivered) for s in reversed(await service.store.call(store.steps, "farm-001"))]
     assert steps == [("opened", "farmer", False), ("escalated", "boss", True)]
 
 
@@ -318,7 +326,7 @@ async def test_acknowledgement_over_mqtt_is_for_operators_of_the_farm(rig: Rig) 
     await service.on_ack(ack_message(topic, b'{"by": "farmer"}'))
     [alert] = service.engine.alerts()
     assert (alert.state, alert.acknowledged_by) == ("acknowledged", "farmer")
-    assert service.store.store.steps("farm-001")[0].channel == "mqtt"
+    assert (await service.store.call(service.store.store.steps, "farm-001"))[0].channel == "mqtt"
 
 
 async def test_rest_lists_and_acknowledges_alerts_by_role_and_owner(rig: Rig, data_dir: Path) -> None:
@@ -382,10 +390,9 @@ async def test_an_owners_rule_watches_only_that_owners_farms(rig: Rig, tmp_path:
     assert "farm-001" in body and "farm-009" not in body
 
 
-async def test_old_steps_and_cleared_alerts_are_pruned_and_the_told_stay_for_the_rest(data_dir: Path) -> None:
-    from discovery.alerting.store import Step
-
-    store = AlertStore(data_dir / "alerts.db")
+def test_old_steps_and_cleared_alerts_are_pruned_and_the_told_stay_for_the_rest(storage: Storage) -> None:
+    store = AlertStore(storage.database(FILE, SCHEMA))
+    store.open()
     try:
         store.record([Step(T0, "farm-001", ("a1",), "opened", "farmer", "json://x", True),
                       Step(T0 + timedelta(days=100), "farm-001", ("a2",), "opened", "farmer", "json://x", True),
@@ -406,7 +413,33 @@ async def test_a_node_without_the_lease_keeps_the_alerts_but_tells_no_one_until_
     await rig.at(30)
     assert rig.bodies("/farmer") == []  # the other node told the farmer
     assert [a.message for a in rig.published[TOPICS.alerts("farm-001")].alerts] == ["Controller alarm: alarm bit 3"]
+    # the other node told it at 30 s: its write reaches the shared store (what it is on PostgreSQL)
+    [alert] = service.engine.alerts()
+    assert alert.notified is None  # this node told no one, so it does not say it did
+    other_node = rig.store()
+    other_node.open()
+    other_node.save_alerts([replace(alert, notified=T0 + timedelta(seconds=30))])
+    other_node.close()
     held = True  # that node died: this one took the lease over, and goes on with the reminder
+    await rig.at(629)
+    assert rig.bodies("/farmer") == []
     await rig.at(630)
     [reminder] = rig.bodies("/farmer")
     assert "ВСЁ ЕЩЁ НЕ ПОДТВЕРЖДЕНА" in reminder
+
+
+def test_an_alerts_db_of_an_earlier_version_keeps_the_farms_it_heard_of(data_dir: Path) -> None:
+    import sqlite3
+
+    earlier = sqlite3.connect(data_dir / "alerts.db")
+    earlier.execute("CREATE TABLE farms (farm_id TEXT PRIMARY KEY, name TEXT, owner TEXT, last_heard TEXT)")
+    earlier.execute("INSERT INTO farms VALUES ('farm-001', 'Птичник №1', 'owner-a', '2026-12-01T12:00:00.000Z')")
+    earlier.commit()
+    earlier.close()
+    store = AlertStore(SqliteStorage(data_dir / "discovery.db").database(FILE, SCHEMA))
+    store.open()
+    try:
+        assert [(f.farm_id, f.name, f.owner, f.last_heard) for f in store.farms()] == [
+            ("farm-001", "Птичник №1", "owner-a", T0)]
+    finally:
+        store.close()

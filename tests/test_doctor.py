@@ -11,6 +11,12 @@ from pathlib import Path
 import pytest
 
 from common.identities import Role
+from contract.payloads import utc_now
+from discovery.alerting.kinds import Severity
+from discovery.alerting.store import opened_alert_store
+from discovery.postgres.migrate import migrations
+from discovery.settings import DiscoverySettings
+from discovery.storage import opened_storage
 from tests.farm_system import Simulator
 from tests.helpers import REPO, free_port, wait_until
 from tests.tailscale_api import FIXTURES, STANDIN_BIN
@@ -105,7 +111,15 @@ def test_doctor_checks_the_postgresql_of_a_discovery_node_and_fails_clearly_with
     env = {"DATABASE_URL": postgres_url, "MQTT_PORT": str(free_port()), "KUBMESH_API_PORT": str(free_port())}
     found = doctor("--data-dir", str(data_dir), env=env)
     assert lines(found)["database"] == "ok", found.stdout
-    assert "postgresql 15" in found.stdout and "version 0 of 2, migrated when the node starts" in found.stdout
+    assert "postgresql 15" in found.stdout
+    assert f"version 0 of {len(migrations())}, migrated when the node starts" in found.stdout
+    assert lines(found)["alert channels"] == "skip"  # nothing made by the doctor: the node migrates
+    with opened_storage(DiscoverySettings(data_dir=data_dir, database_url=postgres_url)) as storage, \
+            opened_alert_store(storage) as store:
+        store.add_channel("farmer", "json://127.0.0.1:9/x", Severity.WARNING, 1)
+        store.channel_result("farmer", "json://127.0.0.1:9/x", False, "refused", utc_now())
+    shared = doctor("--data-dir", str(data_dir), env=env)
+    assert lines(shared)["alert channels"] == "FAIL" and "farmer" in shared.stdout and "refused" in shared.stdout
     gone = postgres_url.rsplit(":", 1)[0] + f":{free_port()}/nothing"
     missing = doctor("--data-dir", str(data_dir), env={**env, "DATABASE_URL": gone})
     assert missing.returncode == 1 and lines(missing)["database"] == "FAIL"

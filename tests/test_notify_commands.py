@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,9 +18,9 @@ from tests.alert_receivers import HttpReceiver
 from tests.helpers import REPO, free_port
 
 
-def kubmesh(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def kubmesh(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "kubmesh", "notify", *args, "--data-dir", str(data_dir)],
-                          capture_output=True, text=True, timeout=60, cwd=REPO)
+                          capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture
@@ -29,24 +30,27 @@ def receiver() -> Iterator[HttpReceiver]:
     server.stop()
 
 
-def test_add_list_test_and_remove_a_channel(data_dir: Path, receiver: HttpReceiver) -> None:
+def test_add_list_test_and_remove_a_channel(data_dir: Path, receiver: HttpReceiver,
+                                            database_env: dict[str, str]) -> None:
+    """On SQLite (alerts.db in the data dir) and on the PostgreSQL that DATABASE_URL names (nothing in the data dir)."""
     IdentityStore(data_dir).add("farmer", Role.OPERATOR, owner="owner-a", password="pw-farmer-1")
     url = receiver.url("json", "/phone")
     added = kubmesh(data_dir, "add", "farmer", url, "--severity", "critical", "--tier", "2", "--language", "en",
-                    "--quiet", "22:00-06:00")
+                    "--quiet", "22:00-06:00", env=database_env)
     assert added.returncode == 0, added.stderr
-    [row] = json.loads(kubmesh(data_dir, "list", "--json").stdout)
+    assert (data_dir / "alerts.db").exists() == (not database_env)
+    [row] = json.loads(kubmesh(data_dir, "list", "--json", env=database_env).stdout)
     assert (row["username"], row["tier"], row["severity"], row["language"], row["state"]) == (
         "farmer", 2, "critical", "en", "ok")
 
-    tested = kubmesh(data_dir, "test", "farmer")
+    tested = kubmesh(data_dir, "test", "farmer", env=database_env)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     [request] = receiver.on("/phone")
     assert "test of your kubmesh alert channel" in request.json()["message"]
 
-    assert kubmesh(data_dir, "remove", "farmer", url).returncode == 0
-    assert json.loads(kubmesh(data_dir, "list", "--json").stdout) == []
-    assert kubmesh(data_dir, "remove", "farmer", url).returncode == 1
+    assert kubmesh(data_dir, "remove", "farmer", url, env=database_env).returncode == 0
+    assert json.loads(kubmesh(data_dir, "list", "--json", env=database_env).stdout) == []
+    assert kubmesh(data_dir, "remove", "farmer", url, env=database_env).returncode == 1
 
 
 def test_a_failing_channel_fails_the_test_and_shows_as_failing(data_dir: Path, receiver: HttpReceiver) -> None:

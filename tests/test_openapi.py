@@ -43,8 +43,9 @@ def test_the_document_is_valid_openapi_3_and_names_every_route(tmp_path: Path) -
                      CommandAudit(storage.database("commands.db", ""), Topics(), utc_now), "token",
                      dict, HistoryRecorder(storage.history(), Topics(), utc_now), IdentityStore(tmp_path),
                      metrics=scrape)
-    add_alert_routes(app, AlertingService(AlertingConfig(Timing(), 120, load_rules()), AlertStore(tmp_path / "a.db"),
-                                          IdentityStore(tmp_path), Topics(), Channels(None), utc_now))
+    alerts = AlertStore(storage.database("alerts.db", ""))
+    add_alert_routes(app, AlertingService(AlertingConfig(Timing(), 120, load_rules()), alerts, IdentityStore(tmp_path),
+                                          Topics(), Channels(None), utc_now))
     routes = {(r.resource.canonical, r.method.lower()) for r in app.router.routes()
               if r.method != "HEAD" and r.resource is not None}
     assert routes == {(path, method) for path, item in document["paths"].items() for method in item}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -17,6 +18,11 @@ import pytest
 
 from common.identities import IdentityStore, Role
 from common.tailscale.local import TailscaleCli, TailscaleCliError
+from contract.payloads import Status, format_ts
+from discovery.postgres.storage import PostgresStorage
+from discovery.registry import FILE as REGISTRY_FILE
+from discovery.registry import SCHEMA as REGISTRY_SCHEMA
+from discovery.registry import Registry
 from discovery.sqlite import SqliteDatabase
 from discovery.tailscale.api import (
     TailscaleApi,
@@ -27,6 +33,7 @@ from discovery.tailscale.api import (
 )
 from discovery.tailscale.manager import TailscaleManager
 from discovery.tailscale.policy import DISCOVERY, FARM, MOBILE, policy_ports, recommended_policy
+from discovery.tailscale.store import FILE as TAILNET_FILE
 from discovery.tailscale.store import SCHEMA, TailnetStore
 from tests.helpers import REPO, ServiceProcess, free_port, wait_until
 from tests.tailscale_api import API_KEY, STANDIN_BIN, Failure, FakeTailscaleApi
@@ -187,6 +194,8 @@ def test_the_policy_allows_exactly_the_systems_ports_between_the_three_tags() ->
             assert not any(test["src"] == src and d.startswith(f"{tag}:") and port in d.split(":")[-1].split(",")
                            for src, d in accepted), dst
 
+SYNCED = datetime(2026, 11, 24, 21, 0, tzinfo=UTC)
+
 
 def kubmesh(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "kubmesh", *args], capture_output=True, text=True, timeout=30,
@@ -272,3 +281,30 @@ def get(url: str, token: str | None = None) -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as response:
         return json.load(response)
+
+
+async def test_tailscale_status_reads_what_the_nodes_wrote_to_postgresql(data_dir: Path, postgres_url: str) -> None:
+    """With DATABASE_URL the status reads the shared storage (the nodes' registry and last sync), not the data dir."""
+    storage = PostgresStorage(postgres_url)
+    storage.open()
+    registry = Registry(storage.database(REGISTRY_FILE, REGISTRY_SCHEMA))
+    tailnet = TailnetStore(storage.database(TAILNET_FILE, SCHEMA))
+    registry.db.open()
+    tailnet.db.open()
+    try:
+        registry.record_status("farm-009", Status(state="online", ts=SYNCED), SYNCED)  # heard of, not a local identity
+        device = {"id": "d1", "name": "farm-009.example.ts.net", "hostname": "farm-009", "farm_id": "farm-009",
+                  "online": True, "flags": []}
+        await tailnet.replace([device], SYNCED, "api", "example.com")
+        await registry.db.write(lambda db: None)  # after the status queued before it
+    finally:
+        tailnet.db.close()
+        registry.db.close()
+        storage.close()
+    env = {"PATH": f"{STANDIN_BIN}{os.pathsep}{os.environ['PATH']}", "DATABASE_URL": postgres_url}
+    result = await asyncio.to_thread(kubmesh, "tailscale", "status", "--json", "--data-dir", str(data_dir), env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["last_sync"] == {"synced_at": format_ts(SYNCED), "source": "api", "tailnet": "example.com"}
+    assert report["farms"] == {"farm-009": {"device": "d1", "flags": []}}
+    assert [d["id"] for d in report["devices"]] == ["d1"]

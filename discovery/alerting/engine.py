@@ -141,18 +141,66 @@ class AlertEngine:
             self._clear(alert, now, tell=False)
         return alert
 
+    def merge(self, stored: Iterable[Alert]) -> set[str]:
+        """Take in the alerts as the store has them, written by this node and by the others that share it: an
+        alert another node opened first is this one under that alert's id, one opened elsewhere is taken as it is
+        (its condition's wait is over), and the state, acknowledgement, tier and last notification only go
+        forward, as the store merges them. The farms whose alerts changed."""
+        changed: set[str] = set()
+        # the rows of alerts held here first: one cleared elsewhere leaves its condition free for the next one
+        for row in sorted(stored, key=lambda r: r.id not in self._by_id):
+            alert = self._by_id.get(row.id)
+            if alert is None:
+                if row.state == "cleared":
+                    continue
+                self._pending[row.farm_id].pop(row.key, None)
+                alert = self._alerts[row.farm_id].get(row.key)
+                if alert is None:
+                    self._alerts[row.farm_id][row.key] = self._by_id[row.id] = replace(row)
+                    changed.add(row.farm_id)
+                    continue
+                del self._by_id[alert.id]
+                self._dirty.pop(alert.id, None)
+                alert.id, alert.opened, alert.since = row.id, row.opened, row.since
+                self._by_id[alert.id] = alert
+                self._dirty[alert.id] = alert  # what this node did of it (told, escalated) goes into the row too
+                changed.add(row.farm_id)
+            if self._fold(alert, row):
+                changed.add(row.farm_id)
+        return changed
+
+    def _fold(self, alert: Alert, row: Alert) -> bool:
+        before = (alert.state, alert.acknowledged_by, alert.tier, alert.notified)
+        if row.acknowledged is not None:
+            alert.acknowledged_by, alert.acknowledged = row.acknowledged_by, row.acknowledged
+            if alert.state == "open":
+                alert.state = "acknowledged"
+        alert.tier = max(alert.tier, row.tier)
+        if row.notified is not None and (alert.notified is None or row.notified > alert.notified):
+            alert.notified = row.notified
+        if row.state == "cleared":  # a latching alert is cleared by an acknowledgement, which tells no one
+            self._clear(alert, row.cleared or row.opened, tell=not alert.latching)
+        return (alert.state, alert.acknowledged_by, alert.tier, alert.notified) != before
+
     def tier_failed(self, farm_id: str) -> None:
         """No channel of tier 1 delivered this farm's message: escalate its open alerts at once."""
         self._escalate.add(farm_id)
 
     # ---- the clock ----------------------------------------------------------------------------------
 
-    def tick(self, now: datetime) -> list[Burst]:
+    def tick(self, now: datetime, telling: bool = True) -> list[Burst]:
+        """Open what waited long enough; what is to be told now. A node that does not tell (another one holds the
+        notifications) opens the same alerts, and marks none told, reminded or escalated: the node that tells
+        does, and when this one takes over it goes on from what that one wrote (:meth:`merge`)."""
         delay = timedelta(seconds=self.timing.delay)
         for farm_id, pending in self._pending.items():
             for key in [k for k, p in pending.items() if now - p.seen >= delay]:
                 held = pending.pop(key)
                 self._open(farm_id, held.source, held.condition, held.seen, now)
+        if not telling:
+            self._cleared = []
+            self._escalate.clear()
+            return []
         bursts: dict[str, Burst] = {}
         remind = timedelta(seconds=self.timing.remind_interval)
         escalate = timedelta(seconds=self.timing.escalate_after)

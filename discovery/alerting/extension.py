@@ -2,7 +2,7 @@
 
 It receives every farm topic, decoded once by the bus, and the operators' acknowledgements on
 ``{base}/alerts/{farm}/ack``; it publishes each farm's open alerts retained through the bus's session,
-adds its figures to ``/metrics`` and owns ``alerts.db``.
+adds its figures to ``/metrics`` and owns the alert store (SQLite: ``alerts.db``; PostgreSQL: shared by the nodes).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from discovery.alerting.service import AlertingService
 from discovery.alerting.setup import build_alerting
 from discovery.extension import Extension, Node
 from discovery.metrics import Metrics
+from discovery.storage import Database
 
 
 class Alerting(Extension):
@@ -24,7 +25,7 @@ class Alerting(Extension):
 
     @classmethod
     def build(cls, node: Node) -> Alerting:
-        service = build_alerting(node.settings, node.identities, node.topics, node.clock)
+        service = build_alerting(node.settings, node.identities, node.topics, node.clock, node.storage)
         service.may_notify = lambda: node.lease.held  # one node tells; the others keep the same alerts
         return cls(node, service)
 
@@ -39,6 +40,9 @@ class Alerting(Extension):
 
     async def stop(self) -> None:
         await self.service.stop()
+
+    def databases(self) -> list[Database]:
+        return [self.service.store.store.db]
 
     async def on_message(self, message: Message) -> None:
         if isinstance(message, AlertAckMessage):

@@ -34,8 +34,9 @@ FARM_SAVE_INTERVAL_S = 30.0  # how often the farms' last-heard times reach the d
 REST_LANGUAGE = "en"
 STOP_WAIT_S = 5.0
 PRESENCE_CHECK_S = 0.5
-KEEP_DAYS = 90  # steps, and alerts cleared, are kept this long in alerts.db
+KEEP_DAYS = 90  # steps, and alerts cleared, are kept this long in the store
 PRUNE_INTERVAL_S = 3600.0  # how often silence is looked for: fine enough beside ALERT_SILENT_AFTER
+SYNC_INTERVAL_S = 1.0  # how often the engine takes in what the other nodes wrote of the alerts (acknowledgements)
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ class AlertingService:
         self.watches: dict[str, FarmWatch] = {}
         self.publish: Publish | None = None
         # whether this node tells (of several nodes, the one that holds the storage's lease); every node keeps
-        # the alerts, so the one that takes the lease over goes on with the reminders and the all clear
+        # the alerts (in one shared store), so the one that takes the lease over goes on with the reminders and
+        # the all clear
         self.may_notify: Callable[[], bool] = lambda: True
         self._unpublished: set[str] = set()
         self._sending: set[asyncio.Task[None]] = set()
@@ -77,12 +79,16 @@ class AlertingService:
         self._farms_saved = datetime.min.replace(tzinfo=UTC)
         self._presence_checked = datetime.min.replace(tzinfo=UTC)
         self._pruned = datetime.min.replace(tzinfo=UTC)
+        self._synced = datetime.min.replace(tzinfo=UTC)
+        self._notifying = False
+        self._ticking = asyncio.Lock()
 
     # ---- start and stop -----------------------------------------------------------------------------
 
     async def start(self, publish: Publish | None = None) -> None:
         """Take up the alerts and farms of the last run, then watch."""
         self.publish = publish
+        await self.store.call(self.store.store.open)
         alerts, farms = await self.store.call(_restore, self.store.store)
         self.engine = AlertEngine(self.config.timing, alerts)
         self.dispatcher.on_tier_failed = self.engine.tier_failed
@@ -197,6 +203,11 @@ class AlertingService:
             await asyncio.sleep(self.config.tick_interval)
 
     async def tick(self) -> None:
+        # one round at a time: a round called while the timer's waits on the store would decide on the same alerts
+        async with self._ticking:
+            await self._round()
+
+    async def _round(self) -> None:
         now = self.clock()
         if now - self._presence_checked >= timedelta(seconds=PRESENCE_CHECK_S):
             self._presence_checked = now
@@ -205,15 +216,18 @@ class AlertingService:
                 if watch.silent != bool(presence):  # only a change is news to the engine
                     watch.silent = bool(presence)
                     self.engine.update(farm_id, PRESENCE, presence, now)
-        bursts = self.engine.tick(now)
+        notifying = self.may_notify()
+        # a node that has just taken the notifications over starts from what the others wrote, so that it does
+        # not remind of an alert acknowledged through another node
+        if now - self._synced >= timedelta(seconds=SYNC_INTERVAL_S) or (notifying and not self._notifying):
+            await self._sync(now)
+        self._notifying = notifying
+        bursts = self.engine.tick(now, telling=notifying)
         await self._persist()
         await self.dispatcher.flush()
         if bursts:
             self._unpublished.update(burst.farm_id for burst in bursts)
-            if self.may_notify():
-                self._track(asyncio.create_task(self._dispatch(bursts)))
-            else:
-                log.debug("alerting: %d burst(s) left to the node that holds the lease", len(bursts))
+            self._track(asyncio.create_task(self._dispatch(bursts)))
         await self._publish_changed()
 
     async def drain(self) -> None:
@@ -249,12 +263,21 @@ class AlertingService:
             self._farms_saved = now
             farms = [KnownFarm(w.farm_id, w.name, w.declared_owner, w.last_heard) for w in self.watches.values()]
         if changed or farms:
-            await self.store.call(_save, self.store.store, changed, farms)
+            opened_elsewhere = await self.store.call(_save, self.store.store, changed, farms)
+            self._unpublished.update(self.engine.merge(opened_elsewhere))
         if farms:
             await self._resolve_owners()
         if now - self._pruned >= timedelta(seconds=PRUNE_INTERVAL_S):
             self._pruned = now
             await self.store.call(self.store.store.prune, now - timedelta(days=KEEP_DAYS))
+
+    async def _sync(self, now: datetime) -> None:
+        """Take in what every node wrote of the alerts (the rows are shared on PostgreSQL), once what this one
+        changed since its last write is written: else an alert cleared here would come back from its row."""
+        await self._persist()
+        self._synced = now
+        held = [alert.id for alert in self.engine.alerts()]
+        self._unpublished.update(self.engine.merge(await self.store.call(self.store.store.current, held)))
 
     async def _resolve_owners(self) -> None:
         """Whose each farm is, from the identity store (a file): read on the store's thread, now and then."""
@@ -304,7 +327,9 @@ def _restore(store: AlertStore) -> tuple[list[Alert], list[KnownFarm]]:
     return store.unresolved_alerts(), store.farms()
 
 
-def _save(store: AlertStore, alerts: list[Alert], farms: list[KnownFarm]) -> None:
-    store.save_alerts(alerts)
+def _save(store: AlertStore, alerts: list[Alert], farms: list[KnownFarm]) -> list[Alert]:
+    """The alerts written; those another node had opened first, as stored."""
+    opened_elsewhere = store.save_alerts(alerts)
     if farms:
         store.save_farms(farms)
+    return opened_elsewhere

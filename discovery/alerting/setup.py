@@ -10,15 +10,16 @@ from discovery.alerting.channels import Channels
 from discovery.alerting.engine import Timing
 from discovery.alerting.rules import RulesError, load_rules
 from discovery.alerting.service import AlertingConfig, AlertingService
-from discovery.alerting.store import AlertStore
+from discovery.alerting.store import FILE, SCHEMA, AlertStore
 from discovery.alerting.webpush import WebPushSender, vapid_keys
 from discovery.settings import DiscoverySettings
+from discovery.storage import Storage
 
 SENDER_PROCESSES = 2  # sending's CPU kept off the node's own interpreter (and its broker): see channels.py
 
 
-def build_alerting(settings: DiscoverySettings, identities: IdentityStore, topics: Topics,
-                   clock: Clock) -> AlertingService:
+def build_alerting(settings: DiscoverySettings, identities: IdentityStore, topics: Topics, clock: Clock,
+                   storage: Storage) -> AlertingService:
     """A bad rules file stops the node at start (ConfigError), naming the file and the rule."""
     try:
         book = load_rules(settings.alert_rules)
@@ -31,4 +32,4 @@ def build_alerting(settings: DiscoverySettings, identities: IdentityStore, topic
     )
     channels = Channels(WebPushSender(vapid_keys(settings.data_dir)), retries=settings.alert_retries,
                         backoff=settings.alert_retry_backoff, processes=SENDER_PROCESSES)
-    return AlertingService(config, AlertStore(settings.alerts_database), identities, topics, channels, clock)
+    return AlertingService(config, AlertStore(storage.database(FILE, SCHEMA)), identities, topics, channels, clock)

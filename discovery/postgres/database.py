@@ -7,10 +7,8 @@ without a restart."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import queue
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
@@ -26,7 +24,6 @@ log = logging.getLogger("kubmesh.discovery.postgres")
 
 T = TypeVar("T")
 P = ParamSpec("P")
-READERS = 2
 WRITE_BATCH = 500  # jobs at most in one transaction
 
 
@@ -59,33 +56,17 @@ class PostgresDatabase(Database):
     mark: ClassVar[str] = "%s"
 
     def __init__(self, name: str, pool: Callable[[], ConnectionPool[Any]]) -> None:
-        self.name = f"postgresql:{name}"
-        self.write_errors = 0
+        super().__init__(f"postgresql:{name}", "pg")
         self._pool = pool  # the storage's, opened before the node serves
-        self._jobs: queue.SimpleQueue[tuple[Job, concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
-        self._writer = threading.Thread(target=self._write_loop, name=f"pg-writer:{name}", daemon=True)
-        self._readers = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix=f"pg-reader:{name}")
-        self._local = threading.local()
         self._kept: list[Connection[Any]] = []  # reader connections held by threads outside read()
-        self._lock = threading.Lock()
 
     def open(self) -> None:
         self._writer.start()
 
-    def close(self) -> None:
-        if self._writer.is_alive():
-            self._jobs.put(None)
-            self._writer.join()
-        self._readers.shutdown(wait=True)
-        with self._lock:
-            for connection in self._kept:
-                self._pool().putconn(connection)
-            self._kept.clear()
-
-    def submit(self, job: Job) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._jobs.put((job, future))
-        return future
+    def _release_readers(self) -> None:
+        for connection in self._kept:
+            self._pool().putconn(connection)
+        self._kept.clear()
 
     def _write_loop(self) -> None:
         connection: Connection[Any] | None = None

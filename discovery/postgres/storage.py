@@ -11,7 +11,8 @@ from psycopg_pool import ConnectionPool
 from discovery.postgres.database import PostgresDatabase, rows
 from discovery.postgres.history import PostgresHistory
 from discovery.postgres.lease import KEEPALIVE, AdvisoryLease
-from discovery.postgres.migrate import SchemaError, migrate, migrations, schema_version
+from discovery.postgres.migrate import SchemaError, migrations, schema_version
+from discovery.postgres.migrate import migrate as apply_migrations
 from discovery.storage import Lease, Storage
 
 POOL_MAX = 16  # the stores' writers and readers (2 each), and the threads that read outside them
@@ -32,14 +33,15 @@ class PostgresStorage(Storage):
         self.url = url
         self._pool: ConnectionPool[Any] | None = None
 
-    def open(self) -> None:
+    def open(self, migrate: bool = True) -> None:
         pool: ConnectionPool[Any] = ConnectionPool(
             self.url, min_size=2, max_size=POOL_MAX, open=False, name="kubmesh",
             kwargs={"autocommit": True, "row_factory": rows, "application_name": "kubmesh-discovery", **KEEPALIVE})
         pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
         try:
             with pool.connection() as connection:
-                migrate(connection)
+                if migrate:
+                    apply_migrations(connection)
         except BaseException:
             pool.close()
             raise
@@ -54,6 +56,11 @@ class PostgresStorage(Storage):
         if self._pool is None:
             raise RuntimeError("the PostgreSQL storage is not open")
         return self._pool
+
+    def has(self, file_name: str) -> bool:
+        """Every store's tables come with the migrations: whether they have all been applied."""
+        with self.pool().connection() as connection:
+            return schema_version(connection) >= len(migrations())
 
     def database(self, file_name: str, schema: str) -> PostgresDatabase:
         return PostgresDatabase(Path(file_name).stem, self.pool)

@@ -12,14 +12,16 @@ from common.identities import IdentityStore
 from common.settings import ConfigError, load_settings
 from common.tailscale.local import TailscaleCli, TailscaleCliError
 from common.tailscale.models import AuthKey
+from discovery.registry import FILE as REGISTRY_FILE
 from discovery.registry import SCHEMA as REGISTRY_SCHEMA
 from discovery.registry import Registry
 from discovery.settings import DiscoverySettings
-from discovery.sqlite import SqliteDatabase
+from discovery.storage import Storage, opened_database, opened_storage
 from discovery.tailscale.api import TailscaleApi, TailscaleApiError
 from discovery.tailscale.manager import known_farms
 from discovery.tailscale.matching import FARM_TAG, farms_summary
 from discovery.tailscale.policy import recommended_policy
+from discovery.tailscale.store import FILE as TAILNET_FILE
 from discovery.tailscale.store import SCHEMA as TAILNET_SCHEMA
 from discovery.tailscale.store import TailnetStore
 
@@ -65,14 +67,13 @@ def _status(args: argparse.Namespace) -> int:
         }
     except TailscaleCliError as exc:
         report["local_error"] = str(exc)
-    farm_ids = _farm_ids(settings)
-    if settings.tailnet_db.exists():
-        store = TailnetStore(SqliteDatabase(settings.tailnet_db, TAILNET_SCHEMA))
-        devices = store.devices()
-        report["last_sync"] = store.last_sync()
-        store.db.close()
-    else:
+    with opened_storage(settings, migrate=False) as storage:  # a status changes nothing
+        farm_ids = _farm_ids(storage, IdentityStore(settings.data_dir))
         devices, report["last_sync"] = [], None
+        if storage.has(TAILNET_FILE):
+            with opened_database(storage, TAILNET_FILE, TAILNET_SCHEMA) as db:
+                store = TailnetStore(db)
+                devices, report["last_sync"] = store.devices(), store.last_sync()
     report["farms"] = farms_summary(devices, farm_ids)
     report["devices"] = devices
     if args.json:
@@ -82,15 +83,11 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if report["local"] else 1
 
 
-def _farm_ids(settings: DiscoverySettings) -> set[str]:
-    identities = IdentityStore(settings.data_dir)
-    if not settings.database.exists():
+def _farm_ids(storage: Storage, identities: IdentityStore) -> set[str]:
+    if not storage.has(REGISTRY_FILE):
         return known_farms(None, identities)
-    registry = Registry(SqliteDatabase(settings.database, REGISTRY_SCHEMA))
-    try:
-        return known_farms(registry, identities)
-    finally:
-        registry.db.close()
+    with opened_database(storage, REGISTRY_FILE, REGISTRY_SCHEMA) as db:
+        return known_farms(Registry(db), identities)
 
 
 def _print_status(report: dict[str, Any]) -> None:

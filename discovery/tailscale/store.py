@@ -13,6 +13,7 @@ from typing import Any
 from contract.payloads import format_ts
 from discovery.storage import Database, transaction, upsert
 
+FILE = "tailnet.db"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY,
