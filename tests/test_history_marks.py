@@ -7,14 +7,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from datetime import UTC, datetime
-from pathlib import Path
 
 from contract.messages import decode_message
 from contract.payloads import Reading, encode
 from contract.topics import Topics
 from discovery.history import HistoryRecorder
 from discovery.postgres.storage import PostgresStorage
-from discovery.sqlite_history import SqliteHistory
 from discovery.storage import Storage
 
 NOW = datetime(2026, 11, 24, 21, 0, tzinfo=UTC)
@@ -55,8 +53,8 @@ async def test_the_mark_moves_over_contiguous_readings_only_and_steps_over_what_
         await again.stop()
 
 
-async def test_a_write_cancelled_before_it_ran_leaves_the_writer_thread_working(tmp_path: Path) -> None:
-    history = HistoryRecorder(SqliteHistory(tmp_path / "history.db"), Topics(), lambda: NOW)
+async def test_a_write_cancelled_before_it_ran_leaves_the_writer_thread_working(storage: Storage) -> None:
+    history = HistoryRecorder(storage.history(), Topics(), lambda: NOW)
     history.db.open()
     try:
         blocked = threading.Event()

@@ -82,7 +82,11 @@ class PostgresDatabase(Database):
                     stopping = True
                     break
                 batch.append(queued)
-            connection = self._run(connection, batch)
+            # a caller cancelled before its job ran (a stop, a REST client gone): skipped; once running, the
+            # future can no longer be cancelled, so setting its result cannot kill this thread
+            batch = [job for job in batch if job[1].set_running_or_notify_cancel()]
+            if batch:
+                connection = self._run(connection, batch)
         if connection is not None:
             self._pool().putconn(connection)
 
