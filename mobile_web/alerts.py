@@ -87,6 +87,7 @@ def farm_name(view: FarmView | None, farm_id: str) -> str:
 @bp.get("/alerts")
 @login_required
 def alerts() -> str:
+    since = bridge().hub.last_id()  # taken before the views: what changes after it reaches the page's stream
     user = current_user()
     assert user is not None
     views = {view.farm_id: view for view in visible_views()}
@@ -103,7 +104,7 @@ def alerts() -> str:
             # the mobile web's token sees every farm: only the user's own are shown
             recent = [a for a in found if a.state == "cleared" and _sees(user, a.farm_id, views)][:RECENT]
     return render_template("alerts.html", user=user, views=views, current=current, recent=recent,
-                           alert_text=alert_text, farm_name=farm_name, since=bridge().hub.last_id())
+                           alert_text=alert_text, farm_name=farm_name, since=since)
 
 
 def _sees(user: User, farm_id: str, views: dict[str, FarmView]) -> bool:

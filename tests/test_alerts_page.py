@@ -37,7 +37,11 @@ def test_the_alerts_page_lists_acknowledges_and_keeps_the_recent_in_both_languag
     [acknowledged] = wait_until(lambda: [a for a in site.discovery.get(f"/api/alerts?farm={FARM}")[1]["alerts"]
                                          if a["state"] == "acknowledged"], 10)
     assert acknowledged["acknowledged_by"] == "olga"
-    wait_until(lambda: page.reload() or "acknowledged by olga" in page.inner_text("[data-alerts]"), 10)
+    def reloaded_acknowledged() -> bool:
+        page.reload()
+        return "acknowledged by olga" in page.inner_text("[data-alerts]")
+
+    wait_until(reloaded_acknowledged, 10)
     expect(page.locator("[data-acknowledge]")).to_have_count(0)
 
     raise_bit(site, False)

@@ -127,6 +127,11 @@ class Nodes:
         wait_until(lambda: node.get("/health")[1]["broker"] == "connected", 20, what="discovery connected")
         return node
 
+    def on_embedded(self, broker: RunningBroker, tmp_path: Path) -> Discovery:
+        """A node of its own identity on the test's embedded broker."""
+        service = broker.add("discovery", Role.DISCOVERY)
+        return self.start(tmp_path, tmp_path / "discovery", {"MQTT_URL": broker.url(service)}, broker.port)
+
 
 @pytest.fixture
 def nodes() -> Iterator[Nodes]:
@@ -237,8 +242,7 @@ def test_embedded_broker_killed_with_discovery_in_a_replay_and_restarted_loses_n
 def test_partition_between_agent_and_broker_loses_no_reading(
     broker: RunningBroker, farms: Farms, nodes: Nodes, tmp_path: Path, seconds: float
 ) -> None:
-    service = broker.add("discovery", Role.DISCOVERY)
-    discovery = nodes.start(tmp_path, tmp_path / "discovery", {"MQTT_URL": broker.url(service)}, broker.port)
+    discovery = nodes.on_embedded(broker, tmp_path)
     proxy = TcpProxy(broker.port).start()
     try:
         credentials = broker.add(FARMS[0], Role.FARM, owner="owner-a")
@@ -287,8 +291,7 @@ def test_partition_between_discovery_and_broker_loses_no_reading(
 def test_agent_killed_in_the_middle_of_a_replay_loses_no_reading(
     broker: RunningBroker, farms: Farms, nodes: Nodes, tmp_path: Path
 ) -> None:
-    service = broker.add("discovery", Role.DISCOVERY)
-    discovery = nodes.start(tmp_path, tmp_path / "discovery", {"MQTT_URL": broker.url(service)}, broker.port)
+    discovery = nodes.on_embedded(broker, tmp_path)
     credentials = broker.add(FARMS[0], Role.FARM, owner="owner-a")
     backlog = prefill_backlog(tmp_path / f"agent-{FARMS[0]}", FARMS[0], hours=1)
     agent = farms.agent(FARMS[0], broker.url(credentials), env={"REPLAY_RATE": "100"})
@@ -306,8 +309,7 @@ def replay_at_once(broker: RunningBroker, farms: Farms, nodes: Nodes, tmp_path: 
                    env: dict[str, str]) -> tuple[int, float]:
     """Two agents back after an outage of ``hours``, each with a reading every 5 s queued, polling live
     meanwhile; returns the backlog of each and the seconds until both are stored."""
-    service = broker.add("discovery", Role.DISCOVERY)
-    discovery = nodes.start(tmp_path, tmp_path / "discovery", {"MQTT_URL": broker.url(service)}, broker.port)
+    discovery = nodes.on_embedded(broker, tmp_path)
     agents = []
     for farm_id in FARMS:
         credentials = broker.add(farm_id, Role.FARM, owner="owner-a")
@@ -372,8 +374,7 @@ def test_readings_wait_for_the_history_not_for_the_broker(
 def test_the_history_confirms_a_farm_with_one_mark_per_commit_not_one_per_reading(
     broker: RunningBroker, farms: Farms, nodes: Nodes, tmp_path: Path
 ) -> None:
-    service = broker.add("discovery", Role.DISCOVERY)
-    discovery = nodes.start(tmp_path, tmp_path / "discovery", {"MQTT_URL": broker.url(service)}, broker.port)
+    discovery = nodes.on_embedded(broker, tmp_path)
     credentials = broker.add(FARMS[0], Role.FARM, owner="owner-a")
     watcher = MqttWatcher(broker.port, broker.admin.username, broker.admin.password,
                           f"kub/discovery/committed/{FARMS[0]}")
@@ -406,6 +407,5 @@ def test_readings_lost_while_discovery_seemed_online_are_sent_again_after_the_ti
     agent = farms.agent(FARMS[0], broker.url(credentials), poll=0.2, env={"CONFIRM_TIMEOUT": "3"})
     wait_until(lambda: agent.health()["discovery"] == "online" and newest_seq(agent) >= 10, 20,
                what="readings sent to a discovery node that is not there")
-    service = broker.add("discovery", Role.DISCOVERY)
-    discovery = nodes.start(tmp_path, tmp_path / "discovery", {"MQTT_URL": broker.url(service)}, broker.port)
+    discovery = nodes.on_embedded(broker, tmp_path)
     assert_every_reading_stored_once(discovery, agent, timeout=30)
