@@ -143,7 +143,10 @@ def measure(folder: Path, peer: str, backlog: int, poll: float, replay_rate: flo
     watcher.connect("127.0.0.1", port)
     watcher.loop_start()
     agent = Agent(folder, folder / "agent", FARM, url.format(FARM, users[FARM]), simulator.modbus_url,
-                  poll_interval=poll, extra_env={"MAX_INTERVAL": "0", "REPLAY_RATE": str(replay_rate)})
+                  poll_interval=poll,
+                  # 7 days queued fill the default bounds: these hold 8, so that no live reading pushes one out
+                  extra_env={"MAX_INTERVAL": "0", "REPLAY_RATE": str(replay_rate), "QUEUE_MAX_AGE": str(8 * 86400),
+                             "QUEUE_MAX_READINGS": str(8 * 86400 // 5)})
     try:
         wait_until(lambda: discovery.get("/health")[1]["broker"] == "connected", 10, what="discovery connected")
         agent.start()
@@ -155,7 +158,8 @@ def measure(folder: Path, peer: str, backlog: int, poll: float, replay_rate: flo
         wait_until(lambda: stored() >= backlog and agent.health()["backlog"] == 0, 1800, interval=0.2,
                    what="the backlog in the history")
         caught_up = time.monotonic()
-        assert discovery.get(f"/api/farms/{FARM}")[1]["history"]["missing"] == 0
+        history = discovery.get(f"/api/farms/{FARM}")[1]["history"]
+        assert history["missing"] == 0 and history["first_seq"] == 1  # every reading of the backlog, none dropped
         with timeline.lock:
             sent = list(timeline.backlog)
             states = [t for t in timeline.state if sent[0] <= t <= sent[-1]]

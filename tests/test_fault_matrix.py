@@ -337,7 +337,10 @@ def test_two_agents_replaying_7_days_at_once_with_live_readings_lose_nothing(
 ) -> None:
     # capped: uncapped, two replays outran the node's commits and the embedded broker closed it at 65,535
     # unacknowledged messages, again at every reconnect (a limit of the broker's, reported)
-    replay_at_once(broker, farms, nodes, tmp_path, hours=7 * 24, env={"REPLAY_RATE": "500"})
+    # 7 days queued fill the default bounds (120,960 readings, 7 days): the first live reading would push the
+    # oldest out (dropped and reported, as it should be), so the bounds here hold 8 days
+    replay_at_once(broker, farms, nodes, tmp_path, hours=7 * 24, env={
+        "REPLAY_RATE": "500", "QUEUE_MAX_AGE": str(8 * 86400), "QUEUE_MAX_READINGS": str(8 * 86400 // 5)})
 
 
 # ---- the confirmation ----------------------------------------------------------------------------------------
