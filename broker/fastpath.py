@@ -177,6 +177,7 @@ class BrokerConnection(asyncio.Protocol):
             self._publish(session, flags, body)
         elif kind == PUBACK:
             session.inflight_out.pop(body[0] << 8 | body[1], None)
+            self._send_waiting(session)
         elif kind == PINGREQ:
             self._write(PINGRESP_PACKET)
         elif kind == PUBREC:
@@ -193,6 +194,7 @@ class BrokerConnection(asyncio.Protocol):
             self._write(ack(0x70, packet_id))
         elif kind == PUBCOMP:
             session.inflight_out.pop(body[0] << 8 | body[1], None)
+            self._send_waiting(session)
         elif kind == SUBSCRIBE:
             if flags != 2:
                 raise ProtocolError("SUBSCRIBE with reserved flags other than 0010 (§3.8.1)")
@@ -358,13 +360,27 @@ class BrokerConnection(asyncio.Protocol):
             return
         session = self.session
         assert session is not None
-        if len(session.inflight_out) + len(session.inflight_in) >= MAX_INFLIGHT:  # no packet id left
-            if not session.clean_session:  # it waits with what comes while the session is offline
-                self.broker.table.queue_offline(session, topic, data, qos)
-            if self.transport is not None and not self.transport.is_closing():
-                log.warning("closing the connection of %s: %d messages unacknowledged", self._who(), MAX_INFLIGHT)
-                self.transport.abort()  # it ends in connection_lost, after the delivery under way
+        if self._window_full(session) or self.broker.table.waiting(session):
+            # no packet id left: it waits in the session's queue (bounded, as the offline one is) and goes, in
+            # order, as the client acknowledges (a subscriber behind, like a history node committing a long
+            # replay, is kept, not cut off to come back to the same wall at every reconnect)
+            self.broker.table.queue_offline(session, topic, data, qos)
             return
+        self._deliver(session, topic, data, qos, head, retain)
+
+    @staticmethod
+    def _window_full(session: LeanSession) -> bool:
+        return len(session.inflight_out) + len(session.inflight_in) >= MAX_INFLIGHT
+
+    def _send_waiting(self, session: LeanSession) -> None:
+        """A packet id came free: what waits in the session's queue goes, oldest first (RETAIN 0, §3.3.1.3)."""
+        table = self.broker.table
+        while not self._window_full(session) and (message := table.take_next(session)) is not None:
+            data, qos = bytes(message.data), message.qos or 0
+            head = publish_head(message.topic.encode(), len(data), qos, False)
+            self._deliver(session, message.topic, data, qos, head, False)
+
+    def _deliver(self, session: LeanSession, topic: str, data: bytes, qos: int, head: bytes, retain: bool) -> None:
         packet_id = session.next_packet_id
         session.inflight_out[packet_id] = Outgoing(packet_id, topic, qos, data, retain)
         self._write(head + bytes((packet_id >> 8, packet_id & 0xFF)) + data)

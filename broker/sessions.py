@@ -133,7 +133,8 @@ class SessionTable:
         return True
 
     def queue_offline(self, session: LeanSession, topic: str, data: bytes, qos: int) -> None:
-        """A QoS 1 or 2 message kept for a persistent session until it reconnects, up to
+        """A QoS 1 or 2 message kept for a persistent session until it reconnects (or, online, until it
+        acknowledges enough to free a packet id), up to
         MAX_QUEUED_OFFLINE of them and MAX_QUEUED_OFFLINE_BYTES (as Mosquitto's ``max_queued_messages``
         and ``max_queued_bytes``); beyond that it is dropped, counted and logged at the first drop of
         each thousand."""
@@ -148,6 +149,20 @@ class SessionTable:
             log.warning("dropped a message on %s for the offline session %r: %d messages, %d bytes queued already "
                         "(%d dropped so far)", topic, session.client_id, queue.qsize(), held - len(data),
                         self.offline_dropped)
+
+    @staticmethod
+    def waiting(session: LeanSession) -> bool:
+        """Whether messages wait in the session's queue (offline, or online with every packet id in use)."""
+        return session.has_offline_queue() and not session.retained_messages.empty()
+
+    @staticmethod
+    def take_next(session: LeanSession) -> Retained | None:
+        """The oldest message waiting in the session's queue, taken out of it."""
+        if not SessionTable.waiting(session):
+            return None
+        message: Retained = session.retained_messages.get_nowait()
+        session.attributes[QUEUED_BYTES] = max(0, session.attributes.get(QUEUED_BYTES, 0) - len(message.data))
+        return message
 
     @staticmethod
     def take_queued(session: LeanSession) -> list[Retained]:

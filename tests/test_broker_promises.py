@@ -13,6 +13,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from common.identities import Role
+from tests.conftest import RunningBroker
 from tests.helpers import wait_until
 
 
@@ -244,3 +245,33 @@ def test_a_persistent_session_taken_over_by_a_new_connection_keeps_receiving(
         publisher.publish("promise/takeover", str(number).encode())
         time.sleep(1.5)  # the scenario: the publishes span the old connection's keepalive expiry
     wait_until(lambda: len(new.messages("promise/takeover")) == 3, 5, what="live delivery to the new connection")
+
+
+def test_a_subscriber_behind_by_every_packet_id_keeps_its_connection_and_gets_the_rest_as_it_acknowledges(
+    broker: RunningBroker,
+) -> None:
+    """Embedded broker only: a QoS 1 subscriber that has all 65,535 packet ids unacknowledged (a history node
+    committing a long replay) is kept; what comes meanwhile waits in its session and goes as ids come free.
+    (Mosquitto holds its 20 in flight and drops what is beyond `max_queued_messages`.)"""
+    endpoint = Endpoint(broker.port, lambda name: broker.add(name, Role.ADMIN).password)
+    subscriber = RawClient(endpoint, "behind", endpoint.add_user("behind"), clean_session=False,
+                           manual_ack=True).start()
+    publisher = RawClient(endpoint, "flood", endpoint.add_user("flood"))
+    publisher.client.max_inflight_messages_set(1000)
+    publisher.start()
+    try:
+        subscriber.subscribe("promise/window", 1)
+        count = 65_535 + 500
+        for number in range(count):
+            last = publisher.client.publish("promise/window", str(number).encode(), qos=1)
+        last.wait_for_publish(120)
+        wait_until(lambda: len(subscriber.received) >= 65_535, 60, what="every packet id in use")
+        assert len(subscriber.received) == 65_535  # the rest wait for an acknowledgement
+        for message in list(subscriber.received):
+            subscriber.client.ack(message.mid, 1)
+        wait_until(lambda: len(subscriber.received) == count, 60, what="the rest, as ids came free")
+        assert subscriber.client.is_connected()
+        assert [int(m.payload) for m in subscriber.received] == list(range(count))  # in order, none twice
+    finally:
+        for client in (subscriber, publisher):
+            client.disconnect()
