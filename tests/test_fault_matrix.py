@@ -335,8 +335,8 @@ def test_two_agents_replaying_an_hour_at_once_with_live_readings_lose_nothing(
 def test_two_agents_replaying_7_days_at_once_with_live_readings_lose_nothing(
     broker: RunningBroker, farms: Farms, nodes: Nodes, tmp_path: Path
 ) -> None:
-    # capped: uncapped, two replays outran the node's commits and the embedded broker closed it at 65,535
-    # unacknowledged messages, again at every reconnect (a limit of the broker's, reported)
+    # at 500 readings/s each, five times the default REPLAY_RATE: two replays outrun the node's commits, so the
+    # embedded broker holds what is beyond its 65,535 packet ids in the node's session meanwhile
     # 7 days queued fill the default bounds (120,960 readings, 7 days): the first live reading would push the
     # oldest out (dropped and reported, as it should be), so the bounds here hold 8 days
     replay_at_once(broker, farms, nodes, tmp_path, hours=7 * 24, env={
