@@ -233,8 +233,9 @@ def card_helpers() -> dict[str, Any]:
 @bp.get("/")
 @login_required
 def index() -> str:
+    since = bridge().hub.last_id()  # taken before the views: what changes after it reaches the page's stream
     views = visible_views()
-    return render_template("farms.html", views=views, sites=by_site(views), **card_helpers())
+    return render_template("farms.html", views=views, sites=by_site(views), since=since, **card_helpers())
 
 
 @bp.get("/farms/<farm_id>/card")

@@ -506,12 +506,13 @@ def test_reconnect_with_last_event_id_gets_what_was_missed(web: Web, streams: St
         assert events_of(next(resync))["event"] == "resync"
 
 
-def test_what_changes_between_the_page_and_its_stream_is_not_missed(web: Web, streams: Streams) -> None:
+@pytest.mark.parametrize("path", [f"/farms/{FARM}", "/", "/alerts"])
+def test_what_changes_between_the_page_and_its_stream_is_not_missed(web: Web, streams: Streams, path: str) -> None:
     app, bridge, _ = web
     feed_farm(bridge)
     client = app.test_client()
     log_in(client, "vera", "viewer-pass")
-    page = client.get(f"/farms/{FARM}").get_data(as_text=True)
+    page = client.get(path).get_data(as_text=True)
     stream_url = html.unescape(re.search(r'data-stream="([^"]+)"', page).group(1))  # type: ignore[union-attr]
     # an alarm latched after the page was rendered, before the browser opened the page's stream
     bridge.handle(TOPICS.alarms(FARM), encode(Alarms(ts=utc_now(), latched=[AlarmItem(bit=2, label="alarm bit 2")])))
