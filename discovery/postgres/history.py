@@ -30,7 +30,7 @@ from typing import Any
 
 from discovery.gaps import SeqRuns
 from discovery.postgres.database import PostgresDatabase
-from discovery.storage import HistoryStore, Pending, Written, advance, held_mark
+from discovery.storage import MARK_WALK, HistoryStore, Pending, Written, advance, held_mark
 
 DAY = 86400.0
 PERIODS = {"readings": DAY, "rollups": 7 * DAY}  # seconds per partition
@@ -62,10 +62,18 @@ SELECT MIN(seq), MAX(seq) FROM (
     FROM (SELECT DISTINCT seq FROM {partition} WHERE farm_id = %s) AS stored) AS numbered
 GROUP BY island
 """
-MARK = """
-INSERT INTO committed (farm_id, seq) VALUES (%s, %s)
+MARKS = """
+INSERT INTO committed (farm_id, seq) SELECT * FROM unnest(%s::text[], %s::bigint[])
 ON CONFLICT (farm_id) DO UPDATE SET seq = GREATEST(committed.seq, excluded.seq)
-RETURNING seq
+RETURNING farm_id, seq
+"""
+# the stored seq numbers above each farm's mark, a chunk per farm, for every farm of a batch in one round trip
+# (a farm's walk that uses its whole chunk goes on alone, with ``advance``)
+ABOVE_MARKS = """
+SELECT f.farm_id, r.seq FROM unnest(%s::text[], %s::bigint[]) AS f(farm_id, mark)
+CROSS JOIN LATERAL (SELECT DISTINCT seq FROM readings WHERE farm_id = f.farm_id AND seq > f.mark
+                    ORDER BY seq LIMIT {limit}) AS r
+ORDER BY f.farm_id, r.seq
 """
 DAY_RUNS_KEEP_S = 60.0
 Runs = list[tuple[int, int]]  # (first, last) of each run of consecutive seq numbers
@@ -172,16 +180,38 @@ class PostgresHistory(HistoryStore):
             if pending:
                 farms, seqs, times, values = zip(*pending, strict=True)
                 inserted = connection.execute(INSERT, (list(farms), list(seqs), list(times), list(values))).rowcount
-            for farm_id in farm_ids:
-                before = int(stored.get(farm_id, 0))
-                mark = advance(connection, "%s", farm_id, held_mark(before, held_from, farm_id))
-                if mark != before:
-                    mark = int(connection.execute(MARK, (farm_id, mark)).fetchone()[0])
-                marks[farm_id] = mark
+            starts = {farm_id: held_mark(int(stored.get(farm_id, 0)), held_from, farm_id) for farm_id in farm_ids}
+            moved = self._advance_all(connection, starts)
+            raised = {farm_id: mark for farm_id, mark in moved.items() if mark != int(stored.get(farm_id, 0))}
+            marks = {farm_id: int(stored.get(farm_id, 0)) for farm_id in farm_ids}
+            if raised:
+                rows = connection.execute(MARKS, (list(raised), list(raised.values()))).fetchall()
+                marks.update((farm_id, int(seq)) for farm_id, seq in rows)
         for farm_id, day in {(farm, math.floor(ts / DAY)) for farm, _, ts, _ in pending}:
             key = (farm_id, partition_name("readings", day))  # a reading outside them: the default, always counted
             self._writes[key] = self._writes.get(key, 0) + 1
         return Written(int(inserted), marks, repeated)
+
+    @staticmethod
+    def _advance_all(connection: Any, starts: Mapping[str, int]) -> dict[str, int]:
+        """Each farm's mark moved up over its stored readings that follow without a gap (see ``advance``): one
+        query for the whole batch instead of one per farm, which held a batch of 10,000 farms to 2,000/s."""
+        above: dict[str, list[int]] = {farm_id: [] for farm_id in starts}
+        query = ABOVE_MARKS.format(limit=MARK_WALK)
+        for farm_id, seq in connection.execute(query, (list(starts), list(starts.values()))).fetchall():
+            above[farm_id].append(int(seq))
+        moved: dict[str, int] = {}
+        for farm_id, start in starts.items():
+            mark = start
+            for seq in above[farm_id]:
+                if seq != mark + 1:
+                    break
+                mark = seq
+            else:
+                if len(above[farm_id]) == MARK_WALK:  # the chunk ran out without a gap: the walk goes on
+                    mark = advance(connection, "%s", farm_id, mark)
+            moved[farm_id] = mark
+        return moved
 
     def _make_partition(self, connection: Any, table: str, index: int) -> None:
         """The partition of ``table`` for period ``index``, with the rows the default partition held for it."""
