@@ -61,9 +61,7 @@ def alert_text(view: FarmView | None, alert: AlertItem) -> str:
         return f"{title}: {_bit_text(view, alert.kind, subject)}"
     if alert.kind == "farm_silent":
         return f"{title} ({SILENT_REASONS.get(subject, subject)})"
-    if alert.kind == "sensor_fault":
-        return f"{title}: {subject}"
-    if alert.kind == "value_rule":
+    if alert.kind in ("sensor_fault", "value_rule"):
         return f"{title}: {subject}"
     return str(title)
 

@@ -7,11 +7,12 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as paho
+import pytest
 
 from common.identities import Credentials, IdentityStore, Role
 from tests.conftest import MOSQUITTO, RunningBroker
@@ -154,3 +155,15 @@ def mosquitto_bus(data_dir: Path, tmp_path: Path, extra: list[str] | None = None
     bus = Bus("mosquitto", mosquitto.port, store, admin, tmp_path / "mosquitto.log",
               tmp_path / "mosquitto-export", process)
     return bus, mosquitto
+
+
+@pytest.fixture(params=["embedded", "mosquitto"], name="bus")
+def bus_on_each_broker(request: pytest.FixtureRequest, data_dir: Path, tmp_path: Path) -> Iterator[Bus]:
+    """The embedded broker and a Mosquitto configured by the export, each in turn."""
+    if request.param == "embedded":
+        broker: RunningBroker = request.getfixturevalue("broker")
+        yield embedded_bus(broker)
+        return
+    running, mosquitto = mosquitto_bus(data_dir, tmp_path)
+    yield running
+    mosquitto.stop()

@@ -5,27 +5,15 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from common.identities import Credentials, Role
-from tests.brokers import Bus, connects, embedded_bus, mosquitto_bus
+from tests.brokers import Bus, bus_on_each_broker, connects  # noqa: F401 - fixture
 from tests.conftest import RunningBroker
 from tests.farm_system import Agent, Simulator
 from tests.helpers import MqttWatcher, wait_until
-
-
-@pytest.fixture(params=["embedded", "mosquitto"])
-def bus(request: pytest.FixtureRequest, data_dir: Path, tmp_path: Path) -> Iterator[Bus]:
-    if request.param == "embedded":
-        broker: RunningBroker = request.getfixturevalue("broker")
-        yield embedded_bus(broker)
-        return
-    running, mosquitto = mosquitto_bus(data_dir, tmp_path)
-    yield running
-    mosquitto.stop()
 
 
 def client(tool: str, bus: Bus, credentials: Credentials | None, *args: str) -> subprocess.CompletedProcess[str]:

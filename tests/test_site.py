@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from common.settings import ConfigError, load_settings
 from contract.payloads import format_ts, utc_now
 from farm_agent.link import ModbusUrl
 from farm_agent.settings import AgentSettings
-from tests.brokers import Bus, embedded_bus, mosquitto_bus
+from tests.brokers import Bus, bus_on_each_broker, embedded_bus  # noqa: F401 - fixture
 from tests.conftest import RunningBroker
 from tests.farm_system import http_json
 from tests.ha_schema import check_device_config, check_entity_config
@@ -79,17 +78,6 @@ def stop_site(rig: SiteRig) -> None:
     rig.watcher.close()
     rig.agent.stop()
     rig.simulator.stop()
-
-
-@pytest.fixture(params=["embedded", "mosquitto"])
-def any_bus(request: pytest.FixtureRequest, data_dir: Path, tmp_path: Path) -> Iterator[Bus]:
-    if request.param == "embedded":
-        broker: RunningBroker = request.getfixturevalue("broker")
-        yield embedded_bus(broker)
-        return
-    running, mosquitto = mosquitto_bus(data_dir, tmp_path)
-    yield running
-    mosquitto.stop()
 
 
 def send_command(bus: Bus, credentials: Credentials, house: str, name: str, value: float) -> str:
@@ -192,9 +180,9 @@ def check_a_killed_agent_takes_every_house_offline(rig: SiteRig) -> None:
         late.close()
 
 
-def test_a_site_over_tcp_on_both_brokers(any_bus: Bus, tmp_path: Path) -> None:
+def test_a_site_over_tcp_on_both_brokers(bus: Bus, tmp_path: Path) -> None:
     port = free_port()
-    rig = start_site(tmp_path, any_bus, f"tcp://127.0.0.1:{port}?timeout=0.3", ["--port", str(port)])
+    rig = start_site(tmp_path, bus, f"tcp://127.0.0.1:{port}?timeout=0.3", ["--port", str(port)])
     try:
         check_every_house_reports(rig)
         health = http_json(f"http://127.0.0.1:{rig.api_port}/health")
